@@ -1,0 +1,1 @@
+"""bastion: an SSH session-recording bastion."""

@@ -1,0 +1,200 @@
+"""Read ``bastion.toml`` once into a frozen ``Config``; every mistake is a one-line ConfigError."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import asyncssh
+
+from bastion.config.model import (
+    GROUP_NAME,
+    LOGIN_NAME,
+    NODE_ID,
+    TARGET_NAME,
+    AccessRule,
+    Config,
+    LocalUser,
+    PathsConfig,
+    ServerConfig,
+    Target,
+    VaultConfig,
+)
+from bastion.config.reader import Source, Table
+from bastion.errors import ConfigError
+
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+
+
+def load_config(path: str | Path) -> Config:
+    """Parse and validate the config file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, Source(path.resolve(), text))
+
+
+def parse_config(data: dict[str, object], source: Source) -> Config:
+    """Build a Config from an already-parsed TOML document."""
+    root = Table(dict(data), (), source)
+    paths = _paths(root.table("paths"))
+    server = _server(root.table("server"), paths)
+    vault = _vault(root.table("vault"), paths)
+    users = tuple(_user(t) for t in root.tables("users"))
+    targets = tuple(_target(t) for t in root.tables("targets"))
+    access = tuple(_access(t) for t in root.tables("access"))
+    root.done()
+
+    _unique(root, "users", [u.name for u in users])
+    _unique(root, "targets", [t.name for t in targets])
+    names = {t.name for t in targets}
+    for index, rule in enumerate(access):
+        for name in rule.targets:
+            if name != "*" and name not in names:
+                raise Table({}, ("access", index), source).error(
+                    "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
+    return Config(source=source.path, server=server, paths=paths, vault=vault,
+                  users=users, targets=targets, access=access)
+
+
+def _paths(t: Table) -> PathsConfig:
+    state_dir = t.filepath("state_dir", t.source.path.parent / "state")
+    paths = PathsConfig(
+        state_dir=state_dir,
+        spool_dir=t.filepath("spool_dir", state_dir / "recordings"),
+        audit_log=t.filepath("audit_log", state_dir / "audit.jsonl"),
+    )
+    t.done()
+    return paths
+
+
+def _server(t: Table, paths: PathsConfig) -> ServerConfig:
+    host_keys = t.strings("host_keys", (str(paths.state_dir / "ssh_host_ed25519_key"),))
+    server = ServerConfig(
+        listen=t.string("listen", "127.0.0.1"),
+        port=t.integer("port", 2222, lo=0, hi=65535),
+        host_keys=tuple(_resolve(t, p) for p in host_keys),
+        node_id=t.string("node_id", "bastion", pattern=NODE_ID,
+                      what="a node name of letters, digits, '.', '_' or '-'"),
+        login_timeout=t.duration("login_timeout", 120.0, allow_zero=False),
+        max_auth_attempts=t.integer("max_auth_attempts", 6, lo=1, hi=100),
+        max_sessions_per_user=t.integer("max_sessions_per_user", 10, lo=1, hi=10000),
+        max_connections=t.integer("max_connections", 1000, lo=1, hi=100000),
+        idle_timeout=t.duration("idle_timeout", 900.0),
+        keepalive_interval=t.duration("keepalive_interval", 30.0),
+        keepalive_count_max=t.integer("keepalive_count_max", 3, lo=1, hi=100),
+    )
+    t.done()
+    return server
+
+
+def _vault(t: Table, paths: PathsConfig) -> VaultConfig:
+    vault = VaultConfig(
+        path=t.filepath("path", paths.state_dir / "vault.json"),
+        key_file=t.filepath("key_file", None),
+        key_env=t.string("key_env", None, pattern=ENV_NAME, what="an environment variable name"),
+        key_credential=t.string("key_credential", None, pattern=r"[A-Za-z0-9_.-]{1,64}",
+                             what="a systemd credential name"),
+    )
+    if not (vault.key_file or vault.key_env or vault.key_credential):
+        raise t.error("key_file", "one of key_file, key_env or key_credential to be set")
+    t.done()
+    return vault
+
+
+def _user(t: Table) -> LocalUser:
+    name = t.string("name", pattern=LOGIN_NAME, what="a user name (lower case, digits, _ . -)")
+    keys = t.strings("keys", ())
+    for key in keys:
+        try:
+            asyncssh.import_public_key(key)
+        except (asyncssh.KeyImportError, ValueError):
+            raise t.error("keys", "OpenSSH public key lines (\"ssh-ed25519 AAAA...\")",
+                          key) from None
+    if not keys:
+        raise t.error("keys", "at least one public key")
+    user = LocalUser(name=name, keys=keys,
+                     groups=t.strings("groups", (), pattern=GROUP_NAME,
+                                       what="a list of group names"))
+    t.done()
+    return user
+
+
+def _target(t: Table) -> Target:
+    name = t.string("name", pattern=TARGET_NAME,
+                 what="a target name of letters, digits, '_' or '-' (no dots)")
+    host_keys = t.strings("host_keys", ())
+    if t.has("host_key"):
+        host_keys = (t.string("host_key"), *host_keys)
+    for key in host_keys:
+        try:
+            asyncssh.import_public_key(key)
+        except (asyncssh.KeyImportError, ValueError):
+            raise t.error("host_key", "an OpenSSH public host key line", key) from None
+    known_hosts = t.filepath("known_hosts", None)
+    if not host_keys and known_hosts is None:
+        raise t.error("host_key", "a pinned host key (host_key or known_hosts): "
+                      "bastion never trusts a target's key on first use")
+    target = Target(
+        name=name,
+        host=t.string("host"),
+        port=t.integer("port", 22, lo=1, hi=65535),
+        host_keys=host_keys,
+        known_hosts=known_hosts,
+        default_login=t.string("default_login", None, pattern=LOGIN_NAME, what="a login name"),
+        connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
+    )
+    t.done()
+    return target
+
+
+def _access(t: Table) -> AccessRule:
+    rule = AccessRule(
+        groups=t.strings("groups", (), pattern=GROUP_NAME, what="a list of group names"),
+        users=t.strings("users", (), pattern=r".{1,256}", what="a list of user names"),
+        targets=t.strings("targets", pattern=rf"\*|{TARGET_NAME}",
+                           what='a list of target names or "*"'),
+        logins=t.strings("logins", pattern=rf"\*|{LOGIN_NAME}",
+                          what='a list of login names or "*"'),
+    )
+    if not rule.groups and not rule.users:
+        raise t.error("groups", "groups or users that this rule applies to")
+    t.done()
+    return rule
+
+
+def _resolve(t: Table, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (t.source.path.parent / path).resolve()
+
+
+def _unique(root: Table, key: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            raise Table({}, (key, index), root.source).error(
+                "name", f"a name not used by another entry ({name!r} appears twice)")
+        seen.add(name)
+
+
+def check_files(config: Config) -> list[str]:
+    """Problems with files the config names that exist at start-up (for ``check-config``)."""
+    problems = []
+    for target in config.targets:
+        if target.known_hosts and not target.known_hosts.is_file():
+            problems.append(f"{config.source}: targets {target.name}: known_hosts "
+                            f"{target.known_hosts} does not exist")
+    if config.vault.key_file and not config.vault.key_file.is_file():
+        problems.append(f"{config.source}: vault.key_file {config.vault.key_file} does not exist")
+    return problems
+
+
+__all__ = ["ConfigError", "check_files", "load_config", "parse_config"]

@@ -1,0 +1,105 @@
+"""The configuration as frozen, typed objects; built once by ``bastion.config.load``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Names that may appear in an SSH user name. Targets and logins are checked against these
+# before anything else looks at them, so no shell, path or host syntax gets through.
+TARGET_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"
+LOGIN_NAME = r"[a-z_][a-z0-9_.-]{0,31}"
+GROUP_NAME = r"[A-Za-z0-9_.:/@-]{1,128}"
+NODE_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The SSH listener and its limits."""
+
+    listen: str = "127.0.0.1"
+    port: int = 2222
+    host_keys: tuple[Path, ...] = ()
+    node_id: str = "bastion"
+    login_timeout: float = 120.0
+    max_auth_attempts: int = 6
+    max_sessions_per_user: int = 10
+    max_connections: int = 1000
+    idle_timeout: float = 900.0
+    keepalive_interval: float = 30.0
+    keepalive_count_max: int = 3
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where state, recordings and the audit log live."""
+
+    state_dir: Path
+    spool_dir: Path
+    audit_log: Path | None
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    """The encrypted credential store and where its key comes from (first one set wins)."""
+
+    path: Path
+    key_file: Path | None = None
+    key_env: str | None = None
+    key_credential: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    """A user declared in the config (service or break-glass account) with its public keys."""
+
+    name: str
+    keys: tuple[str, ...]
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A host users may reach; its host key is always pinned."""
+
+    name: str
+    host: str
+    port: int = 22
+    host_keys: tuple[str, ...] = ()
+    known_hosts: Path | None = None
+    default_login: str | None = None
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """Members of ``groups`` (or the named ``users``) may reach ``targets`` as ``logins``.
+
+    ``"*"`` in targets or logins means any; an empty rule list allows nothing.
+    """
+
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    logins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, read from ``source``."""
+
+    source: Path
+    server: ServerConfig
+    paths: PathsConfig
+    vault: VaultConfig
+    users: tuple[LocalUser, ...] = ()
+    targets: tuple[Target, ...] = ()
+    access: tuple[AccessRule, ...] = ()
+    _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._targets_by_name.update({t.name: t for t in self.targets})
+
+    def target(self, name: str) -> Target | None:
+        """The target called ``name``, or None."""
+        return self._targets_by_name.get(name)
