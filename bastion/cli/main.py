@@ -1,0 +1,61 @@
+"""The ``bastion`` command: one click group; each concern adds its commands from its own module."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from bastion.errors import EXIT_INTERNAL, BastionError
+
+DEFAULT_CONFIG = "/etc/bastion/bastion.toml"
+
+config_option = click.option(
+    "--config", "-c", "config_path", metavar="FILE",
+    default=lambda: os.environ.get("BASTION_CONFIG", DEFAULT_CONFIG), show_default=DEFAULT_CONFIG,
+    help="bastion.toml to use (or $BASTION_CONFIG).")
+
+
+class BastionGroup(click.Group):
+    """A click group that turns every bastion error into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BastionError as exc:
+            click.echo(f"bastion: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("bastion: interrupted", err=True)
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                SystemExit):
+            raise
+        except Exception as exc:  # a bug: one line by default, the traceback on request
+            if os.environ.get("BASTION_DEBUG"):
+                raise
+            click.echo(f"bastion: internal error: {type(exc).__name__}: {exc} "
+                       "(set BASTION_DEBUG=1 for a traceback)", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=BastionGroup)
+@click.version_option(package_name="bastion")
+def cli() -> None:
+    """bastion: an SSH bastion that signs people in, checks their commands and records sessions."""
+
+
+def _register() -> None:
+    # Each module adds its own commands; imported here so `bastion --help` lists them all.
+    from bastion.cli import config_cmd, keygen
+
+    cli.add_command(config_cmd.check_config)
+    cli.add_command(keygen.keygen)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register()
+    cli(prog_name="bastion")
