@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from bastion.credentials.hostkeys import generate_host_key
+from bastion.credentials.vault import generate_vault_key, key_id, write_vault_key
 
 
 @click.group()
@@ -21,3 +22,13 @@ def keygen_host(out: str) -> None:
     """Write a new Ed25519 SSH host key for the bastion listener."""
     public = generate_host_key(Path(out))
     click.echo(public)
+
+
+@keygen.command("vault")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Key file to write (mode 0600; never overwritten).")
+def keygen_vault(out: str) -> None:
+    """Write a new random 32-byte vault key, base64 on one line."""
+    key = generate_vault_key()
+    write_vault_key(Path(out), key)
+    click.echo(f"wrote vault key {out} (key id {key_id(key)})")

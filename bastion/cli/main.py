@@ -53,6 +53,10 @@ def _register() -> None:
 
     cli.add_command(config_cmd.check_config)
     cli.add_command(keygen.keygen)
+    from bastion.cli import demo as demo_cmd
+    cli.add_command(demo_cmd.demo)
+    from bastion.cli import vault as vault_cmd
+    cli.add_command(vault_cmd.vault)
 
 
 def main() -> None:
