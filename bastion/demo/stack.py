@@ -1,0 +1,279 @@
+"""A complete working bastion on loopback: two sshd targets, a vault, a config and ``serve``.
+
+Used by ``bastion demo`` and by the end-to-end tests. Each step is a small method so that later
+pieces (an identity provider, an S3 store) can add their own processes and config sections:
+start them with ``start_process`` and add config with ``merge_config`` before ``write_config``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bastion.config import check_files, load_config
+from bastion.config.model import Config
+from bastion.credentials.hostkeys import generate_host_key
+from bastion.credentials.vault import Vault, private_key_credential
+from bastion.credentials.vaultkey import generate_vault_key, write_vault_key
+from bastion.demo import toml_writer
+from bastion.demo.procs import ManagedProcess, free_port
+from bastion.demo.sshd import SshdTarget, find_ssh_keygen, find_sshd, generate_key_pair
+from bastion.errors import ConfigError, UsageError
+
+LOOPBACK = "127.0.0.1"
+TARGET_NAMES = ("web01", "db01")
+DEMO_USER = "demo"
+DEMO_GROUPS = ("ops",)
+
+
+class DemoStack:
+    """Builds a bastion setup in ``workdir`` and runs it; ``stop()`` ends all it started."""
+
+    def __init__(self, workdir: Path, bastion_port: int | None = None, *,
+                 target_names: Sequence[str] = TARGET_NAMES,
+                 keep_target_key: bool = False) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.bastion_host = LOOPBACK
+        self.bastion_port = bastion_port or free_port()
+        self.login = getpass.getuser()
+        self.target_names = tuple(target_names)
+        # The target key lives only in the vault unless a test wants to reach targets directly.
+        self.keep_target_key = keep_target_key
+
+        self.keys_dir = self.workdir / "keys"
+        self.state_dir = self.workdir / "state"
+        self.spool_dir = self.workdir / "spool"
+        self.logs_dir = self.workdir / "logs"
+        self.config_path = self.workdir / "bastion.toml"
+        self.env_path = self.workdir / "demo.env"
+        self.ssh_config_path = self.workdir / "ssh_config"
+        self.known_hosts_path = self.workdir / "known_hosts"
+        self.host_key_path = self.keys_dir / "bastion_host_ed25519_key"
+        self.user_key_path = self.keys_dir / f"{DEMO_USER}_ed25519"
+        self.target_key_path = self.keys_dir / "target_ed25519"
+        self.vault_path = self.state_dir / "vault.json"
+        self.vault_key_path = self.keys_dir / "vault.key"
+
+        self.targets: dict[str, SshdTarget] = {}
+        self.host_key_line = ""
+        self.user_key_line = ""
+        self.config: dict[str, Any] = {}  # the TOML document, merged section by section
+        self.loaded_config: Config | None = None
+        self.bastion: ManagedProcess | None = None
+        self.bastion_env: dict[str, str] = {}  # extra environment for `bastion serve`
+        self.env: dict[str, str] = {}  # demo.env contents (extensions may add to it)
+        self.processes: list[ManagedProcess] = []
+        self._cleanups: list[Callable[[], object]] = []
+
+    # -- the whole sequence ----------------------------------------------------------------
+
+    def start(self) -> DemoStack:
+        """Build everything and start it; on any failure stop what was started and re-raise."""
+        try:
+            self.prepare_workdir()
+            self.setup_targets()
+            self.setup_vault()
+            self.setup_access()
+            self.write_config()
+            self.start_bastion()
+            self.write_client_files()
+            self.write_env()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop everything started, newest first; every step runs even if one fails."""
+        first_error: BaseException | None = None
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                cleanup()
+            except Exception as exc:  # keep stopping the rest
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    def __enter__(self) -> DemoStack:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- helpers for steps (and for extensions) ----------------------------------------------
+
+    def add_cleanup(self, cleanup: Callable[[], object]) -> None:
+        """Run ``cleanup`` on stop(), before the cleanups registered earlier."""
+        self._cleanups.append(cleanup)
+
+    def start_process(self, name: str, argv: Sequence[str], *, port: int | None = None,
+                      env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                      timeout: float = 30.0) -> ManagedProcess:
+        """Start a child logged to logs/NAME.log, stopped by stop(); wait for ``port`` if given."""
+        process = ManagedProcess(name, argv, log_path=self.logs_dir / f"{name}.log",
+                                 cwd=cwd or self.workdir, env=env)
+        self.add_cleanup(process.stop)
+        self.processes.append(process)
+        process.start()
+        if port is not None:
+            process.wait_for_port(port, LOOPBACK, timeout)
+        return process
+
+    def merge_config(self, sections: Mapping[str, Any]) -> None:
+        """Merge TOML sections into the config to be written (tables merge, lists replace)."""
+        toml_writer.merge(self.config, sections)
+
+    def alive(self) -> bool:
+        """Whether every process the stack started is still running."""
+        return all(p.alive() for p in self.processes)
+
+    def dead_processes(self) -> list[ManagedProcess]:
+        """The started processes that have exited."""
+        return [p for p in self.processes if not p.alive()]
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def prepare_workdir(self) -> None:
+        """Check the programs needed exist and that the work dir is new or empty."""
+        find_sshd()
+        find_ssh_keygen()
+        if self.workdir.exists() and any(self.workdir.iterdir()):
+            raise UsageError(f"demo work dir {self.workdir} is not empty; "
+                             "give a new or empty directory")
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for directory in (self.keys_dir, self.state_dir, self.spool_dir, self.logs_dir):
+            directory.mkdir(mode=0o700, exist_ok=True)
+        self.merge_config({
+            "server": {"listen": self.bastion_host, "port": self.bastion_port,
+                       "host_keys": [str(self.host_key_path)], "node_id": "demo"},
+            "paths": {"state_dir": str(self.state_dir), "spool_dir": str(self.spool_dir),
+                      "audit_log": str(self.state_dir / "audit.jsonl")},
+        })
+
+    def setup_targets(self) -> None:
+        """Start one sshd per target name, all accepting the one target key for ``login``."""
+        target_public = generate_key_pair(self.target_key_path, "bastion demo target key")
+        entries = []
+        for name in self.target_names:
+            target = SshdTarget(name, self.workdir / "targets" / name)
+            target.authorize(target_public)
+            self.add_cleanup(target.stop)
+            target.start()
+            assert target.process is not None
+            self.processes.append(target.process)
+            self.targets[name] = target
+            entries.append({"name": name, "host": target.host, "port": target.port,
+                            "host_key": target.host_key_line, "default_login": self.login})
+        self.merge_config({"targets": entries})
+
+    def setup_vault(self) -> None:
+        """Create the vault key and a vault holding the target key for every target."""
+        key = generate_vault_key()
+        write_vault_key(self.vault_key_path, key)
+        vault = Vault.open(self.vault_path, key, create=True)
+        credential = private_key_credential(
+            self.target_key_path.read_text(encoding="utf-8"), str(self.target_key_path))
+        for name in self.target_names:
+            vault.set(name, self.login, credential)
+        vault.save()
+        if not self.keep_target_key:
+            self.target_key_path.unlink()
+        self.merge_config({"vault": {"path": str(self.vault_path),
+                                     "key_file": str(self.vault_key_path)}})
+
+    def setup_access(self) -> None:
+        """The bastion host key, the break-glass demo user and the rule that lets it in."""
+        self.host_key_line = generate_host_key(self.host_key_path)
+        self.user_key_line = generate_key_pair(self.user_key_path, f"bastion {DEMO_USER} user")
+        self.merge_config({
+            "users": [{"name": DEMO_USER, "keys": [self.user_key_line],
+                       "groups": list(DEMO_GROUPS)}],
+            "access": [{"groups": list(DEMO_GROUPS), "targets": ["*"],
+                        "logins": [self.login]}],
+        })
+
+    def write_config(self) -> None:
+        """Write bastion.toml from the merged sections and check it loads."""
+        header = "# Written by `bastion demo`; loopback only, keys in this directory.\n\n"
+        self.config_path.write_text(header + toml_writer.dumps(self.config), encoding="utf-8")
+        self.config_path.chmod(0o600)
+        config = load_config(self.config_path)
+        problems = check_files(config)
+        if problems:
+            raise ConfigError(problems[0])
+        self.loaded_config = config
+
+    def start_bastion(self, timeout: float = 30.0) -> None:
+        """Run ``bastion serve`` with the written config and wait for its port."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.bastion_env}
+        self.bastion = self.start_process(
+            "bastion", [sys.executable, "-m", "bastion", "serve", "--config",
+                        str(self.config_path)],
+            port=self.bastion_port, env=env, timeout=timeout)
+
+    def write_client_files(self) -> None:
+        """known_hosts pinning the bastion's key and an ssh_config that uses the demo key."""
+        self.known_hosts_path.write_text(
+            f"[{self.bastion_host}]:{self.bastion_port} {self.host_key_line}\n",
+            encoding="utf-8")
+        options = [
+            ("Port", str(self.bastion_port)),
+            ("UserKnownHostsFile", str(self.known_hosts_path)),
+            ("GlobalKnownHostsFile", "/dev/null"),
+            ("StrictHostKeyChecking", "yes"),
+            ("UpdateHostKeys", "no"),
+            ("IdentitiesOnly", "yes"),
+            ("IdentityFile", str(self.user_key_path)),
+            ("PasswordAuthentication", "no"),
+        ]
+        lines = ["# Written by `bastion demo`: pins the bastion's host key, uses the demo key.",
+                 "Host *"]
+        lines += [f"    {name} {_ssh_config_value(value)}" for name, value in options]
+        self.ssh_config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def write_env(self) -> None:
+        """demo.env: shell assignments describing this stack (``. demo.env`` to use them)."""
+        values = {
+            "BASTION_HOST": self.bastion_host,
+            "BASTION_PORT": str(self.bastion_port),
+            "BASTION_CONFIG": str(self.config_path),
+            "BASTION_SPOOL": str(self.spool_dir),
+            "BASTION_KEY": str(self.user_key_path),
+            "BASTION_SSH_CONFIG": str(self.ssh_config_path),
+            "BASTION_KNOWN_HOSTS": str(self.known_hosts_path),
+            "DEMO_TARGETS": " ".join(self.target_names),
+            "DEMO_LOGIN": self.login,
+            **self.env,
+        }
+        self.env = values
+        text = "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
+        self.env_path.write_text(text, encoding="utf-8")
+
+    # -- what a person at the keyboard runs ----------------------------------------------------
+
+    def ssh_argv(self, target: str, *command: str, login: str | None = None) -> list[str]:
+        """The OpenSSH command line that reaches ``target`` as ``login`` through the bastion."""
+        argv = ["ssh", "-F", str(self.ssh_config_path), "-p", str(self.bastion_port),
+                f"{login or self.login}@{target}@{self.bastion_host}"]
+        return [*argv, "--", *command] if command else argv
+
+    def example_commands(self) -> list[str]:
+        """Shell commands to show the person running the demo."""
+        first = self.target_names[0]
+        last = self.target_names[-1]
+        return [shlex.join(self.ssh_argv(first)),
+                shlex.join(self.ssh_argv(last, "uname", "-a"))]
+
+
+def _ssh_config_value(value: str) -> str:
+    if '"' in value or "\n" in value:
+        raise UsageError(f"cannot write {value!r} into an ssh_config")
+    return f'"{value}"' if " " in value else value

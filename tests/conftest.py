@@ -1,0 +1,51 @@
+"""Shared fixtures: real OpenSSH targets, the whole demo stack, and tmux sessions.
+
+Every fixture that starts a process stops it by pid in its teardown, also when a test fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+from harness.ssh import ssh_base_argv
+from harness.targets import SshdTargets
+from harness.tmux import TmuxFactory, TmuxSession
+
+from bastion.demo.stack import DemoStack
+
+
+@pytest.fixture(scope="module")
+def sshd_targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdTargets]:
+    """Two started OpenSSH sshd targets (web01, db01) accepting one generated client key."""
+    targets = SshdTargets(tmp_path_factory.mktemp("sshd-targets"))
+    with targets:
+        yield targets
+
+
+@pytest.fixture(scope="session")
+def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
+    """The whole demo (two sshd targets, vault, config, ``bastion serve``), started once."""
+    with DemoStack(tmp_path_factory.mktemp("demo")) as stack:
+        yield stack
+
+
+@pytest.fixture
+def ssh_base(demo_stack: DemoStack) -> list[str]:
+    """``ssh -F <demo ssh_config> -p <port> -o BatchMode=yes ...``; append the destination."""
+    return ssh_base_argv(demo_stack)
+
+
+@pytest.fixture
+def tmux() -> Iterator[TmuxFactory]:
+    """Start programs in tmux: ``tmux(argv, width=100, height=30)``; all killed after the test."""
+    sessions: list[TmuxSession] = []
+
+    def start(argv: Sequence[str], width: int = 100, height: int = 30) -> TmuxSession:
+        session = TmuxSession.start(argv, width, height)
+        sessions.append(session)
+        return session
+
+    yield start
+    for session in sessions:
+        session.kill()
