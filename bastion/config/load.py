@@ -14,9 +14,11 @@ from bastion.config.model import (
     TARGET_NAME,
     AccessRule,
     Config,
+    EvidenceConfig,
     LocalUser,
     PathsConfig,
     ServerConfig,
+    StorageConfig,
     Target,
     VaultConfig,
 )
@@ -51,6 +53,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     users = tuple(_user(t) for t in root.tables("users"))
     targets = tuple(_target(t) for t in root.tables("targets"))
     access = tuple(_access(t) for t in root.tables("access"))
+    evidence = parse_evidence(root.table("evidence")) if root.has("evidence") else None
+    storage = parse_storage(root.table("storage")) if root.has("storage") else None
     root.done()
 
     _unique(root, "users", [u.name for u in users])
@@ -62,7 +66,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                 raise Table({}, ("access", index), source).error(
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
-                  users=users, targets=targets, access=access)
+                  users=users, targets=targets, access=access,
+                  evidence=evidence, storage=storage)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -169,6 +174,45 @@ def _access(t: Table) -> AccessRule:
         raise t.error("groups", "groups or users that this rule applies to")
     t.done()
     return rule
+
+
+def parse_evidence(t: Table) -> EvidenceConfig:
+    """The ``[evidence]`` section: signing key, trusted public keys, local retention."""
+    evidence = EvidenceConfig(
+        signing_key=t.filepath("signing_key", None),
+        key_id=t.string("key_id", None, pattern=r"[A-Za-z0-9_.:-]{1,128}",
+                        what="a key id of letters, digits, '_', '.', ':' or '-'"),
+        public_keys=tuple(_resolve(t, p) for p in t.strings("public_keys", ())),
+        keep_days=t.integer("keep_days", 0, lo=0, hi=36500),
+    )
+    t.done()
+    return evidence
+
+
+def parse_storage(t: Table) -> StorageConfig:
+    """The ``[storage]`` section: where sealed sessions are uploaded."""
+    mode = t.string("object_lock_mode", "none", pattern="GOVERNANCE|COMPLIANCE|none",
+                    what='"GOVERNANCE", "COMPLIANCE" or "none"')
+    storage = StorageConfig(
+        bucket=t.string("bucket", pattern=r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+                        what="an S3 bucket name"),
+        prefix=t.string("prefix", "", pattern=r"([A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*)?",
+                        what="a key prefix such as \"bastion/prod\" (no leading or trailing /)"),
+        endpoint_url=t.string("endpoint_url", None, pattern=r"https?://\S+",
+                              what="an http:// or https:// URL"),
+        region=t.string("region", None, pattern=r"[a-z0-9-]{1,32}", what="a region name"),
+        object_lock_mode=None if mode == "none" else mode,
+        retention_days=t.integer("retention_days", 0, lo=0, hi=36500),
+        concurrency=t.integer("concurrency", 4, lo=1, hi=64),
+        multipart_threshold=t.integer("multipart_threshold", 64 * 1024 * 1024,
+                                      lo=5 * 1024 * 1024, hi=5 * 1024 ** 3),
+        max_attempts=t.integer("max_attempts", 5, lo=1, hi=20),
+    )
+    if storage.object_lock_mode and storage.retention_days == 0:
+        raise t.error("retention_days", "a retention period of at least 1 day when "
+                      "object_lock_mode is set", 0)
+    t.done()
+    return storage
 
 
 def _resolve(t: Table, value: str) -> Path:

@@ -85,6 +85,31 @@ class AccessRule:
 
 
 @dataclass(frozen=True)
+class EvidenceConfig:
+    """Manifest signing (on the bastion) and trusted keys (for ``bastion verify``)."""
+
+    signing_key: Path | None = None
+    key_id: str | None = None
+    public_keys: tuple[Path, ...] = ()
+    keep_days: int = 0  # keep uploaded sessions locally this many days (0: remove once verified)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """The S3 bucket sealed sessions are uploaded to."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    object_lock_mode: str | None = None  # GOVERNANCE, COMPLIANCE or None
+    retention_days: int = 0
+    concurrency: int = 4
+    multipart_threshold: int = 64 * 1024 * 1024
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, read from ``source``."""
 
@@ -95,6 +120,8 @@ class Config:
     users: tuple[LocalUser, ...] = ()
     targets: tuple[Target, ...] = ()
     access: tuple[AccessRule, ...] = ()
+    evidence: EvidenceConfig | None = None
+    storage: StorageConfig | None = None
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

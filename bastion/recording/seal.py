@@ -1,0 +1,315 @@
+"""Sealing: sign a finished session's manifest and link it into the node's hash chain.
+
+Each node keeps one chain: manifest N holds the SHA-256 of manifest N-1 in ``previous``. The
+chain head (sequence and digest of the last sealed manifest) lives in
+``<state_dir>/chain/<node>.json`` and is replaced atomically. Sealing is serialized by an
+exclusive flock on ``<node>.lock`` so the server and a recovery run never take the same number.
+
+Crash safety: before the manifest is written, the intended head goes to ``<node>.pending``;
+the rename of ``manifest.json`` is the commit point. A sealer that finds a pending file rolls the
+head forward if that manifest exists with that digest, and drops the pending file otherwise, so a
+crash at any step neither forks the chain (two manifests with one number) nor leaves a gap.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from bastion.errors import ConfigError, ManifestError, VerificationFailed
+from bastion.recording.canonical import canonical_json
+from bastion.recording.manifest import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    build_manifest,
+    read_session_meta,
+)
+
+SIGNATURE_ALGORITHM = "ed25519"
+_FILE_MODE = 0o640
+
+
+def key_id_of(public: Ed25519PublicKey) -> str:
+    """The default key id: ``ed25519:`` and the first 16 hex digits of SHA-256(raw key)."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return f"ed25519:{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+def public_pem(public: Ed25519PublicKey) -> str:
+    """A public key as PEM (SubjectPublicKeyInfo), the form ``--public-key`` files hold."""
+    return public.public_bytes(serialization.Encoding.PEM,
+                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def generate_signing_key(path: Path) -> Ed25519PublicKey:
+    """Write a new Ed25519 private key (PKCS#8 PEM, mode 0600, never overwritten) and
+    its public key beside it as ``<path>.pub``; return the public key."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; not overwriting a signing key") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+        fh.flush()
+        os.fsync(fh.fileno())
+    public = key.public_key()
+    Path(f"{path}.pub").write_text(public_pem(public), encoding="ascii")
+    return public
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Read a trusted Ed25519 public key from a PEM file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read public key {path}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        raise ConfigError(f"{path}: not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+class Signer:
+    """Signs manifest bytes with the node's Ed25519 key."""
+
+    def __init__(self, key: Ed25519PrivateKey, key_id: str | None = None) -> None:
+        self._key = key
+        self.public = key.public_key()
+        self.key_id = key_id or key_id_of(self.public)
+
+    @classmethod
+    def from_file(cls, path: Path, key_id: str | None = None) -> Signer:
+        """Load the private key written by ``bastion keygen signing``."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{path}: not an unencrypted PEM private key") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"{path}: not an Ed25519 private key")
+        return cls(key, key_id)
+
+    def signature_file(self, manifest: bytes) -> bytes:
+        """The ``manifest.sig`` bytes (canonical JSON) for ``manifest``."""
+        return canonical_json({
+            "algorithm": SIGNATURE_ALGORITHM,
+            "key_id": self.key_id,
+            "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+            "signature": base64.b64encode(self._key.sign(manifest)).decode("ascii"),
+        })
+
+
+@dataclass(frozen=True)
+class SignatureFile:
+    """A parsed ``manifest.sig``."""
+
+    key_id: str
+    signature: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes, where: str = "manifest.sig") -> SignatureFile:
+        """Parse signature-file bytes; any defect is a VerificationFailed."""
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+            if not isinstance(doc, dict) or doc.get("algorithm") != SIGNATURE_ALGORITHM:
+                raise ValueError("algorithm is not ed25519")
+            key_id, sig = doc["key_id"], doc["signature"]
+            if not isinstance(key_id, str) or not isinstance(sig, str):
+                raise ValueError("key_id and signature must be strings")
+            signature = base64.b64decode(sig, validate=True)
+        except (UnicodeDecodeError, ValueError, KeyError) as exc:
+            raise VerificationFailed(f"{where}: malformed signature file ({exc})") from None
+        return cls(key_id=key_id, signature=signature)
+
+    def verify(self, manifest: bytes, public: Ed25519PublicKey) -> bool:
+        """Whether the signature over ``manifest`` verifies with ``public``."""
+        try:
+            public.verify(self.signature, manifest)
+        except InvalidSignature:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The last sealed manifest of a node: its sequence number and digest."""
+
+    sequence: int
+    digest: str | None
+    session_id: str | None
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = _FILE_MODE) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Sealer:
+    """Seals finished session folders for one node, in one chain."""
+
+    def __init__(self, signer: Signer, chain_dir: Path, node_id: str) -> None:
+        self.signer = signer
+        self.node_id = node_id
+        self.chain_dir = chain_dir
+        self._head_path = chain_dir / f"{node_id}.json"
+        self._pending_path = chain_dir / f"{node_id}.pending"
+        self._lock_path = chain_dir / f"{node_id}.lock"
+
+    @classmethod
+    def from_config(cls, config: Any) -> Sealer:
+        """The sealer a config describes (``[evidence]`` must be set)."""
+        evidence = config.evidence
+        if evidence is None or evidence.signing_key is None:
+            raise ConfigError(f"{config.source}: evidence.signing_key is not set")
+        return cls(Signer.from_file(evidence.signing_key, evidence.key_id),
+                   config.paths.state_dir / "chain", config.server.node_id)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.chain_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise ManifestError(f"cannot open chain lock {self._lock_path}: "
+                                f"{exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def head(self) -> ChainHead:
+        """The current chain head (sequence 0 before the first seal)."""
+        try:
+            doc = json.loads(self._head_path.read_text(encoding="utf-8"))
+            return ChainHead(int(doc["sequence"]), doc["digest"], doc["session_id"])
+        except FileNotFoundError:
+            return ChainHead(0, None, None)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Never restart a chain silently: that would hide every earlier manifest.
+            raise ManifestError(f"chain head {self._head_path} is unreadable ({exc}); "
+                                "restore it from backup or the last uploaded manifest") from None
+
+    def _store_head(self, head: ChainHead) -> None:
+        _write_atomic(self._head_path, canonical_json({
+            "node_id": self.node_id, "sequence": head.sequence, "digest": head.digest,
+            "session_id": head.session_id}))
+
+    def _settle_pending(self) -> None:
+        try:
+            pending = json.loads(self._pending_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise ManifestError(f"{self._pending_path} is unreadable ({exc})") from None
+        manifest = Path(pending["session_dir"]) / MANIFEST_NAME
+        with contextlib.suppress(OSError):
+            if hashlib.sha256(manifest.read_bytes()).hexdigest() == pending["digest"]:
+                self._store_head(ChainHead(pending["sequence"], pending["digest"],
+                                           pending["session_id"]))
+        self._pending_path.unlink()
+
+    def seal(self, session_dir: Path) -> Path:
+        """Seal a finished session folder; return its manifest path (idempotent)."""
+        manifest_path = session_dir / MANIFEST_NAME
+        with self._locked():
+            self._settle_pending()
+            if manifest_path.exists() and (session_dir / SIGNATURE_NAME).exists():
+                return manifest_path
+            meta = read_session_meta(session_dir)
+            if meta.get("node_id") != self.node_id:
+                raise ManifestError(f"{session_dir}: node_id {meta.get('node_id')!r} is not "
+                                    f"this node ({self.node_id})")
+            head = self.head()
+            raw = build_manifest(session_dir, meta, sequence=head.sequence + 1,
+                                 previous=head.digest, sealed_at=_now())
+            digest = hashlib.sha256(raw).hexdigest()
+            try:
+                _write_atomic(self._pending_path, canonical_json({
+                    "session_dir": str(session_dir.resolve()), "session_id": meta["session_id"],
+                    "sequence": head.sequence + 1, "digest": digest}))
+                _write_atomic(session_dir / SIGNATURE_NAME, self.signer.signature_file(raw))
+                _write_atomic(manifest_path, raw)  # the commit point
+                self._store_head(ChainHead(head.sequence + 1, digest, meta["session_id"]))
+                self._pending_path.unlink()
+            except OSError as exc:
+                raise ManifestError(f"cannot seal {session_dir}: {exc.strerror}") from None
+            return manifest_path
+
+    def seal_spool(self, spool_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+        """Seal every finished, unsealed session in a spool, oldest first.
+
+        Returns (sealed manifest paths, [(session folder, error line)]); one bad session does
+        not stop the others.
+        """
+        sealed: list[Path] = []
+        failed: list[tuple[Path, str]] = []
+        for session_dir in unsealed_sessions(spool_dir):
+            try:
+                sealed.append(self.seal(session_dir))
+            except (ManifestError, ConfigError) as exc:
+                failed.append((session_dir, str(exc)))
+        return sealed, failed
+
+
+def is_sealed(session_dir: Path) -> bool:
+    """Whether a session folder holds both manifest.json and manifest.sig."""
+    return (session_dir / MANIFEST_NAME).is_file() and (session_dir / SIGNATURE_NAME).is_file()
+
+
+def unsealed_sessions(spool_dir: Path) -> list[Path]:
+    """Finished (not active) session folders without a manifest, oldest first."""
+    found: list[Path] = []
+    if not spool_dir.is_dir():
+        return found
+    for entry in sorted(spool_dir.iterdir()):
+        if not entry.is_dir() or entry.name.startswith(".") or is_sealed(entry):
+            continue
+        try:
+            state = json.loads((entry / "session.json").read_text(encoding="utf-8"))["state"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if state != "active":
+            found.append(entry)
+    return found
