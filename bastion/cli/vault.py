@@ -21,6 +21,7 @@ from bastion.credentials.vault import (
     load_vault_key,
     password_credential,
     private_key_credential,
+    vault_lock,
 )
 from bastion.credentials.vaultkey import read_vault_key_file
 from bastion.errors import ConfigError, UsageError, VaultError
@@ -51,11 +52,13 @@ def vault_set(config_path: str, target: str, login: str, key_file: str | None,
         raise ConfigError(f"{target!r} is not a target in {config.source}")
     check_names(target, login)
     key = load_vault_key(config.vault)  # before asking for a secret: fail early on a bad key
-    opened = Vault.open(config.vault.path, key, create=True)
+    Vault.open(config.vault.path, key, create=True)
     credential = _read_credential(target, login, key_file, password_stdin)
-    verb = "replaced" if opened.get(target, login) is not None else "stored"
-    opened.set(target, login, credential)
-    opened.save()
+    with vault_lock(config.vault.path):
+        opened = Vault.open(config.vault.path, key, create=True)
+        verb = "replaced" if opened.get(target, login) is not None else "stored"
+        opened.set(target, login, credential)
+        opened.save()
     click.echo(f"{verb} {credential.kind} for {login}@{target} in {config.vault.path}")
 
 
@@ -85,10 +88,11 @@ def vault_list(config_path: str) -> None:
 def vault_remove(config_path: str, target: str, login: str) -> None:
     """Delete the credential for TARGET/LOGIN."""
     config = load_config(config_path)
-    opened = _open(config)
-    if not opened.remove(target, login):
-        raise VaultError(f"no credential for {login}@{target} in {config.vault.path}")
-    opened.save()
+    with vault_lock(config.vault.path):
+        opened = _open(config)
+        if not opened.remove(target, login):
+            raise VaultError(f"no credential for {login}@{target} in {config.vault.path}")
+        opened.save()
     click.echo(f"removed credential for {login}@{target} from {config.vault.path}")
 
 
@@ -101,12 +105,13 @@ def vault_rotate_key(config_path: str, new_key_file: str) -> None:
     config = load_config(config_path)
     new_path = Path(new_key_file)
     new_key = read_vault_key_file(new_path, f"new vault key file {new_path}")
-    opened = _open(config)
-    old_id, new_id = opened.key_id, key_id(new_key)
-    if old_id == new_id:
-        raise VaultError(f"{new_path} holds the key the vault is already sealed with "
-                         f"(key id {old_id})")
-    opened.rotate(new_key)
+    with vault_lock(config.vault.path):
+        opened = _open(config)
+        old_id, new_id = opened.key_id, key_id(new_key)
+        if old_id == new_id:
+            raise VaultError(f"{new_path} holds the key the vault is already sealed with "
+                             f"(key id {old_id})")
+        opened.rotate(new_key)
     click.echo(f"re-encrypted {config.vault.path} ({len(opened.entries())} credentials): "
                f"key id {old_id} -> {new_id}")
     click.echo("the old key no longer opens the vault; now " + _where_to_put(config, new_path))

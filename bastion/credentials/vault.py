@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -172,6 +175,22 @@ class Vault:
             raise
 
 
+@contextlib.contextmanager
+def vault_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside ``path`` so two read-modify-write changes cannot interleave."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise VaultError(f"cannot lock vault file {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 # -- sealing --------------------------------------------------------------------------------
 
 def _aad(header: dict[str, Any]) -> bytes:
@@ -295,5 +314,6 @@ __all__ = [
     "load_vault_key",
     "password_credential",
     "private_key_credential",
+    "vault_lock",
     "write_vault_key",
 ]

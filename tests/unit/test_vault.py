@@ -363,3 +363,28 @@ def test_rotate_failure_keeps_old_key(vault_path: Path, key: Secret[bytes],
     assert Vault.open(vault_path, key).entries() == vault.entries()
     with pytest.raises(VaultError):
         vault.rotate(Secret(b"short"))
+
+
+# -- CLI in-process (prompting needs click's runner; the console script is tested in e2e) ---------
+
+def test_cli_password_prompt_and_usage(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bastion.cli.main import _register, cli
+
+    _register()
+    host_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    config = tmp_path / "bastion.toml"
+    config.write_text(f'[vault]\nkey_file = "vault.key"\n[[targets]]\nname = "web01"\n'
+                      f'host = "127.0.0.1"\nhost_key = "{host_key}"\n')
+    write_vault_key(tmp_path / "vault.key", generate_vault_key())
+    runner = CliRunner()
+    result = runner.invoke(cli, ["vault", "set", "-c", str(config), "web01", "root",
+                                 "--password-prompt"], input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert PASSWORD not in result.output
+    result = runner.invoke(cli, ["vault", "list", "-c", str(config)])
+    assert ["web01", "root", "password"] in [line.split() for line in result.output.splitlines()]
+    result = runner.invoke(cli, ["vault", "set", "-c", str(config), "web01", "root"])
+    assert result.exit_code == 2
+    assert "exactly one of --key-file" in result.output
