@@ -53,6 +53,8 @@ def _register() -> None:
 
     cli.add_command(config_cmd.check_config)
     cli.add_command(keygen.keygen)
+    from bastion.cli import serve as serve_cmd
+    cli.add_command(serve_cmd.serve_cmd)
     from bastion.cli import demo as demo_cmd
     cli.add_command(demo_cmd.demo)
     from bastion.cli import vault as vault_cmd

@@ -1,0 +1,195 @@
+"""One authenticated SSH connection's session: identity, target, recording and upstream, once.
+
+The SSH layer creates a ``ConnectionSession`` when authentication completes and hands it to every
+channel of that connection. It decides policy once, opens the recording before any connection to
+the target (no recording, no session), dials the target once, and closes everything exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bastion.audit import AuditLog
+from bastion.config.model import Config
+from bastion.credentials.vault import Credential
+from bastion.errors import AccessDenied, BastionError, SessionLimit
+from bastion.identity.model import Identity
+from bastion.policy.access import Authorization, TargetRequest, authorize
+from bastion.recording import CastWriter, SessionRecording, Spool
+from bastion.relay.upstream import Upstream, dial
+
+log = logging.getLogger("bastion.relay")
+
+
+class SessionCounter(Protocol):
+    """Counts open sessions per identity so a cap can be enforced across connections."""
+
+    def acquire(self, identity_key: str, limit: int) -> bool: ...
+    def release(self, identity_key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class RelayServices:
+    """What a session needs from the running server; built once at start-up."""
+
+    config: Config
+    audit: AuditLog
+    spool: Spool
+    credential_for: Callable[[Authorization], Credential]
+    counter: SessionCounter
+    on_finished: Callable[[SessionRecording], None]
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """The user's side of the connection, as seen by the server."""
+
+    conn_id: str
+    address: str
+    port: int
+    key_fingerprint: str | None
+
+
+class ConnectionSession:
+    """State of one user connection after authentication; owned by that connection."""
+
+    def __init__(self, services: RelayServices, identity: Identity, client: ClientInfo,
+                 request: TargetRequest | None, refusal: BastionError | None) -> None:
+        self.services = services
+        self.identity = identity
+        self.client = client
+        self.request = request
+        self.refusal = refusal  # a request that could not even be parsed: refused on first use
+        self.authorization: Authorization | None = None
+        self.upstream: Upstream | None = None
+        self.recording: SessionRecording | None = None
+        self.last_activity = time.monotonic()
+        self._lock = asyncio.Lock()
+        self._counted = False
+        self._channels = 0
+        self._closed = False
+        self._end_state = "closed"
+        self._end_reason = "closed"
+
+    @property
+    def log_prefix(self) -> str:
+        """``[conn=N]`` context for log lines."""
+        return f"[conn={self.client.conn_id}]"
+
+    def touch(self) -> None:
+        """Note activity (for the idle timeout)."""
+        self.last_activity = time.monotonic()
+
+    def choose_target(self, request: TargetRequest) -> None:
+        """Set the target picked from the menu (before ``connect``)."""
+        self.request = request
+
+    async def connect(self) -> Upstream:
+        """Authorize, open the recording, then dial the target; once per connection."""
+        async with self._lock:
+            if self.upstream is not None:
+                return self.upstream
+            if self._closed:
+                raise AccessDenied("the session is closing")
+            if self.refusal is not None:
+                raise self.refusal
+            if self.request is None or self.request.target is None:
+                raise AccessDenied("no target given")
+            cfg = self.services.config
+            audit = self.services.audit
+            try:
+                self.authorization = authorize(cfg, self.identity, self.request)
+            except AccessDenied as exc:
+                audit.emit("session.refused", conn=self.client.conn_id,
+                           user=self.identity.name, request=self.request.describe(),
+                           reason=str(exc))
+                raise
+            auth = self.authorization
+            if not self.services.counter.acquire(self.identity.key,
+                                                 cfg.server.max_sessions_per_user):
+                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
+                           request=self.request.describe(), reason="session limit")
+                raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
+                                   "sessions open, the most allowed")
+            self._counted = True
+            credential = self.services.credential_for(auth)
+            self.recording = self.services.spool.start_session(self._metadata(auth))
+            audit.emit("target.selected", conn=self.client.conn_id, user=self.identity.name,
+                       session=self.recording.session_id, **auth.audit_fields())
+            try:
+                self.upstream = await dial(auth, credential, cfg.server.keepalive_interval)
+            except BastionError as exc:
+                audit.emit("session.refused", conn=self.client.conn_id,
+                           session=self.recording.session_id, user=self.identity.name,
+                           reason=str(exc), **auth.audit_fields())
+                self._end_state, self._end_reason = "refused", str(exc)
+                self._finish_recording()
+                raise
+            self.recording.set_field("target", {
+                "name": auth.target.name, "address": self.upstream.address,
+                "port": auth.target.port, "login": auth.login,
+                "host_key_fingerprint": self.upstream.host_key_fingerprint})
+            audit.emit("session.start", conn=self.client.conn_id,
+                       session=self.recording.session_id, user=self.identity.name,
+                       client=self.client.address, **auth.audit_fields())
+            return self.upstream
+
+    def open_writer(self, kind: str, width: int, height: int, term: str | None,
+                    command: str | None) -> CastWriter:
+        """Open the recording file for a new channel of this session."""
+        assert self.recording is not None and self.authorization is not None
+        self._channels += 1
+        return self.recording.open_channel(
+            kind, width=width, height=height, term=term, command=command,
+            user=self.identity.name, target=self.authorization.target.name,
+            login=self.authorization.login)
+
+    def end_reason(self, state: str, reason: str) -> None:
+        """Record why the session is ending (first reason given wins over the default)."""
+        if self._end_state == "closed":
+            self._end_state, self._end_reason = state, reason
+
+    def close(self) -> None:
+        """End the session: finish the recording, close the upstream, release the cap."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.upstream is not None:
+            self.upstream.close()
+        if self._counted:
+            self.services.counter.release(self.identity.key)
+        if self.recording is not None and self.authorization is not None:
+            self.services.audit.emit(
+                "session.end", conn=self.client.conn_id, session=self.recording.session_id,
+                user=self.identity.name, state=self._end_state, reason=self._end_reason,
+                **self.authorization.audit_fields())
+        self._finish_recording()
+
+    def _finish_recording(self) -> None:
+        recording, self.recording = self.recording, None
+        if recording is None:
+            return
+        try:
+            recording.finish(self._end_state, self._end_reason)
+        except BastionError as exc:
+            log.error("%s cannot finish recording %s: %s", self.log_prefix,
+                      recording.session_id, exc)
+            self.services.audit.emit("recording.error", conn=self.client.conn_id,
+                                     session=recording.session_id, error=str(exc))
+            return
+        self.services.on_finished(recording)
+
+    def _metadata(self, auth: Authorization) -> dict[str, Any]:
+        return {
+            "identity": self.identity.audit_fields(),
+            "client": {"address": self.client.address, "port": self.client.port,
+                       "key_fingerprint": self.client.key_fingerprint},
+            "target": {"name": auth.target.name, "address": auth.target.host,
+                       "port": auth.target.port, "login": auth.login,
+                       "host_key_fingerprint": None},
+        }

@@ -1,0 +1,178 @@
+"""The running bastion: listener, shared services, limits, periodic upkeep, orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import asyncssh
+
+from bastion.audit import AuditLog
+from bastion.config.model import Config
+from bastion.credentials.hostkeys import load_host_keys
+from bastion.credentials.vault import Credential, Vault, load_vault_key
+from bastion.errors import UpstreamError
+from bastion.policy.access import Authorization
+from bastion.recording import SessionRecording, Spool
+from bastion.relay.session import RelayServices
+from bastion.server.auth import LocalKeyIndex
+from bastion.server.connection import BastionConnection
+from bastion.server.hardening import algorithm_options
+
+log = logging.getLogger("bastion.server")
+
+_UPKEEP_INTERVAL = 0.5  # seconds between recording flushes and idle checks
+
+
+class BastionServer:
+    """Owns the listener and what every connection shares: config, audit, spool, vault, caps."""
+
+    def __init__(self, config: Config, audit: AuditLog) -> None:
+        self.config = config
+        self.audit = audit
+        self.local_keys = LocalKeyIndex.from_config(config)
+        self.spool = Spool(config.paths.spool_dir, config.server.node_id)
+        self._vault_key = load_vault_key(config.vault)
+        self.connections: dict[str, BastionConnection] = {}
+        self._conn_ids = itertools.count(1)
+        self._per_identity: Counter[str] = Counter()
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._upkeep: asyncio.Task[None] | None = None
+        self.finished_hooks: list[Callable[[SessionRecording], None]] = []
+        self.relay_services = RelayServices(
+            config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
+            counter=self, on_finished=self._recording_finished)
+
+    # -- shared services -------------------------------------------------------------------
+    def credential_for(self, authorization: Authorization) -> Credential:
+        """The vaulted credential for an authorized target login (read fresh each session)."""
+        vault = Vault.open(self.config.vault.path, self._vault_key)
+        credential = vault.get(authorization.target.name, authorization.login)
+        if credential is None:
+            self.audit.emit("credential.missing", target=authorization.target.name,
+                            login=authorization.login)
+            raise UpstreamError(f"no credential is stored for {authorization.login} on target "
+                                f"{authorization.target.name}; ask an administrator")
+        return credential
+
+    def acquire(self, identity_key: str, limit: int) -> bool:
+        """Count a session for an identity unless it is at its cap."""
+        if self._per_identity[identity_key] >= limit:
+            return False
+        self._per_identity[identity_key] += 1
+        return True
+
+    def release(self, identity_key: str) -> None:
+        """Uncount a session."""
+        self._per_identity[identity_key] -= 1
+        if self._per_identity[identity_key] <= 0:
+            del self._per_identity[identity_key]
+
+    def admit(self, connection: BastionConnection) -> bool:
+        """Register a new connection unless the global cap is reached."""
+        if len(self.connections) >= self.config.server.max_connections:
+            return False
+        self.connections[connection.conn_id] = connection
+        return True
+
+    def forget(self, connection: BastionConnection) -> None:
+        """Drop a closed connection."""
+        self.connections.pop(connection.conn_id, None)
+
+    def _recording_finished(self, recording: SessionRecording) -> None:
+        for hook in self.finished_hooks:
+            hook(recording)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The port the listener is bound to."""
+        assert self._acceptor is not None
+        return int(self._acceptor.get_port())
+
+    async def start(self) -> None:
+        """Check the vault, take the spool, recover crashed recordings, then listen."""
+        cfg = self.config
+        Vault.open(cfg.vault.path, self._vault_key, create=True)  # fail fast on key or file
+        self.spool.lock()
+        for path in self.spool.recover():
+            self.audit.emit("recording.recovered", session=path.name, state="interrupted")
+        host_keys, notes = load_host_keys(cfg.server.host_keys, create=True)
+        for note in notes:
+            log.warning("%s", note)
+        self._acceptor = await asyncssh.create_server(
+            self._new_connection, cfg.server.listen, cfg.server.port,
+            server_host_keys=host_keys, server_version="bastion",
+            login_timeout=cfg.server.login_timeout,
+            keepalive_interval=cfg.server.keepalive_interval or None,
+            keepalive_count_max=cfg.server.keepalive_count_max,
+            agent_forwarding=False, x11_forwarding=False, allow_scp=False,
+            line_editor=False, encoding=None, reuse_address=True,
+            **algorithm_options())
+        self._upkeep = asyncio.get_running_loop().create_task(self._upkeep_loop())
+        self.audit.emit("server.start", listen=cfg.server.listen, port=self.port)
+        log.info("listening on %s:%d", cfg.server.listen, self.port)
+
+    def _new_connection(self) -> BastionConnection:
+        return BastionConnection(self, str(next(self._conn_ids)))
+
+    async def _upkeep_loop(self) -> None:
+        idle = self.config.server.idle_timeout
+        while True:
+            await asyncio.sleep(_UPKEEP_INTERVAL)
+            try:
+                self.spool.flush_due()
+            except Exception:  # a flush error is handled by the writer on its next write
+                log.exception("flushing recordings failed")
+            if idle:
+                now = time.monotonic()
+                for conn in list(self.connections.values()):
+                    session = conn.session
+                    if session is not None and now - session.last_activity > idle:
+                        self.audit.emit("session.idle_timeout", conn=conn.conn_id,
+                                        user=session.identity.name)
+                        conn.close_with_notice(f"idle for {idle:.0f}s; session closed",
+                                               "closed", "idle timeout")
+
+    async def stop(self) -> None:
+        """Stop listening and end every session with a notice; recordings are finished."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+        for conn in list(self.connections.values()):
+            conn.close_with_notice("the bastion is shutting down", "closed", "shutdown")
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
+        if self._acceptor is not None:
+            await self._acceptor.wait_closed()
+        # Let channel close callbacks run so recordings are finished before the loop ends.
+        for _ in range(20):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.05)
+        self.spool.flush_due()
+        self.audit.emit("server.stop")
+
+
+async def serve(config: Config, audit: AuditLog, ready: Callable[[int], None] | None = None,
+                ) -> None:
+    """Run the bastion until SIGTERM or SIGINT."""
+    server = BastionServer(config, audit)
+    await server.start()
+    if ready is not None:
+        ready(server.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

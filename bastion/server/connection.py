@@ -1,0 +1,110 @@
+"""One SSH connection to the bastion: asyncssh callbacks, each a decision that denies by default.
+
+Only session channels are accepted, and only after authentication produced an identity. TCP/IP
+and UNIX forwarding, X11 and agent forwarding are refused (asyncssh's defaults, kept on purpose).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from bastion.errors import BastionError
+from bastion.policy.access import TargetRequest, parse_username
+from bastion.relay.channels import UserChannel
+from bastion.relay.session import ClientInfo, ConnectionSession
+from bastion.server.auth import ConnectionAuth
+
+if TYPE_CHECKING:
+    from bastion.server.app import BastionServer
+
+log = logging.getLogger("bastion.server")
+
+
+class BastionConnection(asyncssh.SSHServer):
+    """asyncssh's per-connection server object; holds this connection's auth and session."""
+
+    def __init__(self, server: BastionServer, conn_id: str) -> None:
+        self._server = server
+        self.conn_id = conn_id
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer = ("?", 0)
+        self.auth: ConnectionAuth | None = None
+        self.session: ConnectionSession | None = None
+        self.channels: list[UserChannel] = []
+
+    # -- connection lifecycle ----------------------------------------------------------------
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.peer = (str(peer[0]), int(peer[1]))
+        srv = self._server
+        self.auth = ConnectionAuth(srv.config, srv.audit, srv.local_keys, self.conn_id,
+                                   f"{self.peer[0]}:{self.peer[1]}")
+        if not srv.admit(self):
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                            "bastion: too many connections, try again later")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.session.close()
+        elif self.auth is not None and self.auth.identity is None:
+            self.auth.failed("connection closed before authentication" if exc is None
+                             else f"connection lost: {exc}")
+        self._server.forget(self)
+
+    # -- authentication ------------------------------------------------------------------------
+    def begin_auth(self, username: str) -> bool:
+        assert self.auth is not None
+        self.auth.begin(username)
+        return True  # always authenticate; nobody gets in on the user name alone
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        assert self.auth is not None and self.conn is not None
+        if self.auth.attempts_exhausted:
+            self.auth.failed("too many authentication attempts")
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                                 "bastion: too many authentication attempts")
+            return False
+        return self.auth.validate_public_key(key)
+
+    def auth_completed(self) -> None:
+        assert self.auth is not None
+        identity = self.auth.completed()
+        request: TargetRequest | None = None
+        refusal: BastionError | None = None
+        try:
+            request = parse_username(self.auth.username, self._server.config)
+        except BastionError as exc:
+            refusal = exc
+            self._server.audit.emit("session.refused", conn=self.conn_id, user=identity.name,
+                                    request=self.auth.username[:256], reason=str(exc))
+        client = ClientInfo(conn_id=self.conn_id, address=self.peer[0], port=self.peer[1],
+                            key_fingerprint=self.auth.key_fingerprint)
+        self.session = ConnectionSession(self._server.relay_services, identity, client,
+                                         request, refusal)
+
+    # -- channels ------------------------------------------------------------------------------
+    def session_requested(self) -> UserChannel | bool:
+        if self.session is None:
+            return False
+        channel = UserChannel(self.session)
+        self.channels.append(channel)
+        return channel
+
+    def close_with_notice(self, notice: str, state: str, reason: str) -> None:
+        """End every channel with a notice and close the connection (idle, shutdown)."""
+        if self.session is not None:
+            self.session.end_reason(state, reason)
+        for channel in self.channels:
+            channel.close_with_notice(notice)
+        if self.conn is not None:
+            self.conn.close()
