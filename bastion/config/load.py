@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncssh
 
+from bastion.config.identity import IdentityConfig, fit_login_timeout, parse_identity
 from bastion.config.model import (
     GROUP_NAME,
     LOGIN_NAME,
@@ -55,7 +56,10 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     access = tuple(_access(t) for t in root.tables("access"))
     evidence = parse_evidence(root.table("evidence")) if root.has("evidence") else None
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
+    identity = (parse_identity(root.table("identity")) if root.has("identity")
+                else IdentityConfig())
     root.done()
+    server = fit_login_timeout(root, server, identity)
 
     _unique(root, "users", [u.name for u in users])
     _unique(root, "targets", [t.name for t in targets])
@@ -67,7 +71,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage)
+                  evidence=evidence, storage=storage, identity=identity)
 
 
 def _paths(t: Table) -> PathsConfig:

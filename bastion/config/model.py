@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bastion.secret import Secret
+
 # Names that may appear in an SSH user name. Targets and logins are checked against these
 # before anything else looks at them, so no shell, path or host syntax gets through.
 TARGET_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"
@@ -110,6 +112,38 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class TotpPolicy:
+    """Who must give a TOTP code after their first factor: everyone, some groups, some targets."""
+
+    all: bool = False
+    groups: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """The OIDC provider used for device-flow logins, key bindings and the TOTP policy."""
+
+    issuer: str | None = None  # None: no OIDC login; only config users' keys
+    client_id: str = "bastion"
+    client_secret: Secret[str] | None = None  # None: a public client (the default)
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    groups_claim: str = "groups"
+    binding_ttl: float = 12 * 3600.0
+    device_poll_timeout: float = 600.0
+    allowed_algs: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                     "ES256", "ES384", "EdDSA")
+    http_timeout: float = 10.0
+    totp_required_for: TotpPolicy = TotpPolicy()
+    totp_inband_enrollment: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether OIDC device login is configured."""
+        return self.issuer is not None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, read from ``source``."""
 
@@ -122,6 +156,7 @@ class Config:
     access: tuple[AccessRule, ...] = ()
     evidence: EvidenceConfig | None = None
     storage: StorageConfig | None = None
+    identity: IdentityConfig = IdentityConfig()
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
