@@ -32,3 +32,13 @@ def keygen_vault(out: str) -> None:
     key = generate_vault_key()
     write_vault_key(Path(out), key)
     click.echo(f"wrote vault key {out} (key id {key_id(key)})")
+
+
+def _add_signing() -> None:
+    # Imported late: the evidence commands import the CLI group module.
+    from bastion.cli.evidence import keygen_signing
+
+    keygen.add_command(keygen_signing)
+
+
+_add_signing()

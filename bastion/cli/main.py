@@ -59,6 +59,8 @@ def _register() -> None:
     cli.add_command(demo_cmd.demo)
     from bastion.cli import vault as vault_cmd
     cli.add_command(vault_cmd.vault)
+    from bastion.cli import evidence as evidence_cmd
+    evidence_cmd.register(cli)
 
 
 def main() -> None:

@@ -1,0 +1,325 @@
+"""``bastion upload``: move sealed sessions from the spool to S3, verified, then clean up.
+
+Per session, in chain order: every recording (gzip-compressed), then ``manifest.sig``, then
+``manifest.json`` last, so a manifest in the bucket means its session is complete. Keys:
+``<prefix>/<YYYY>/<MM>/<DD>/<node>/<session_id>/<file>``. Only when every object of a session is
+verified in S3 does the run write ``uploaded.json`` in the session folder; only sessions with that
+marker are ever removed locally (at once, or after ``keep_days``), after a fresh HEAD check.
+
+A run holds ``<state_dir>/upload.lock`` (flock) so two runs never overlap. Any step may be
+interrupted: nothing is removed before verification, objects are never overwritten, and an
+object found already in S3 is verified instead of uploaded again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import ManifestError, StorageError
+from bastion.recording.manifest import (
+    MANIFEST_NAME,
+    SESSION_META_NAME,
+    SIGNATURE_NAME,
+    Manifest,
+    hash_file,
+    parse_manifest,
+    session_date,
+)
+from bastion.recording.seal import is_sealed, unsealed_sessions
+from bastion.storage.client import StoreUnreachable
+from bastion.storage.objects import LockSettings, ObjectStore, Placed, compress, prepare
+
+UPLOADED_MARKER = "uploaded.json"
+
+EXIT_OK = 0  # everything found was uploaded and verified, or another run holds the lock
+EXIT_FAILED = 1  # at least one session could not be uploaded or verified
+EXIT_ATTENTION = 3  # uploads fine, but finished sessions sit unsealed in the spool
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """What an upload run needs from the config."""
+
+    spool_dir: Path
+    state_dir: Path
+    bucket: str
+    prefix: str
+    object_lock_mode: str | None
+    retention_days: int
+    concurrency: int
+    multipart_threshold: int
+    keep_days: int
+
+
+@dataclass
+class Summary:
+    """The outcome of one run; printed as JSON when not on a terminal."""
+
+    bucket: str
+    prefix: str
+    status: str = "ok"
+    uploaded: list[str] = field(default_factory=list)
+    already_in_store: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    unsealed: list[dict[str, str]] = field(default_factory=list)
+    objects_uploaded: int = 0
+    bytes_uploaded: int = 0
+    object_lock: str = ""
+    seconds: float = 0.0
+
+    def exit_code(self) -> int:
+        """The exit status a systemd timer alerts on."""
+        if self.failed:
+            return EXIT_FAILED
+        if self.unsealed:
+            return EXIT_ATTENTION
+        return EXIT_OK
+
+    def as_json(self) -> dict[str, Any]:
+        """The summary as one JSON object."""
+        return dict(self.__dict__)
+
+
+class UploadLock:
+    """The run lock: an exclusive flock on ``<state_dir>/upload.lock``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "upload.lock"
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool) -> bool:
+        """Take the lock; without ``wait``, return False at once if another run has it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Drop the lock."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def session_prefix(prefix: str, manifest: Manifest) -> str:
+    """The key prefix of one session: ``<prefix>/YYYY/MM/DD/<node>/<session_id>``."""
+    parts = [prefix] if prefix else []
+    parts += [session_date(manifest.session_id), manifest.node_id, manifest.session_id]
+    return "/".join(parts)
+
+
+class Uploader:
+    """One upload run over a spool."""
+
+    def __init__(self, settings: UploadSettings, store: ObjectStore,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.progress = progress or (lambda _n: None)
+        self.tmp_dir = settings.state_dir / "upload-tmp"
+        self._unreachable = threading.Event()  # stop starting sessions once the store is gone
+        self._lock = threading.Lock()
+
+    # -- finding work -----------------------------------------------------------------------
+    def pending(self) -> list[tuple[Path, Manifest]]:
+        """Sealed, not yet uploaded sessions in chain order."""
+        found = []
+        if not self.settings.spool_dir.is_dir():
+            return []
+        for entry in self.settings.spool_dir.iterdir():
+            if entry.is_dir() and is_sealed(entry) and not (entry / UPLOADED_MARKER).exists():
+                raw = (entry / MANIFEST_NAME).read_bytes()
+                try:
+                    found.append((entry, parse_manifest(raw, str(entry / MANIFEST_NAME))))
+                except ManifestError:
+                    found.append((entry, Manifest(doc={"sequence": 0}, raw=raw)))
+        return sorted(found, key=lambda item: (item[1].doc.get("sequence", 0), item[0].name))
+
+    def pending_bytes(self, pending: list[tuple[Path, Manifest]]) -> int:
+        """Roughly how many bytes the run will move (for the progress bar)."""
+        total = 0
+        for folder, _ in pending:
+            with contextlib.suppress(OSError):
+                total += sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        return total
+
+    # -- one session --------------------------------------------------------------------------
+    def _upload_session(self, folder: Path, manifest: Manifest, lock: LockSettings) -> list[Placed]:
+        if "session_id" not in manifest.doc:
+            raise ManifestError(f"{folder / MANIFEST_NAME}: unreadable manifest; not uploaded")
+        base = session_prefix(self.settings.prefix, manifest)
+        placed = []
+        for entry in manifest.recordings:
+            local = folder / entry.name
+            try:
+                size, sha = hash_file(local)
+            except OSError as exc:
+                raise ManifestError(f"{local}: cannot read ({exc.strerror}); not uploaded") \
+                    from None
+            if (size, sha) != (entry.size, entry.sha256):
+                raise ManifestError(f"{local} does not match its manifest; not uploaded "
+                                    "(investigate: the recording changed after sealing)")
+            packed = self.tmp_dir / f"{manifest.session_id}-{entry.name}.gz"
+            try:
+                compress(local, packed)
+                item = prepare(f"{base}/{entry.name}.gz", packed, entry.sha256, True,
+                               self.settings.multipart_threshold)
+                placed.append(self.store.place(item, lock, self.progress))
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    packed.unlink()
+        for name in (SIGNATURE_NAME, MANIFEST_NAME):  # the manifest last: it completes the set
+            local = folder / name
+            _, sha = hash_file(local)
+            item = prepare(f"{base}/{name}", local, sha, False, self.settings.multipart_threshold)
+            placed.append(self.store.place(item, lock, self.progress))
+        return placed
+
+    def _write_marker(self, folder: Path, manifest: Manifest, placed: list[Placed]) -> None:
+        marker = {
+            "uploaded_at": _now().isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "bucket": self.store.bucket,
+            "objects": [{"key": p.key, "version_id": p.version_id, "size": p.size}
+                        for p in placed],
+        }
+        tmp = folder / (UPLOADED_MARKER + ".tmp")
+        tmp.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, folder / UPLOADED_MARKER)
+
+    def _run_one(self, folder: Path, manifest: Manifest, lock: LockSettings,
+                 summary: Summary) -> None:
+        name = folder.name
+        if self._unreachable.is_set():
+            with self._lock:
+                summary.failed.append({"session": name, "error": "not attempted: the object "
+                                       "store is unreachable"})
+            return
+        try:
+            placed = self._upload_session(folder, manifest, lock)
+            self._write_marker(folder, manifest, placed)
+        except (StorageError, ManifestError, OSError) as exc:
+            if isinstance(exc, StoreUnreachable):
+                self._unreachable.set()
+            with self._lock:
+                summary.failed.append({"session": name, "error": str(exc)})
+            return
+        with self._lock:
+            uploaded = [p for p in placed if p.uploaded]
+            summary.objects_uploaded += len(uploaded)
+            summary.bytes_uploaded += sum(p.size for p in uploaded)
+            (summary.uploaded if uploaded else summary.already_in_store).append(name)
+
+    # -- cleanup ------------------------------------------------------------------------------
+    def _clean(self, summary: Summary) -> None:
+        """Remove uploaded sessions whose keep period is over, after re-checking S3."""
+        if self._unreachable.is_set() or not self.settings.spool_dir.is_dir():
+            return
+        for folder in sorted(self.settings.spool_dir.iterdir()):
+            marker_path = folder / UPLOADED_MARKER
+            if not marker_path.is_file():
+                continue
+            try:
+                marker = json.loads(marker_path.read_text(encoding="utf-8"))
+                uploaded_at = dt.datetime.fromisoformat(marker["uploaded_at"])
+                keys = [o["key"] for o in marker["objects"]]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                summary.failed.append({"session": folder.name,
+                                       "error": f"{marker_path}: unreadable ({exc})"})
+                continue
+            if _now() - uploaded_at < dt.timedelta(days=self.settings.keep_days):
+                summary.kept.append(folder.name)
+                continue
+            try:
+                for key in keys:
+                    if self.store.head(key) is None:
+                        raise StorageError(f"s3://{self.store.bucket}/{key} is gone; "
+                                           "keeping the local copy")
+            except StorageError as exc:
+                summary.failed.append({"session": folder.name, "error": str(exc)})
+                continue
+            try:
+                gone = _remove_session(folder)
+            except (OSError, ManifestError) as exc:
+                summary.failed.append({"session": folder.name, "error": f"cleanup: {exc}"})
+                continue
+            (summary.removed if gone else summary.kept).append(folder.name)
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> Summary:
+        """Upload everything pending, clean up, and say what happened."""
+        started = time.monotonic()
+        summary = Summary(bucket=self.store.bucket, prefix=self.settings.prefix)
+        for folder in unsealed_sessions(self.settings.spool_dir):
+            summary.unsealed.append({"session": folder.name, "error": "finished but not sealed "
+                                     "(see the server's audit log for the sealing error)"})
+        pending = self.pending()
+        lock = LockSettings(None, 0)
+        try:
+            if self.store.object_lock_enabled():
+                if self.settings.object_lock_mode:
+                    lock = LockSettings(self.settings.object_lock_mode,
+                                        self.settings.retention_days)
+                    summary.object_lock = (f"{lock.mode} for {lock.days} days")
+                else:
+                    summary.object_lock = "bucket default retention"
+            else:
+                summary.object_lock = "none (the bucket has no Object Lock)"
+        except StorageError as exc:
+            summary.failed.append({"session": "-", "error": str(exc)})
+            self._unreachable.set()
+        if not self._unreachable.is_set() and pending:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+                for future in [pool.submit(self._run_one, f, m, lock, summary)
+                               for f, m in pending]:
+                    future.result()
+        elif self._unreachable.is_set():
+            summary.failed.extend({"session": f.name, "error": "not attempted: the object "
+                                   "store is unreachable"} for f, _ in pending)
+        self._clean(summary)
+        summary.failed.sort(key=lambda f: f["session"])
+        summary.status = {EXIT_OK: "ok", EXIT_FAILED: "failed",
+                          EXIT_ATTENTION: "attention"}[summary.exit_code()]
+        summary.seconds = round(time.monotonic() - started, 3)
+        return summary
+
+
+def _remove_session(folder: Path) -> bool:
+    """Remove the files of an uploaded session that S3 (or its manifest) holds; then the
+    folder if nothing else is in it. Returns whether the folder is gone."""
+    manifest = parse_manifest((folder / MANIFEST_NAME).read_bytes(), str(folder))
+    names = [e.name for e in manifest.recordings]
+    # session.json's content is in the signed manifest; uploaded.json goes last.
+    for name in [*names, SIGNATURE_NAME, SESSION_META_NAME, MANIFEST_NAME, UPLOADED_MARKER]:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
