@@ -1,4 +1,4 @@
-"""The demo and test identity provider: node ``oidc-provider`` (bastion/demo/idp/) and a browser stand-in.
+"""The demo and test identity provider (node ``oidc-provider`` in bastion/demo/idp/) and a browser.
 
 ``IdpServer`` writes the provider's config (clients, accounts with groups, signing keys it
 generates), starts ``node server.js`` on 127.0.0.1 and stops it by pid. ``complete_device_login``
@@ -51,12 +51,12 @@ def demo_accounts() -> tuple[IdpAccount, ...]:
 
 def generate_signing_key(kid: str | None = None, alg: str = "RS256") -> dict[str, Any]:
     """A fresh private JWK for the IdP to sign ID tokens with (RSA for RS256, P-256 for ES256)."""
-    params = {"kid": kid or secrets.token_hex(8), "use": "sig", "alg": alg}
+    params: dict[str, Any] = {"kid": kid or secrets.token_hex(8), "use": "sig", "alg": alg}
     key: RSAKey | ECKey
     if alg.startswith("ES"):
-        key = ECKey.generate_key("P-256", parameters=params, private=True)
+        key = ECKey.generate_key("P-256", parameters=params, private=True)  # type: ignore[arg-type]
     else:
-        key = RSAKey.generate_key(2048, parameters=params, private=True)
+        key = RSAKey.generate_key(2048, parameters=params, private=True)  # type: ignore[arg-type]
     return dict(key.as_dict(private=True))
 
 
@@ -156,7 +156,7 @@ class IdpServer:
 
     def polls(self) -> list[dict[str, Any]]:
         """Every token-endpoint poll of a device code so far: {device_code, at, answer}."""
-        with urllib.request.urlopen(self.issuer + "/_test/polls", timeout=5) as resp:
+        with urllib.request.urlopen(self.issuer + "/_test/polls", timeout=5) as resp:  # noqa: S310
             data: list[dict[str, Any]] = json.load(resp)
         return data
 
@@ -229,7 +229,7 @@ def complete_device_login(verification_uri_complete: str, username: str, passwor
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     url, data = verification_uri_complete, None
     for _ in range(max_steps):
-        request = urllib.request.Request(url, data=data)
+        request = urllib.request.Request(url, data=data)  # noqa: S310 (http from the IdP)
         try:
             with opener.open(request, timeout=10) as resp:
                 html, url = resp.read().decode("utf-8", "replace"), resp.geturl()
