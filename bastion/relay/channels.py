@@ -24,7 +24,6 @@ from bastion.relay.session import ConnectionSession
 log = logging.getLogger("bastion.relay")
 
 _EXIT_TARGET_LOST = 255  # what OpenSSH itself returns when the connection breaks
-_PENDING_LIMIT = 1 << 20
 
 
 class TargetChannel(asyncssh.SSHClientSession[bytes]):
@@ -83,6 +82,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         self._command: str | None = None
         self._menu: TargetMenu | None = None
         self._pending: list[bytes] = []
+        self._pending_eof = False
         self._task: asyncio.Task[None] | None = None
         self._done = False
 
@@ -109,9 +109,6 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         return False
 
     def session_started(self) -> None:
-        # Hold the user's input until the target side exists; asyncssh buffers it up to the
-        # channel window, so nothing typed early is lost and nothing grows without bound.
-        self.chan.pause_reading()
         self._task = asyncio.get_running_loop().create_task(self._start())
 
     # -- asyncssh callbacks: data and events ----------------------------------------------
@@ -123,15 +120,19 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         elif self._menu is not None:
             self._menu.feed(data)
         else:
+            # Input before the target side exists is held, and reading stops until it does:
+            # asyncssh then buffers up to the channel window, so nothing typed early is lost
+            # and nothing grows without bound.
             self._pending.append(data)
-            if sum(map(len, self._pending)) > _PENDING_LIMIT:
-                self.chan.pause_reading()
+            self.chan.pause_reading()
 
     def eof_received(self) -> bool:
         if self._target is not None:
             self._target.write_eof()
         elif self._menu is not None:
             self._menu.feed(b"\x04")
+        else:
+            self._pending_eof = True
         return True  # keep receiving the target's output after the user's EOF
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
@@ -210,6 +211,8 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         for data in self._pending:
             target.write(data)
         self._pending.clear()
+        if self._pending_eof:
+            target.write_eof()
         self.chan.resume_reading()
 
     async def _choose_target(self) -> bool:
@@ -228,10 +231,12 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         if not targets:
             self.refuse("no targets are available to you")
             return False
-        self._menu = TargetMenu(self.chan, targets)
+        self._menu = menu = TargetMenu(self.chan, targets)
+        early, self._pending = self._pending, []
+        for data in early:
+            menu.feed(data)
         self.chan.resume_reading()
-        request = await self._menu.choose(session.request)
-        self.chan.pause_reading()
+        request = await menu.choose(session.request)
         self._menu = None
         if request is None:
             self.chan.exit(0)

@@ -37,16 +37,14 @@ def pinned_host_keys(target: Target) -> list[asyncssh.SSHKey]:
 
 @dataclass
 class _PinnedHostKeyClient(asyncssh.SSHClient):
-    """Accepts exactly the pinned keys and remembers what the target presented."""
+    """Called by asyncssh only for a host key that is not pinned: remember it and say no."""
 
-    pinned: list[asyncssh.SSHKey]
     presented: list[str] = field(default_factory=list)
 
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:
         self.presented.append(key.get_fingerprint("sha256"))
-        wanted = key.public_data
-        return any(p.public_data == wanted for p in self.pinned)
+        return False
 
     def validate_host_ca_key(self, host: str, addr: str, port: int,
                              key: asyncssh.SSHKey) -> bool:
@@ -83,11 +81,15 @@ async def dial(authorization: Authorization, credential: Credential,
     if not isinstance(authorization, Authorization):
         raise TypeError("dial needs an Authorization from policy")
     target = authorization.target
-    client = _PinnedHostKeyClient(pinned_host_keys(target))
+    pinned = pinned_host_keys(target)
+    if not pinned:
+        raise HostKeyMismatch(f"target {target.name} has no pinned host key; refusing to connect")
+    client = _PinnedHostKeyClient()
     try:
         conn = await asyncio.wait_for(asyncssh.connect(
             target.host, target.port, username=authorization.login,
-            client_factory=lambda: client, known_hosts=None,
+            # Exactly the pinned keys are trusted; never None, which would trust any key.
+            client_factory=lambda: client, known_hosts=(pinned, [], []),
             agent_path=None, agent_forwarding=False, x11_forwarding=False,
             config=None, ignore_encrypted=True, kbdint_auth=False,
             keepalive_interval=keepalive_interval, encoding=None,
@@ -106,7 +108,8 @@ async def dial(authorization: Authorization, credential: Credential,
     except (OSError, asyncssh.Error) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
         raise UpstreamError(f"cannot connect to target {target.name}: {reason}") from None
-    fingerprint = client.presented[-1] if client.presented else ""
+    server_key = conn.get_server_host_key()
+    fingerprint = server_key.get_fingerprint("sha256") if server_key else ""
     peer = conn.get_extra_info("peername") or (target.host, target.port)
     return Upstream(conn=conn, host_key_fingerprint=fingerprint, address=f"{peer[0]}:{peer[1]}")
 

@@ -1,0 +1,116 @@
+"""Exec sessions through the bastion with the real OpenSSH client and sshd targets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness.ssh import bastion_destination, run_ssh
+
+from bastion.audit import read_events
+from bastion.demo.stack import DemoStack
+
+pytestmark = pytest.mark.e2e
+
+
+def _sessions_with(stack: DemoStack, needle: str) -> list[Path]:
+    """Session dirs whose exec recording header names a command containing ``needle``."""
+    found = []
+    for cast in stack.spool_dir.glob("*/*-exec.cast"):
+        header = json.loads(cast.read_text(encoding="utf-8").splitlines()[0])
+        if needle in (header.get("bastion", {}).get("command") or ""):
+            found.append(cast.parent)
+    return found
+
+
+def test_exec_passes_stdout_stderr_and_exit_status(demo_stack: DemoStack,
+                                                   ssh_base: list[str]) -> None:
+    result = run_ssh([*ssh_base, bastion_destination(demo_stack, "web01"), "--",
+                      "echo to-stdout; echo to-stderr >&2; exit 7"])
+    assert result.returncode == 7
+    assert result.stdout == "to-stdout\n"
+    assert result.stderr == "to-stderr\n"
+
+
+def test_exec_on_default_login_and_second_target(demo_stack: DemoStack,
+                                                 ssh_base: list[str]) -> None:
+    result = run_ssh([*ssh_base, f"db01@{demo_stack.bastion_host}", "--", "id -un"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == demo_stack.login
+
+
+def test_exec_input_typed_before_target_is_ready_arrives(demo_stack: DemoStack,
+                                                        ssh_base: list[str]) -> None:
+    text = "".join(f"line {n}\n" for n in range(2000))
+    result = run_ssh([*ssh_base, bastion_destination(demo_stack, "web01"), "--", "cat"],
+                     input_text=text)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == text
+
+
+def test_exec_50mb_binary_arrives_byte_identical_and_is_recorded(
+        demo_stack: DemoStack, ssh_base: list[str], tmp_path: Path) -> None:
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(50 * 1024 * 1024))
+    marker = f"cat {payload}"
+    result = subprocess.run([*ssh_base, bastion_destination(demo_stack, "web01"), "--", marker],
+                            capture_output=True, timeout=180, check=False,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == payload.stat().st_size
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(
+        payload.read_bytes()).digest()
+    [session] = _sessions_with(demo_stack, marker)
+    meta = json.loads((session / "session.json").read_text(encoding="utf-8"))
+    assert meta["state"] == "closed"
+    assert meta["recordings"] == ["1-exec.cast"]
+    assert (session / "1-exec.cast").stat().st_size > 50 * 1024 * 1024
+
+
+def test_exec_session_is_recorded_with_header_and_audited(demo_stack: DemoStack,
+                                                         ssh_base: list[str]) -> None:
+    result = run_ssh([*ssh_base, bastion_destination(demo_stack, "web01"), "--",
+                      "printf 'caf\\303\\251 recorded\\n'"])
+    assert result.returncode == 0, result.stderr
+    [session] = _sessions_with(demo_stack, "recorded")
+    lines = (session / "1-exec.cast").read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0])
+    assert header["version"] == 2
+    assert header["bastion"]["session_id"] == session.name
+    assert header["bastion"]["user"] == "demo"
+    assert header["bastion"]["target"] == "web01"
+    assert header["bastion"]["login"] == demo_stack.login
+    output = "".join(e[2] for e in map(json.loads, lines[1:]) if e[1] == "o")
+    assert "café recorded" in output
+    meta = json.loads((session / "session.json").read_text(encoding="utf-8"))
+    assert meta["target"]["host_key_fingerprint"].startswith("SHA256:")
+    assert meta["identity"]["name"] == "demo"
+    events = read_events(demo_stack.state_dir / "audit.jsonl")
+    starts = [e for e in events if e["event"] == "session.start" and e["session"] == session.name]
+    ends = [e for e in events if e["event"] == "session.end" and e["session"] == session.name]
+    assert len(starts) == 1 and len(ends) == 1
+    assert starts[0]["target"] == "web01" and ends[0]["state"] == "closed"
+
+
+def test_exec_without_target_lists_reachable_targets(demo_stack: DemoStack,
+                                                     ssh_base: list[str]) -> None:
+    result = run_ssh([*ssh_base, f"alice@{demo_stack.bastion_host}", "--", "list"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["web01", "db01"]
+    result = run_ssh([*ssh_base, f"alice@{demo_stack.bastion_host}", "--", "uname"])
+    assert result.returncode == 1
+    assert "no target in the user name" in result.stderr
+
+
+def test_forwarding_and_subsystems_are_refused(demo_stack: DemoStack,
+                                               ssh_base: list[str]) -> None:
+    dest = bastion_destination(demo_stack, "web01")
+    result = run_ssh([*ssh_base, "-o", "ExitOnForwardFailure=yes", "-L", "0:127.0.0.1:22",
+                      dest, "--", "true"])
+    assert result.returncode != 0
+    result = run_ssh([*ssh_base, "-s", dest, "sftp"])
+    assert result.returncode != 0
