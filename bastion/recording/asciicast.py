@@ -1,0 +1,265 @@
+"""asciicast v2 files: the writer on the relay's hot path and the repair of interrupted files.
+
+A file is one JSON header line, then one JSON array per event: ``[t, "o", text]`` for output,
+``[t, "r", "WxH"]`` for a window change, ``[t, "m", label]`` for a marker; ``t`` is seconds since
+the channel started (monotonic clock, 6 decimals). Terminal escapes are kept as they are:
+sanitizing belongs to replay. Per output chunk the writer does only C-level work (incremental
+UTF-8 decode, JSON string escape, a bytearray append); the buffer goes to the OS once it holds
+``BUFFER_LIMIT`` bytes or its oldest byte is ``FLUSH_INTERVAL`` old, and idle writers are flushed by
+the spool's periodic ``flush_due``. ``close`` fsyncs. Any failure raises RecordingError and the
+writer refuses everything after it: the caller ends the session (no unrecorded session).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import time
+from collections.abc import Callable
+from json.encoder import encode_basestring, encode_basestring_ascii  # C-accelerated escapes
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import RecordingError
+from bastion.recording.durable import FILE_MODE
+
+FLUSH_INTERVAL = 1.0  # seconds: no recorded output stays in our buffer longer than this
+BUFFER_LIMIT = 64 * 1024  # bytes: write to the OS at least this often under heavy output
+INTERRUPTED = "interrupted"  # marker label appended by crash recovery
+_TAIL_WINDOW = 64 * 1024  # first read size when scanning a file's tail for its last good line
+_INTERRUPTED_SUFFIX = f', "m", "{INTERRUPTED}"]'.encode()
+
+Clock = Callable[[], float]
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _json_str(text: str) -> str:
+    # Same JSON either way; the ASCII-only escaper is faster, the other keeps non-ASCII compact.
+    return encode_basestring_ascii(text) if text.isascii() else encode_basestring(text)
+
+
+def build_header(*, width: int, height: int, timestamp: int, term: str | None,
+                 title: str, command: str | None, bastion: dict[str, Any]) -> dict[str, Any]:
+    """An asciicast v2 header; ``bastion`` holds our own fields (session_id, user, target...)."""
+    header: dict[str, Any] = {"version": 2, "width": width, "height": height,
+                              "timestamp": timestamp, "title": title}
+    if term:
+        header["term"] = {"type": term}
+        header["env"] = {"TERM": term}
+    if command is not None:
+        header["command"] = command
+    header["bastion"] = bastion
+    return header
+
+
+class CastWriter:
+    """Appends events to one asciicast v2 file. Not thread-safe: use from the event loop."""
+
+    def __init__(self, fd: int, path: Path, header: dict[str, Any], *,
+                 clock: Clock = time.monotonic) -> None:
+        """Take ownership of ``fd`` and write ``header`` to the OS at once (RecordingError)."""
+        self.path = path
+        self.bytes_written = 0  # bytes of asciicast produced, header included (= final file size)
+        self.output_bytes = 0  # raw output bytes received by output()
+        self.error: RecordingError | None = None  # the failure that stopped this writer, if any
+        self._fd = fd
+        self._clock = clock
+        self._decoder = _Utf8Decoder(errors="replace")
+        self._buf = bytearray()
+        self._dirty_since = 0.0  # clock time of the oldest byte in _buf
+        self._closed = False
+        self._start = clock()
+        line = json.dumps(header, ensure_ascii=False) + "\n"
+        try:
+            self._append(line.encode(), self._start)
+            self.flush()
+        except RecordingError:
+            self._closed = True
+            os.close(fd)
+            raise
+
+    @property
+    def closed(self) -> bool:
+        """True once close() ran."""
+        return self._closed
+
+    def output(self, data: bytes) -> None:
+        """Record terminal output; a UTF-8 character split across calls is joined, bad bytes
+        become U+FFFD."""
+        if self._closed or self.error is not None:
+            raise self._refusal()
+        self.output_bytes += len(data)
+        text = self._decoder.decode(data)
+        if text:
+            now = self._clock()
+            line = f'[{now - self._start:.6f}, "o", {_json_str(text)}]\n'
+            self._append(line.encode(), now)
+
+    def resize(self, width: int, height: int) -> None:
+        """Record a window change."""
+        self._event("r", f"{int(width)}x{int(height)}")
+
+    def marker(self, label: str) -> None:
+        """Record a marker (a notable event: command, verdict, approval...)."""
+        self._event("m", label)
+
+    def flush(self) -> None:
+        """Hand buffered events to the OS (not fsync)."""
+        try:
+            while self._buf:
+                written = os.write(self._fd, self._buf)
+                del self._buf[:written]
+        except OSError as exc:
+            raise self._fail(exc) from None
+
+    def flush_if_older(self, now: float, max_age: float) -> None:
+        """Flush if the oldest buffered byte is at least ``max_age`` seconds old."""
+        if self._buf and not self._closed and self.error is None \
+                and now - self._dirty_since >= max_age:
+            self.flush()
+
+    def close(self) -> None:
+        """Write the decoder's remainder, flush, fsync and close; idempotent.
+
+        Raises RecordingError if this final write fails (not again for an earlier failure).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        already_failed = self.error is not None
+        try:
+            if not already_failed:
+                tail = self._decoder.decode(b"", final=True)
+                if tail:
+                    now = self._clock()
+                    line = f'[{now - self._start:.6f}, "o", {_json_str(tail)}]\n'
+                    self._append(line.encode(), now)
+                self.flush()
+                os.fsync(self._fd)
+        except OSError as exc:
+            self._fail(exc)
+        except RecordingError:
+            pass  # kept in self.error
+        finally:
+            try:
+                os.close(self._fd)
+            except OSError as exc:
+                if self.error is None:
+                    self._fail(exc)
+        if self.error is not None and not already_failed:
+            raise self.error
+
+    def _event(self, code: str, data: str) -> None:
+        if self._closed or self.error is not None:
+            raise self._refusal()
+        now = self._clock()
+        line = f'[{now - self._start:.6f}, "{code}", {_json_str(data)}]\n'
+        self._append(line.encode(), now)
+
+    def _append(self, line: bytes, now: float) -> None:
+        if not self._buf:
+            self._dirty_since = now
+        self._buf += line
+        self.bytes_written += len(line)
+        if len(self._buf) >= BUFFER_LIMIT or now - self._dirty_since >= FLUSH_INTERVAL:
+            self.flush()
+
+    def _fail(self, exc: OSError) -> RecordingError:
+        self.error = RecordingError(f"recording stopped: cannot write {self.path}: {_reason(exc)}")
+        self._buf.clear()
+        return self.error
+
+    def _refusal(self) -> RecordingError:
+        if self.error is not None:
+            return self.error
+        return RecordingError(f"recording stopped: {self.path} is closed")
+
+
+def create_cast(path: Path, header: dict[str, Any], *,
+                clock: Clock = time.monotonic) -> CastWriter:
+    """Create a new .cast file (never an existing one, never through a symlink) with its header."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     FILE_MODE)
+    except OSError as exc:
+        raise RecordingError(
+            f"cannot record session: cannot create {path}: {_reason(exc)}") from None
+    try:
+        return CastWriter(fd, path, header, clock=clock)
+    except RecordingError:
+        path.unlink(missing_ok=True)  # a file without its header is no recording
+        raise
+
+
+def _parse_line(line: bytes, at_start: bool) -> float | None:
+    """The event time of a complete, valid line (0.0 for the header); None if torn or invalid."""
+    try:
+        value = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    if at_start:
+        return 0.0 if isinstance(value, dict) and value.get("version") == 2 else None
+    if (isinstance(value, list) and len(value) == 3 and isinstance(value[1], str)
+            and isinstance(value[0], int | float) and not isinstance(value[0], bool)):
+        return float(value[0])
+    return None
+
+
+def _last_good_line(fd: int, size: int) -> tuple[int, bool, float, bytes] | None:
+    """Scan back from the end for the last valid line.
+
+    Returns (bytes to keep, whether a newline must be added, that line's event time, the line),
+    or None when the file holds no valid line at all. Only trailing invalid lines are dropped.
+    """
+    window = _TAIL_WINDOW
+    while True:
+        start = max(0, size - window)
+        data = os.pread(fd, size - start, start)
+        pos = len(data)  # data[pos:] is already judged torn
+        while pos > 0:
+            content_end = pos - 1 if data[pos - 1] == 0x0A else pos
+            newline = data.rfind(b"\n", 0, content_end)
+            if newline < 0 and start > 0:
+                break  # the line begins before this window: read more
+            line_start = newline + 1
+            line = data[line_start:content_end]
+            when = _parse_line(line, start + line_start == 0)
+            if when is not None:
+                return start + pos, content_end == pos, when, line
+            pos = line_start
+        if start == 0:
+            return None
+        window *= 4
+
+
+def close_interrupted(path: Path, fallback_header: dict[str, Any]) -> None:
+    """Close a .cast file a crash left open: drop a torn tail, append an "interrupted" marker
+    (at the last event's time), fsync. Everything complete already in the file is kept; a file
+    already ending with that marker (recovery itself interrupted) is left as it is. OSError."""
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        found = _last_good_line(fd, size)
+        if found is None:  # not even a header reached the disk
+            keep, add_newline, when = 0, False, 0.0
+            tail = json.dumps(fallback_header, ensure_ascii=False) + "\n"
+        else:
+            keep, add_newline, when, line = found
+            if keep == size and not add_newline and line.endswith(_INTERRUPTED_SUFFIX):
+                return
+            tail = "\n" if add_newline else ""
+        tail += f'[{when:.6f}, "m", "{INTERRUPTED}"]\n'
+        os.ftruncate(fd, keep)
+        data = tail.encode()
+        offset = keep
+        while data:
+            written = os.pwrite(fd, data, offset)
+            data, offset = data[written:], offset + written
+        os.fsync(fd)
+    finally:
+        os.close(fd)
