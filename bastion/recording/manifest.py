@@ -35,7 +35,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "previous": (str, type(None)), "state": str, "end_reason": (str, type(None)),
     "start": str, "end": (str, type(None)), "sealed_at": str,
     "identity": dict, "client": dict, "target": dict, "recordings": list,
-    "commands": list, "masks": dict, "approvals": list,
+    "commands": list, "masks": dict, "approvals": list, "recording_errors": list,
 }
 
 
@@ -179,6 +179,7 @@ def build_manifest(session_dir: Path, meta: dict[str, Any], *, sequence: int,
         "commands": meta.get("commands") or [],
         "masks": meta.get("masks") or {},
         "approvals": meta.get("approvals") or [],
+        "recording_errors": meta.get("recording_errors") or [],
     }
     raw = canonical_json(doc)
     parse_manifest(raw)  # never sign what a verifier would refuse to read

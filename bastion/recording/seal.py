@@ -299,17 +299,18 @@ def is_sealed(session_dir: Path) -> bool:
 
 
 def unsealed_sessions(spool_dir: Path) -> list[Path]:
-    """Finished (not active) session folders without a manifest, oldest first."""
-    found: list[Path] = []
+    """Finished (not active) session folders without a manifest, in the order they ended."""
+    found: list[tuple[str, str, Path]] = []
     if not spool_dir.is_dir():
-        return found
-    for entry in sorted(spool_dir.iterdir()):
+        return []
+    for entry in spool_dir.iterdir():
         if not entry.is_dir() or entry.name.startswith(".") or is_sealed(entry):
             continue
         try:
-            state = json.loads((entry / "session.json").read_text(encoding="utf-8"))["state"]
+            meta = json.loads((entry / "session.json").read_text(encoding="utf-8"))
+            state, end = meta["state"], str(meta.get("end") or "")
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if state != "active":
-            found.append(entry)
-    return found
+            found.append((end, entry.name, entry))
+    return [entry for _, _, entry in sorted(found)]
