@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -65,6 +66,15 @@ def _children(parent: int) -> list[int]:
         if len(fields) > 1 and fields[1] == str(parent):
             pids.append(int(entry.parent.name))
     return pids
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _quote(value: str | Path) -> str:
@@ -170,11 +180,17 @@ class SshdTarget:
             return
         # Each connection's sshd calls setsid(), so stopping the listener's process group
         # would leave them running; end them by pid first.
-        if self.process.alive():
-            for pid in _children(self.process.pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGTERM)
-        self.process.stop()
+        children = _children(self.process.pid) if self.process.alive() else []
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        self.process.stop()  # the listener reaps the children it forked
+        deadline = time.monotonic() + 3.0
+        while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for pid in filter(_running, children):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> SshdTarget:
         return self.start()

@@ -40,3 +40,10 @@ def test_interactive_shell_in_tmux(sshd_targets: SshdTargets, tmux: TmuxFactory)
 
     screen.type_line("exit 3")
     assert screen.wait_exit() == 3
+
+
+def test_tmux_reports_exit_status_and_signal(tmux: TmuxFactory) -> None:
+    assert tmux(["sh", "-c", "echo done; exit 5"]).wait_exit() == 5
+    killed = tmux(["sh", "-c", "echo bye; kill -KILL $$"])
+    assert killed.wait_exit() == 128 + 9
+    killed.wait_for("bye")  # the last screen stays readable after the program ended

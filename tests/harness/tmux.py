@@ -129,11 +129,14 @@ class TmuxSession:
         self._run("resize-window", "-t", SESSION, "-x", str(width), "-y", str(height))
 
     def exit_status(self) -> int | None:
-        """The program's exit status once it has ended, else None."""
-        dead, status = [*self._display("#{pane_dead} #{pane_dead_status}").split(), ""][:2]
+        """The program's exit status once it has ended (128+N if killed by signal N), else None."""
+        fields = self._display("#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}")
+        dead, status, signum = [*fields.split(":"), "", ""][:3]
         if dead != "1":
             return None
-        return int(status) if status else None
+        if status:
+            return int(status)
+        return 128 + int(signum) if signum else -1
 
     def wait_exit(self, timeout: float = 15.0) -> int:
         """Wait until the program ends; return its exit status."""
