@@ -136,7 +136,8 @@ class TmuxSession:
             return None
         if status:
             return int(status)
-        return 128 + int(signum) if signum else -1
+        # tmux can mark the pane dead (its pty closed) before it has reaped the program.
+        return 128 + int(signum) if signum else None
 
     def wait_exit(self, timeout: float = 15.0) -> int:
         """Wait until the program ends; return its exit status."""
