@@ -69,6 +69,7 @@ class SeaweedS3:
         return [
             weed_binary(), "server", f"-dir={self.data_dir}", "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
+            "-master.electionTimeout=1s",
             "-volume.max=0", f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
@@ -120,10 +121,10 @@ class SeaweedS3:
         """Create a bucket, with Object Lock (and so versioning) unless told otherwise."""
         self.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=object_lock)
 
-    def stop(self) -> None:
-        """Stop the store (its data stays)."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the store (its data stays); SIGKILL if it takes longer than ``timeout``."""
         if self.proc is not None:
-            self.proc.stop()
+            self.proc.stop(timeout)
             self.proc = None
 
     def kill(self) -> None:

@@ -1,0 +1,236 @@
+"""``bastion upload`` against a real SeaweedFS S3 gateway (Object Lock bucket)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.evidence import NODE, make_sealer, record_sessions, write_config
+
+from bastion.demo.s3 import SeaweedS3
+from bastion.storage.objects import compress
+from bastion.storage.upload import UploadLock
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS for the module; each test uses its own bucket."""
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as s3:
+        yield s3
+
+
+class Site:
+    """A bastion's spool, state, signing key and config, uploading to one bucket."""
+
+    def __init__(self, root: Path, store: SeaweedS3, bucket: str, **config: Any) -> None:
+        self.root, self.store, self.bucket = root, store, bucket
+        root.mkdir(parents=True, exist_ok=True)
+        self.spool = root / "spool"
+        self.state = root / "state"
+        self.sealer, self.pub = make_sealer(root)
+        self.config = write_config(root / "bastion.toml", spool=self.spool, state=self.state,
+                                   bucket=bucket, endpoint=store.endpoint_url,
+                                   signing_key=root / "signing.key", public_key=self.pub,
+                                   **config)
+
+    def record(self, count: int, **kwargs: Any) -> list[Path]:
+        folders = record_sessions(self.spool, count, **kwargs)
+        for folder in folders:
+            self.sealer.seal(folder)
+        return folders
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.store.env()}
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "bastion", *args]
+
+    def upload(self, *args: str) -> tuple[int, dict[str, Any], str]:
+        proc = subprocess.run(self.argv("upload", "--config", str(self.config), *args),
+                              capture_output=True, text=True, env=self.env(), timeout=120)
+        return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+    def verify(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv("verify", f"s3://{self.bucket}/evidence",
+                                        "--config", str(self.config), *args),
+                              capture_output=True, text=True, env=self.env(), timeout=120)
+
+    def versions(self) -> list[tuple[str, str]]:
+        listing = self.store.client().list_object_versions(Bucket=self.bucket)
+        return sorted((v["Key"], v["VersionId"]) for v in listing.get("Versions", []))
+
+
+def _bucket(store: SeaweedS3, name: str, lock: bool = True) -> str:
+    store.create_bucket(name, object_lock=lock)
+    return name
+
+
+def test_upload_several_sessions_then_a_rerun_uploads_nothing(
+        store: SeaweedS3, tmp_path: Path) -> None:
+    site = Site(tmp_path, store, _bucket(store, "upload-several"))
+    folders = site.record(3)
+
+    code, summary, stderr = site.upload()
+    assert code == 0, (summary, stderr)
+    assert summary["status"] == "ok"
+    assert sorted(summary["uploaded"]) == sorted(f.name for f in folders)
+    assert summary["objects_uploaded"] == 9  # per session: recording, signature, manifest
+    assert summary["object_lock"] == "GOVERNANCE for 1 days"
+    assert not any(f.exists() for f in folders)  # verified in S3, so removed locally
+
+    keys = [key for key, _ in site.versions()]
+    day = folders[0].name[:8]
+    base = f"evidence/{day[:4]}/{day[4:6]}/{day[6:8]}/{NODE}/{folders[0].name}"
+    assert {f"{base}/1-shell.cast.gz", f"{base}/manifest.sig", f"{base}/manifest.json"} <= set(keys)
+    head = store.client().head_object(Bucket=site.bucket, Key=f"{base}/manifest.json",
+                                      ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"]
+
+    before = site.versions()
+    code, summary, _ = site.upload()
+    assert code == 0 and summary["uploaded"] == [] and summary["objects_uploaded"] == 0
+    assert site.versions() == before
+
+    verified = site.verify()
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "VERIFIED: 3 sessions" in verified.stdout
+
+
+def test_kept_sessions_are_not_uploaded_twice(store: SeaweedS3, tmp_path: Path) -> None:
+    site = Site(tmp_path, store, _bucket(store, "upload-keep"), keep_days=7)
+    folders = site.record(2)
+    code, summary, _ = site.upload()
+    assert code == 0 and len(summary["uploaded"]) == 2
+    assert all((f / "uploaded.json").is_file() and (f / "1-shell.cast").is_file()
+               for f in folders)
+    before = site.versions()
+    code, summary, _ = site.upload()
+    assert code == 0 and summary["uploaded"] == [] and sorted(summary["kept"]) == sorted(
+        f.name for f in folders)
+    assert site.versions() == before
+
+
+def test_interrupted_run_is_verified_not_reuploaded(store: SeaweedS3, tmp_path: Path) -> None:
+    site = Site(tmp_path, store, _bucket(store, "upload-resume"))
+    [folder] = site.record(1)
+    # As if a run was killed after the recording went up but before the manifest did.
+    client = store.client()
+    day = folder.name[:8]
+    key = f"evidence/{day[:4]}/{day[4:6]}/{day[6:8]}/{NODE}/{folder.name}/1-shell.cast.gz"
+    compress(folder / "1-shell.cast", tmp_path / "packed.gz")
+    client.put_object(Bucket=site.bucket, Key=key, Body=(tmp_path / "packed.gz").read_bytes())
+    code, summary, stderr = site.upload()
+    assert code == 0, (summary, stderr)
+    assert summary["uploaded"] == [folder.name] and summary["objects_uploaded"] == 2
+    assert len([k for k, _ in site.versions() if k == key]) == 1  # not overwritten
+    assert site.verify().returncode == 0
+
+
+def test_multipart_upload_of_a_large_recording(store: SeaweedS3, tmp_path: Path) -> None:
+    site = Site(tmp_path, store, _bucket(store, "upload-multipart"))
+    [folder] = site.record(1, output_bytes=12 * 1024 * 1024)
+    code, summary, stderr = site.upload()
+    assert code == 0, (summary, stderr)
+    day = folder.name[:8]
+    key = f"evidence/{day[:4]}/{day[4:6]}/{day[6:8]}/{NODE}/{folder.name}/1-shell.cast.gz"
+    head = store.client().head_object(Bucket=site.bucket, Key=key, ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"].endswith("-2")  # composite: two parts, each checked by S3
+    assert site.verify().returncode == 0
+
+
+def test_object_lock_refuses_a_delete(store: SeaweedS3, tmp_path: Path) -> None:
+    site = Site(tmp_path, store, _bucket(store, "upload-locked"))
+    site.record(1)
+    assert site.upload()[0] == 0
+    client = store.client(max_attempts=1)
+    for key, version in site.versions():
+        retention = client.get_object_retention(Bucket=site.bucket, Key=key,
+                                                VersionId=version)["Retention"]
+        assert retention["Mode"] == "GOVERNANCE"
+        with pytest.raises(client.exceptions.ClientError, match="AccessDenied"):
+            client.delete_object(Bucket=site.bucket, Key=key, VersionId=version)
+    assert site.verify().returncode == 0
+
+
+def test_store_killed_mid_upload_then_the_next_run_completes(tmp_path: Path) -> None:
+    with SeaweedS3(tmp_path / "own-store") as own:
+        own.create_bucket("upload-crash")
+        site = Site(tmp_path / "site", own, "upload-crash", concurrency=1)
+        small = site.record(1)
+        large = site.record(3, output_bytes=24 * 1024 * 1024)
+        watcher = own.client(max_attempts=1)
+        proc = subprocess.Popen(site.argv("upload", "--config", str(site.config), "--json"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=site.env())
+        try:
+            # Await the first session's manifest in the bucket, then freeze the uploader so the
+            # store dies while it is certainly in the middle of the run.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                listing = watcher.list_objects_v2(Bucket="upload-crash")
+                if any(o["Key"].endswith("manifest.json") for o in listing.get("Contents", [])):
+                    break
+            os.kill(proc.pid, signal.SIGSTOP)
+            own.kill()
+            os.kill(proc.pid, signal.SIGCONT)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 1, (out, err)
+        summary = json.loads(out)
+        assert summary["status"] == "failed"
+        assert any("cannot reach the object store" in f["error"] for f in summary["failed"])
+        # Nothing was deleted locally; the session verified before the crash is marked so.
+        assert summary["removed"] == [] and small[0].name in summary["uploaded"]
+        assert (small[0] / "uploaded.json").is_file()
+        for folder in small + large:
+            assert (folder / "manifest.json").is_file() and (folder / "1-shell.cast").is_file()
+
+        own.start()  # same data, same ports
+        code, summary, stderr = site.upload()
+        assert code == 0, (summary, stderr)
+        assert not any(f.exists() for f in small + large)
+        verified = site.verify()
+        assert verified.returncode == 0, verified.stdout
+        assert "VERIFIED: 4 sessions" in verified.stdout
+
+
+def test_two_uploads_at_once_never_overlap(store: SeaweedS3, tmp_path: Path) -> None:
+    site = Site(tmp_path, store, _bucket(store, "upload-twice"))
+    site.record(2)
+    held = UploadLock(site.state)
+    assert held.acquire(wait=False)
+    try:
+        code, summary, _ = site.upload()
+        assert code == 0 and summary["status"] == "busy"
+        waiting = subprocess.Popen(site.argv("upload", "--config", str(site.config), "--json",
+                                             "--wait"),
+                                   stdout=subprocess.PIPE, text=True, env=site.env())
+        assert waiting.poll() is None
+    finally:
+        held.release()
+    out, _ = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0 and len(json.loads(out)["uploaded"]) == 2
+
+    site.record(2)
+    runs = [subprocess.Popen(site.argv("upload", "--config", str(site.config), "--json"),
+                             stdout=subprocess.PIPE, text=True, env=site.env())
+            for _ in range(2)]
+    results = [json.loads(r.communicate(timeout=120)[0]) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0]
+    uploaded = [s for r in results for s in r["uploaded"]]
+    assert len(uploaded) == 2 == len(set(uploaded))  # each session went up exactly once
+    keys = [key for key, _ in site.versions()]
+    assert len(keys) == len(set(keys)) == 12  # no object has a second version
