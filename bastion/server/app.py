@@ -18,6 +18,7 @@ from bastion.config.model import Config
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Credential, Vault, load_vault_key
 from bastion.errors import UpstreamError
+from bastion.identity.service import IdentityService
 from bastion.policy.access import Authorization
 from bastion.recording import SessionRecording, Spool
 from bastion.relay.session import RelayServices
@@ -39,6 +40,7 @@ class BastionServer:
         self.local_keys = LocalKeyIndex.from_config(config)
         self.spool = Spool(config.paths.spool_dir, config.server.node_id)
         self._vault_key = load_vault_key(config.vault)
+        self.identity = IdentityService.open(config, audit, self._vault_key)
         self.connections: dict[str, BastionConnection] = {}
         self._conn_ids = itertools.count(1)
         self._per_identity: Counter[str] = Counter()

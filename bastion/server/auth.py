@@ -8,13 +8,22 @@ an ``Identity``; nothing else in the server needs to change for them.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncssh
 
 from bastion.audit import AuditLog
 from bastion.config.model import Config
+from bastion.errors import BastionError
+from bastion.identity.bindings import KeyBinding
+from bastion.identity.login import Challenge, LoginFlow
 from bastion.identity.model import LOCAL_ISSUER, Identity
+from bastion.identity.service import IdentityService, ProvenKey
+from bastion.policy.access import parse_username
+
+# What asyncssh accepts from a keyboard-interactive callback: a challenge tuple or a verdict.
+KbdIntAnswer = tuple[str, str, str, tuple[tuple[str, bool], ...]] | bool
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,7 @@ class ConnectionAuth:
     """Per-connection auth state: which keys were offered, who proved what, how many failures."""
 
     def __init__(self, config: Config, audit: AuditLog, keys: LocalKeyIndex,
-                 conn_id: str, peer: str) -> None:
+                 conn_id: str, peer: str, identity: IdentityService | None = None) -> None:
         self._config = config
         self._audit = audit
         self._keys = keys
@@ -55,6 +64,12 @@ class ConnectionAuth:
         self._candidate: tuple[Identity, str] | None = None
         self.identity: Identity | None = None
         self.key_fingerprint: str | None = None
+        # Device login, key bindings and TOTP (bastion.identity); None: config keys only.
+        self._ids = identity
+        self._proven: list[ProvenKey] = []  # unknown keys the client signed with: bound later
+        self._pending: tuple[Identity, str, KeyBinding | None] | None = None  # awaits TOTP
+        self._binding: KeyBinding | None = None  # the binding the candidate came from
+        self._flow: LoginFlow | None = None
 
     @property
     def attempts_exhausted(self) -> bool:
@@ -66,21 +81,126 @@ class ConnectionAuth:
         self.username = username
 
     def validate_public_key(self, key: asyncssh.SSHKey) -> bool:
-        """Accept a key that belongs to a config user; remember every key offered."""
+        """Accept a key of a config user or a bound key; remember every key offered.
+
+        With device login on, unknown keys are accepted too, but only so that the client signs
+        with them: ``signature_checked`` then refuses them, and they are bound to the person
+        once their device login succeeds. A key is never bound on its holder's word alone.
+        """
         if not any(k.public_data == key.public_data for k in self.offered_keys):
             self.offered_keys.append(key)
+        if self._known(key) is not None:
+            return True  # asyncssh asks once without and once with the signature
+        if self._ids is not None and self._ids.device_login_enabled:
+            return True
+        self.failures += 1
+        return False
+
+    def _known(self, key: asyncssh.SSHKey) -> tuple[Identity, KeyBinding | None] | None:
         identity = self._keys.lookup(key)
-        if identity is None:
-            self.failures += 1
-            return False
-        # asyncssh asks once without and once with the signature; the signed one completes.
-        self._candidate = (identity, key.get_fingerprint("sha256"))
+        if identity is not None:
+            return identity, None
+        if self._ids is not None:
+            binding = self._ids.binding_for(key.get_fingerprint("sha256"))
+            if binding is not None:
+                return binding.identity, binding
+        return None
+
+    def _target(self) -> str | None:
+        try:
+            return parse_username(self.username, self._config).target
+        except BastionError:
+            return None  # refused after auth, with the reason, like any bad request
+
+    def signature_checked(self, key: asyncssh.SSHKey) -> bool:
+        """The client proved it holds ``key``: whether that alone completes authentication."""
+        fingerprint = key.get_fingerprint("sha256")
+        known = self._known(key)
+        if known is None:
+            if not any(p.fingerprint == fingerprint for p in self._proven):
+                line = key.export_public_key("openssh").decode("ascii").strip()
+                self._proven.append(ProvenKey(fingerprint, line))
+            return False  # on to keyboard-interactive: the device login
+        identity, binding = known
+        if self._ids is not None and self._ids.totp_required(identity, self._target()):
+            self._pending = (identity, fingerprint, binding)
+            return False  # on to keyboard-interactive: the TOTP code
+        self._candidate = (identity, fingerprint)
+        self._binding = binding
         return True
+
+    def watch_signatures(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Hear from asyncssh which keys' signatures it verified.
+
+        asyncssh tells its server object about a key before it checks the signature and
+        completes authentication as soon as a signature verifies, so the decision "proven, but
+        not enough" (an unknown key to bind, a key whose owner still owes a TOTP code) is made
+        here, on the connection's own check.
+        """
+        check: Callable[[str, bytes, bytes, bytes], Awaitable[bool]] = conn.validate_public_key
+
+        async def validate_public_key(username: str, key_data: bytes, msg: bytes,
+                                      signature: bytes) -> bool:
+            verified = await check(username, key_data, msg, signature)
+            if not msg or not verified:
+                return verified  # a query without a signature, or a refused key
+            key = next((k for k in self.offered_keys if k.public_data == key_data), None)
+            return key is not None and self.signature_checked(key)
+
+        conn.validate_public_key = validate_public_key  # type: ignore[method-assign]
+
+    # -- keyboard-interactive: device login and TOTP -------------------------------------------
+    def kbdint_supported(self) -> bool:
+        """Whether keyboard-interactive may be offered (device login or a TOTP policy)."""
+        if self._ids is None:
+            return False
+        policy = self._ids.settings.totp_required_for
+        return self._ids.device_login_enabled or bool(
+            policy.all or policy.groups or policy.targets)
+
+    async def kbdint_challenge(self, conn: asyncssh.SSHServerConnection) -> KbdIntAnswer:
+        """Start the device login (or the TOTP prompt for a proven key) and say what to show."""
+        if self._ids is None:
+            return False
+        self._flow = LoginFlow(self._ids, conn=self._conn_id, client=self._peer,
+                               request=self.username, target=self._target(),
+                               proven_keys=list(self._proven),
+                               pending=self._pending[0] if self._pending else None)
+        return self._ask(conn, await self._flow.begin())
+
+    async def kbdint_response(self, conn: asyncssh.SSHServerConnection,
+                              responses: Sequence[str]) -> KbdIntAnswer:
+        """Take the answers; the next challenge, or the verdict."""
+        flow = self._flow
+        if flow is None:
+            return False
+        result = await flow.answer(list(responses))
+        if result is True and flow.identity is not None:
+            if self._pending is not None:
+                self._candidate = (flow.identity, self._pending[1])
+                self._binding = self._pending[2]
+            else:
+                fingerprint = self._proven[0].fingerprint if self._proven else "none"
+                self._candidate = (flow.identity, fingerprint)
+            return True
+        if result is False:
+            self.failures += 1
+        return self._ask(conn, result)
+
+    @staticmethod
+    def _ask(conn: asyncssh.SSHServerConnection, step: Challenge | bool) -> KbdIntAnswer:
+        if isinstance(step, bool):
+            return step
+        if step.banner:
+            conn.send_auth_banner(step.banner)  # UTF-8 reaches the user here (the QR code)
+        return (step.name, step.instructions, "", step.prompts)
 
     def completed(self) -> Identity:
         """Auth succeeded: fix the identity and log it."""
         assert self._candidate is not None, "auth completed without a candidate identity"
         self.identity, self.key_fingerprint = self._candidate
+        if self._binding is not None and self._ids is not None:
+            self._ids.binding_used(self._binding, self._conn_id, self._peer)
         self._audit.emit("login.success", conn=self._conn_id, client=self._peer,
                          user=self.identity.name, method=self.identity.method,
                          key=self.key_fingerprint, request=self.username[:256])
@@ -88,6 +208,8 @@ class ConnectionAuth:
 
     def failed(self, reason: str) -> None:
         """The connection closed or was refused before authenticating."""
+        if self._flow is not None and self._flow.failure:
+            reason = f"{reason}: {self._flow.failure}"
         self._audit.emit("login.failure", conn=self._conn_id, client=self._peer,
                          request=self.username[:256], reason=reason,
                          keys=[k.get_fingerprint("sha256") for k in self.offered_keys])

@@ -7,6 +7,7 @@ and UNIX forwarding, X11 and agent forwarding are refused (asyncssh's defaults, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -15,7 +16,7 @@ from bastion.errors import BastionError
 from bastion.policy.access import TargetRequest, parse_username
 from bastion.relay.channels import UserChannel
 from bastion.relay.session import ClientInfo, ConnectionSession
-from bastion.server.auth import ConnectionAuth
+from bastion.server.auth import ConnectionAuth, KbdIntAnswer
 
 if TYPE_CHECKING:
     from bastion.server.app import BastionServer
@@ -42,7 +43,8 @@ class BastionConnection(asyncssh.SSHServer):
         self.peer = (str(peer[0]), int(peer[1]))
         srv = self._server
         self.auth = ConnectionAuth(srv.config, srv.audit, srv.local_keys, self.conn_id,
-                                   f"{self.peer[0]}:{self.peer[1]}")
+                                   f"{self.peer[0]}:{self.peer[1]}", srv.identity)
+        self.auth.watch_signatures(conn)
         if not srv.admit(self):
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
                             "bastion: too many connections, try again later")
@@ -75,6 +77,20 @@ class BastionConnection(asyncssh.SSHServer):
                                  "bastion: too many authentication attempts")
             return False
         return self.auth.validate_public_key(key)
+
+    def kbdint_auth_supported(self) -> bool:
+        assert self.auth is not None
+        return self.auth.kbdint_supported()
+
+    async def get_kbdint_challenge(self, username: str, lang: str,
+                                   submethods: str) -> KbdIntAnswer:
+        assert self.auth is not None and self.conn is not None
+        return await self.auth.kbdint_challenge(self.conn)
+
+    async def validate_kbdint_response(self, username: str,
+                                       responses: Sequence[str]) -> KbdIntAnswer:
+        assert self.auth is not None and self.conn is not None
+        return await self.auth.kbdint_response(self.conn, responses)
 
     def auth_completed(self) -> None:
         assert self.auth is not None
