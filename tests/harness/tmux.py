@@ -136,8 +136,14 @@ class TmuxSession:
             return None
         if status:
             return int(status)
-        # tmux can mark the pane dead (its pty closed) before it has reaped the program.
-        return 128 + int(signum) if signum else None
+        if signum:
+            return 128 + int(signum)
+        # The pty closed but tmux has not reaped the program yet. tmux 3.3 sometimes misses
+        # the SIGCHLD and leaves a zombie for good; another SIGCHLD makes it reap and record.
+        if self.server_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.server_pid, signal.SIGCHLD)
+        return None
 
     def wait_exit(self, timeout: float = 15.0) -> int:
         """Wait until the program ends; return its exit status."""
