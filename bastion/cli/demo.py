@@ -62,6 +62,7 @@ Open a shell on {stack.target_names[0]} through the bastion:
 Run one command:
     {commands[1]}
 
+{stack.device_login_usage()}
 Recordings: {stack.spool_dir}
 Logs:       {stack.logs_dir}
 Settings for scripts: . {stack.env_path}

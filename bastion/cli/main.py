@@ -61,6 +61,9 @@ def _register() -> None:
     cli.add_command(vault_cmd.vault)
     from bastion.cli import evidence as evidence_cmd
     evidence_cmd.register(cli)
+    from bastion.cli import identity as identity_cmd
+    cli.add_command(identity_cmd.keys)
+    cli.add_command(identity_cmd.totp)
 
 
 def main() -> None:

@@ -136,6 +136,12 @@ class IdpServer:
         return self
 
     @property
+    def process(self) -> ManagedProcess:
+        """The running node process."""
+        assert self._proc is not None, "IdP not started"
+        return self._proc
+
+    @property
     def pid(self) -> int:
         """The node process id."""
         assert self._proc is not None

@@ -22,6 +22,7 @@ from bastion.credentials.hostkeys import generate_host_key
 from bastion.credentials.vault import Vault, private_key_credential
 from bastion.credentials.vaultkey import generate_vault_key, write_vault_key
 from bastion.demo import toml_writer
+from bastion.demo.idp import IdpServer
 from bastion.demo.procs import ManagedProcess, free_port
 from bastion.demo.sshd import SshdTarget, find_ssh_keygen, find_sshd, generate_key_pair
 from bastion.errors import ConfigError, UsageError
@@ -37,7 +38,9 @@ class DemoStack:
 
     def __init__(self, workdir: Path, bastion_port: int | None = None, *,
                  target_names: Sequence[str] = TARGET_NAMES,
-                 keep_target_key: bool = False) -> None:
+                 keep_target_key: bool = False, with_idp: bool = True,
+                 idp_options: Mapping[str, Any] | None = None,
+                 identity_config: Mapping[str, Any] | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.bastion_host = LOOPBACK
         self.bastion_port = bastion_port or free_port()
@@ -45,6 +48,14 @@ class DemoStack:
         self.target_names = tuple(target_names)
         # The target key lives only in the vault unless a test wants to reach targets directly.
         self.keep_target_key = keep_target_key
+        # The identity provider (node oidc-provider) for device logins; options go to IdpServer,
+        # identity_config is merged into [identity] (TOTP policy, TTLs) after the defaults.
+        self.with_idp = with_idp
+        self.idp_options = dict(idp_options or {})
+        self.identity_config = dict(identity_config or {})
+        self.idp: IdpServer | None = None
+        self.sso_key_path = self.workdir / "keys" / "sso_ed25519"
+        self.sso_ssh_config_path = self.workdir / "ssh_config_sso"
 
         self.keys_dir = self.workdir / "keys"
         self.state_dir = self.workdir / "state"
@@ -80,6 +91,8 @@ class DemoStack:
             self.setup_targets()
             self.setup_vault()
             self.setup_access()
+            if self.with_idp:
+                self.setup_identity()
             self.write_config()
             self.start_bastion()
             self.write_client_files()
@@ -199,6 +212,49 @@ class DemoStack:
             "access": [{"groups": list(DEMO_GROUPS), "targets": ["*"],
                         "logins": [self.login]}],
         })
+
+    def setup_identity(self) -> None:
+        """Start the demo IdP, point [identity] at it, and make a key the bastion does not know."""
+        self.idp = IdpServer(self.workdir / "idp", **self.idp_options)
+        self.add_cleanup(self.idp.stop)
+        self.idp.start()
+        self.processes.append(self.idp.process)
+        self.merge_config({"identity": {
+            "issuer": self.idp.issuer, "client_id": self.idp.client_id,
+            "scopes": ["openid", "email", "profile", "groups"], "binding_ttl": "12h",
+            **self.identity_config}})
+        generate_key_pair(self.sso_key_path, "bastion demo device-login user")
+        options = [("UserKnownHostsFile", str(self.known_hosts_path)),
+                   ("GlobalKnownHostsFile", "/dev/null"), ("StrictHostKeyChecking", "yes"),
+                   ("UpdateHostKeys", "no"), ("IdentitiesOnly", "yes"),
+                   ("IdentityFile", str(self.sso_key_path)), ("PasswordAuthentication", "no"),
+                   ("PreferredAuthentications", "publickey,keyboard-interactive")]
+        lines = ["# Written by `bastion demo`: a key the bastion does not know, so the first",
+                 "# connection signs in through the identity provider (device login).", "Host *"]
+        lines += [f"    {name} {_ssh_config_value(value)}" for name, value in options]
+        self.sso_ssh_config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        account = self.idp.accounts[0]
+        self.env.update({"IDP_ISSUER": self.idp.issuer, "DEMO_IDP_USER": account.username,
+                         "DEMO_IDP_PASSWORD": account.password,
+                         "BASTION_SSO_SSH_CONFIG": str(self.sso_ssh_config_path)})
+
+    def sso_ssh_argv(self, target: str, *command: str, login: str | None = None) -> list[str]:
+        """The OpenSSH command line of a person signing in through the IdP (device login)."""
+        argv = ["ssh", "-F", str(self.sso_ssh_config_path), "-p", str(self.bastion_port),
+                f"{login or self.login}@{target}@{self.bastion_host}"]
+        return [*argv, "--", *command] if command else argv
+
+    def device_login_usage(self) -> str:
+        """How to try the device login, for the person running the demo ("" without an IdP)."""
+        if self.idp is None:
+            return ""
+        account = self.idp.accounts[0]
+        return (f"Sign in through the identity provider ({self.idp.issuer}) as a new user:\n"
+                f"    {shlex.join(self.sso_ssh_argv(self.target_names[0]))}\n"
+                "  Open the URL it shows (or scan the QR code) in a browser, sign in as "
+                f"{account.username} / {account.password}\n"
+                "  and allow; the shell opens. The key is then bound for 12 h: run the same "
+                "ssh again\n  and you go straight in. `bastion keys list` shows the binding.\n")
 
     def write_config(self) -> None:
         """Write bastion.toml from the merged sections and check it loads."""
