@@ -268,9 +268,12 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
     def target_closed(self, target: TargetChannel, exc: Exception | None) -> None:
         """The target ended the channel: pass its exit status or signal on and close."""
         self._target = None
+        if not self._done:
+            self._pass_exit(target, exc)
+        # After the user has their exit status: closing the recording fsyncs it.
         self._close_writer()
-        if self._done:
-            return
+
+    def _pass_exit(self, target: TargetChannel, exc: Exception | None) -> None:
         nl = "\r\n" if self._term else "\n"
         try:
             if target.exit_signal is not None:
