@@ -6,14 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from harness.evidence import NODE, make_sealer, record_sessions, write_config
+from harness.evidence import NODE, Site
 
 from bastion.demo.s3 import SeaweedS3
 from bastion.storage.objects import compress
@@ -27,47 +25,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     """One SeaweedFS for the module; each test uses its own bucket."""
     with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as s3:
         yield s3
-
-
-class Site:
-    """A bastion's spool, state, signing key and config, uploading to one bucket."""
-
-    def __init__(self, root: Path, store: SeaweedS3, bucket: str, **config: Any) -> None:
-        self.root, self.store, self.bucket = root, store, bucket
-        root.mkdir(parents=True, exist_ok=True)
-        self.spool = root / "spool"
-        self.state = root / "state"
-        self.sealer, self.pub = make_sealer(root)
-        self.config = write_config(root / "bastion.toml", spool=self.spool, state=self.state,
-                                   bucket=bucket, endpoint=store.endpoint_url,
-                                   signing_key=root / "signing.key", public_key=self.pub,
-                                   **config)
-
-    def record(self, count: int, **kwargs: Any) -> list[Path]:
-        folders = record_sessions(self.spool, count, **kwargs)
-        for folder in folders:
-            self.sealer.seal(folder)
-        return folders
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, **self.store.env()}
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "bastion", *args]
-
-    def upload(self, *args: str) -> tuple[int, dict[str, Any], str]:
-        proc = subprocess.run(self.argv("upload", "--config", str(self.config), *args),
-                              capture_output=True, text=True, env=self.env(), timeout=120)
-        return proc.returncode, json.loads(proc.stdout), proc.stderr
-
-    def verify(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv("verify", f"s3://{self.bucket}/evidence",
-                                        "--config", str(self.config), *args),
-                              capture_output=True, text=True, env=self.env(), timeout=120)
-
-    def versions(self) -> list[tuple[str, str]]:
-        listing = self.store.client().list_object_versions(Bucket=self.bucket)
-        return sorted((v["Key"], v["VersionId"]) for v in listing.get("Versions", []))
 
 
 def _bucket(store: SeaweedS3, name: str, lock: bool = True) -> str:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+from bastion.demo.s3 import SeaweedS3
 from bastion.recording.seal import Sealer, Signer, generate_signing_key
 from bastion.recording.spool import Spool
 
@@ -80,3 +85,44 @@ multipart_threshold = {multipart_threshold}
 max_attempts = {max_attempts}
 """, encoding="utf-8")
     return path
+
+
+class Site:
+    """A bastion's spool, state, signing key and config, uploading to one bucket."""
+
+    def __init__(self, root: Path, store: SeaweedS3, bucket: str, **config: Any) -> None:
+        self.root, self.store, self.bucket = root, store, bucket
+        root.mkdir(parents=True, exist_ok=True)
+        self.spool = root / "spool"
+        self.state = root / "state"
+        self.sealer, self.pub = make_sealer(root)
+        self.config = write_config(root / "bastion.toml", spool=self.spool, state=self.state,
+                                   bucket=bucket, endpoint=store.endpoint_url,
+                                   signing_key=root / "signing.key", public_key=self.pub,
+                                   **config)
+
+    def record(self, count: int, **kwargs: Any) -> list[Path]:
+        folders = record_sessions(self.spool, count, **kwargs)
+        for folder in folders:
+            self.sealer.seal(folder)
+        return folders
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.store.env()}
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "bastion", *args]
+
+    def upload(self, *args: str) -> tuple[int, dict[str, Any], str]:
+        proc = subprocess.run(self.argv("upload", "--config", str(self.config), *args),
+                              capture_output=True, text=True, env=self.env(), timeout=120)
+        return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+    def verify(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv("verify", f"s3://{self.bucket}/evidence",
+                                        "--config", str(self.config), *args),
+                              capture_output=True, text=True, env=self.env(), timeout=120)
+
+    def versions(self) -> list[tuple[str, str]]:
+        listing = self.store.client().list_object_versions(Bucket=self.bucket)
+        return sorted((v["Key"], v["VersionId"]) for v in listing.get("Versions", []))
