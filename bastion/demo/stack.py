@@ -24,6 +24,7 @@ from bastion.credentials.vaultkey import generate_vault_key, write_vault_key
 from bastion.demo import toml_writer
 from bastion.demo.idp import IdpServer
 from bastion.demo.procs import ManagedProcess, free_port
+from bastion.demo.s3 import SeaweedS3
 from bastion.demo.sshd import SshdTarget, find_ssh_keygen, find_sshd, generate_key_pair
 from bastion.errors import ConfigError, UsageError
 
@@ -40,7 +41,8 @@ class DemoStack:
                  target_names: Sequence[str] = TARGET_NAMES,
                  keep_target_key: bool = False, with_idp: bool = True,
                  idp_options: Mapping[str, Any] | None = None,
-                 identity_config: Mapping[str, Any] | None = None) -> None:
+                 identity_config: Mapping[str, Any] | None = None,
+                 with_s3: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
         self.bastion_host = LOOPBACK
         self.bastion_port = bastion_port or free_port()
@@ -54,6 +56,12 @@ class DemoStack:
         self.idp_options = dict(idp_options or {})
         self.identity_config = dict(identity_config or {})
         self.idp: IdpServer | None = None
+        # Evidence: a SeaweedFS S3 store with an Object Lock bucket, and a signing key.
+        self.with_s3 = with_s3
+        self.s3: SeaweedS3 | None = None
+        self.s3_bucket = "bastion-evidence"
+        self.s3_prefix = "demo"
+        self.signing_key_path = self.workdir / "keys" / "signing.key"
         self.sso_key_path = self.workdir / "keys" / "sso_ed25519"
         self.sso_ssh_config_path = self.workdir / "ssh_config_sso"
 
@@ -93,6 +101,8 @@ class DemoStack:
             self.setup_access()
             if self.with_idp:
                 self.setup_identity()
+            if self.with_s3:
+                self.setup_evidence()
             self.write_config()
             self.start_bastion()
             self.write_client_files()
@@ -237,6 +247,38 @@ class DemoStack:
         self.env.update({"IDP_ISSUER": self.idp.issuer, "DEMO_IDP_USER": account.username,
                          "DEMO_IDP_PASSWORD": account.password,
                          "BASTION_SSO_SSH_CONFIG": str(self.sso_ssh_config_path)})
+
+    def setup_evidence(self) -> None:
+        """Signing key, SeaweedFS with an Object Lock bucket, [evidence] and [storage]."""
+        from bastion.recording.seal import generate_signing_key
+
+        self.keys_dir.mkdir(parents=True, exist_ok=True)
+        generate_signing_key(self.signing_key_path)
+        public_key = f"{self.signing_key_path}.pub"
+        store = SeaweedS3(self.workdir / "s3")
+        self.add_cleanup(store.stop)
+        store.start()
+        assert store.proc is not None
+        self.processes.append(store.proc)
+        store.create_bucket(self.s3_bucket, object_lock=True)
+        self.s3 = store
+        self.merge_config({
+            # Uploaded sessions stay a week so `bastion replay` still finds them locally.
+            "evidence": {"signing_key": str(self.signing_key_path), "public_keys": [public_key],
+                         "keep_days": 7},
+            "storage": {"bucket": self.s3_bucket, "prefix": self.s3_prefix,
+                        "endpoint_url": store.endpoint_url, "object_lock_mode": "GOVERNANCE",
+                        "retention_days": 1},
+        })
+        # `bastion upload` and `bastion verify` find the store's demo keys the usual AWS way.
+        self.env.update({
+            "BASTION_S3_URI": f"s3://{self.s3_bucket}/{self.s3_prefix}",
+            "S3_ENDPOINT": store.endpoint_url,
+            "BASTION_PUBKEY": public_key,
+            "AWS_ACCESS_KEY_ID": store.access_key,
+            "AWS_SECRET_ACCESS_KEY": store.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        })
 
     def sso_ssh_argv(self, target: str, *command: str, login: str | None = None) -> list[str]:
         """The OpenSSH command line of a person signing in through the IdP (device login)."""

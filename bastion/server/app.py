@@ -10,6 +10,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncssh
 
@@ -17,10 +18,11 @@ from bastion.audit import AuditLog
 from bastion.config.model import Config
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Credential, Vault, load_vault_key
-from bastion.errors import UpstreamError
+from bastion.errors import BastionError, UpstreamError
 from bastion.identity.service import IdentityService
 from bastion.policy.access import Authorization
 from bastion.recording import SessionRecording, Spool
+from bastion.recording.seal import Sealer
 from bastion.relay.session import RelayServices
 from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import BastionConnection
@@ -47,6 +49,12 @@ class BastionServer:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._upkeep: asyncio.Task[None] | None = None
         self.finished_hooks: list[Callable[[SessionRecording], None]] = []
+        # Evidence: seal each finished recording (signed manifest, hash chain) when configured.
+        self.sealer = Sealer.from_config(config) if config.evidence is not None \
+            and config.evidence.signing_key is not None else None
+        self._sealing: set[asyncio.Future[None]] = set()
+        if self.sealer is not None:
+            self.finished_hooks.append(self._seal_finished)
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
             counter=self, on_finished=self._recording_finished)
@@ -91,6 +99,35 @@ class BastionServer:
         for hook in self.finished_hooks:
             hook(recording)
 
+    # -- evidence ------------------------------------------------------------------------------
+    def _seal_finished(self, recording: SessionRecording) -> None:
+        """Seal a finished recording off the event loop (hashing a long cast takes a while)."""
+        future = asyncio.get_running_loop().run_in_executor(None, self._seal, recording.path)
+        self._sealing.add(future)
+        future.add_done_callback(self._sealing.discard)
+
+    def _seal(self, path: Path) -> None:
+        """Seal one session folder; a failure leaves it unsealed for ``bastion upload`` to
+        report, and is logged and audited."""
+        assert self.sealer is not None
+        try:
+            self.sealer.seal(path)
+        except BastionError as exc:
+            log.error("cannot seal recording %s: %s", path.name, exc)
+            self.audit.emit("recording.seal_failed", session=path.name, error=str(exc))
+            return
+        self.audit.emit("recording.sealed", session=path.name)
+
+    def _seal_leftovers(self) -> None:
+        """Seal recovered (interrupted) sessions and any finished one a crash left unsealed."""
+        assert self.sealer is not None
+        sealed, failed = self.sealer.seal_spool(self.config.paths.spool_dir)
+        for manifest in sealed:
+            self.audit.emit("recording.sealed", session=manifest.parent.name)
+        for path, error in failed:
+            log.error("cannot seal recording %s: %s", path.name, error)
+            self.audit.emit("recording.seal_failed", session=path.name, error=error)
+
     # -- lifecycle ---------------------------------------------------------------------------
     @property
     def port(self) -> int:
@@ -105,6 +142,8 @@ class BastionServer:
         self.spool.lock()
         for path in self.spool.recover():
             self.audit.emit("recording.recovered", session=path.name, state="interrupted")
+        if self.sealer is not None:
+            self._seal_leftovers()
         host_keys, notes = load_host_keys(cfg.server.host_keys, create=True)
         for note in notes:
             log.warning("%s", note)
@@ -160,6 +199,8 @@ class BastionServer:
                 break
             await asyncio.sleep(0.05)
         self.spool.flush_due()
+        if self._sealing:
+            await asyncio.gather(*self._sealing, return_exceptions=True)
         self.audit.emit("server.stop")
 
 
