@@ -152,15 +152,15 @@ class ConnectionAuth:
     # -- keyboard-interactive: device login and TOTP -------------------------------------------
     def kbdint_supported(self) -> bool:
         """Whether keyboard-interactive may be offered (device login or a TOTP policy)."""
-        if self._ids is None:
-            return False
+        if self._ids is None or (self._flow is not None and self._flow.failure):
+            return False  # one keyboard-interactive login per connection; a refusal is final
         policy = self._ids.settings.totp_required_for
         return self._ids.device_login_enabled or bool(
             policy.all or policy.groups or policy.targets)
 
     async def kbdint_challenge(self, conn: asyncssh.SSHServerConnection) -> KbdIntAnswer:
         """Start the device login (or the TOTP prompt for a proven key) and say what to show."""
-        if self._ids is None:
+        if self._ids is None or (self._flow is not None and self._flow.failure):
             return False
         self._flow = LoginFlow(self._ids, conn=self._conn_id, client=self._peer,
                                request=self.username, target=self._target(),
