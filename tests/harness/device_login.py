@@ -90,8 +90,13 @@ class SshClient:
 
 
 def askpass_env(directory: Path, answer_file: Path) -> dict[str, str]:
-    """Environment making ssh read keyboard-interactive answers from ``answer_file``."""
+    """Environment making ssh answer keyboard-interactive prompts from ``answer_file``.
+
+    The helper waits until the file has content, so a test can write the answer once it has
+    read what the bastion showed (an enrollment URI, say).
+    """
     script = directory / "askpass.sh"
-    script.write_text(f"#!/bin/sh\ncat '{answer_file}'\n", encoding="utf-8")
+    script.write_text(f"#!/bin/sh\nwhile [ ! -s '{answer_file}' ]; do sleep 0.05; done\n"
+                      f"cat '{answer_file}'\n", encoding="utf-8")
     script.chmod(0o700)
     return {"SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
