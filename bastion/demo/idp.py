@@ -8,6 +8,7 @@ consent (or deny), keeping cookies between requests.
 
 from __future__ import annotations
 
+import fcntl
 import http.cookiejar
 import json
 import secrets
@@ -62,15 +63,20 @@ def generate_signing_key(kid: str | None = None, alg: str = "RS256") -> dict[str
 
 def ensure_node_modules() -> None:
     """Install the IdP's locked npm packages (``npm ci``) if they are missing."""
-    if (IDP_DIR / "node_modules" / "oidc-provider" / "package.json").is_file():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ProcessFailed("npm is not installed: the demo IdP needs Node.js 20 and npm")
-    result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                            cwd=IDP_DIR, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ProcessFailed(f"npm ci in {IDP_DIR} failed: {result.stderr.strip()[-500:]}")
+    # npm writes node_modules/.package-lock.json last, so it marks a finished install. Test
+    # runs in parallel share this folder: the lock keeps one `npm ci` from deleting another's.
+    marker = IDP_DIR / "node_modules" / ".package-lock.json"
+    with (IDP_DIR / "package-lock.json").open("rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file():
+            return
+        npm = shutil.which("npm")
+        if npm is None:
+            raise ProcessFailed("npm is not installed: the demo IdP needs Node.js 20 and npm")
+        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                                cwd=IDP_DIR, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ProcessFailed(f"npm ci in {IDP_DIR} failed: {result.stderr.strip()[-500:]}")
 
 
 @dataclass
