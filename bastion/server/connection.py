@@ -53,8 +53,12 @@ class BastionConnection(asyncssh.SSHServer):
         if self.session is not None:
             self.session.close()
         elif self.auth is not None and self.auth.identity is None:
-            self.auth.failed("connection closed before authentication" if exc is None
-                             else f"connection lost: {exc}")
+            if self.auth.username:
+                self.auth.failed("connection closed before authentication" if exc is None
+                                 else f"connection lost: {exc}")
+            else:  # a port probe or scanner: it never asked to log in
+                self._server.audit.emit("connection.unauthenticated", conn=self.conn_id,
+                                        client=f"{self.peer[0]}:{self.peer[1]}")
         self._server.forget(self)
 
     # -- authentication ------------------------------------------------------------------------
