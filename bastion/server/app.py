@@ -30,6 +30,7 @@ from bastion.server.hardening import algorithm_options
 
 log = logging.getLogger("bastion.server")
 
+_SHUTDOWN_GRACE = 3.0  # seconds clients get to hang up at shutdown before they are cut
 _UPKEEP_INTERVAL = 0.5  # seconds between recording flushes and idle checks
 
 
@@ -44,6 +45,7 @@ class BastionServer:
         self._vault_key = load_vault_key(config.vault)
         self.identity = IdentityService.open(config, audit, self._vault_key)
         self.connections: dict[str, BastionConnection] = {}
+        self._no_connections = asyncio.Event()
         self._conn_ids = itertools.count(1)
         self._per_identity: Counter[str] = Counter()
         self._acceptor: asyncssh.SSHAcceptor | None = None
@@ -94,6 +96,19 @@ class BastionServer:
     def forget(self, connection: BastionConnection) -> None:
         """Drop a closed connection."""
         self.connections.pop(connection.conn_id, None)
+        if not self.connections:
+            self._no_connections.set()
+
+    async def _drained(self, timeout: float) -> bool:
+        """Wait until no connection is left; False if some still are after ``timeout``."""
+        if not self.connections:
+            return True
+        self._no_connections.clear()
+        try:
+            await asyncio.wait_for(self._no_connections.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _recording_finished(self, recording: SessionRecording) -> None:
         for hook in self.finished_hooks:
@@ -193,11 +208,12 @@ class BastionServer:
                 await self._upkeep
         if self._acceptor is not None:
             await self._acceptor.wait_closed()
-        # Let channel close callbacks run so recordings are finished before the loop ends.
-        for _ in range(20):
-            if not self.connections:
-                break
-            await asyncio.sleep(0.05)
+        # Recordings are finished as connections go: wait for them, then force the stragglers.
+        if not await self._drained(_SHUTDOWN_GRACE):
+            for conn in list(self.connections.values()):
+                if conn.conn is not None:
+                    conn.conn.abort()
+            await self._drained(_SHUTDOWN_GRACE)
         self.spool.flush_due()
         if self._sealing:
             await asyncio.gather(*self._sealing, return_exceptions=True)

@@ -6,6 +6,7 @@ and UNIX forwarding, X11 and agent forwarding are refused (asyncssh's defaults, 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from bastion.server.app import BastionServer
 
 log = logging.getLogger("bastion.server")
+
+_CLOSE_GRACE = 5.0  # seconds a client gets to hang up after its channels were ended
 
 
 class BastionConnection(asyncssh.SSHServer):
@@ -127,4 +130,7 @@ class BastionConnection(asyncssh.SSHServer):
         for channel in self.channels:
             channel.close_with_notice(notice)
         if self.conn is not None:
-            self.conn.close()
+            # Let the exit statuses reach the client before the connection goes; a client
+            # that does not hang up by itself is disconnected a little later.
+            delay = _CLOSE_GRACE if self.channels else 0.0
+            asyncio.get_running_loop().call_later(delay, self.conn.close)

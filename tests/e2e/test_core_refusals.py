@@ -235,3 +235,24 @@ def _await(condition: Callable[[], bool], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+def test_sigterm_ends_sessions_with_notice_and_finished_recordings(tuned_stack) -> None:
+    stack = tuned_stack(lambda c: None)
+    argv = [*ssh_base_argv(stack), bastion_destination(stack, "web01"), "--",
+            "echo started; sleep 60"]
+    client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None and client.stdout.readline() == "started\n"
+        assert stack.bastion is not None
+        stack.bastion.signal(signal.SIGTERM)
+        _, stderr = client.communicate(timeout=30)
+    finally:
+        client.kill()
+    assert client.returncode == 1
+    assert "bastion: the bastion is shutting down" in stderr
+    assert stack.bastion.proc is not None and stack.bastion.proc.wait(timeout=30) == 0
+    [meta_path] = list(stack.spool_dir.glob("*/session.json"))
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    assert (meta["state"], meta["end_reason"]) == ("closed", "shutdown")
