@@ -169,6 +169,8 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._target is not None:
+            # As a terminal hang-up would: the command hears SIGHUP, then its channel closes.
+            self._target.send_signal("HUP")
             self._target.close()
         self._close_writer()
         self._done = True
