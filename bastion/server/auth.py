@@ -22,6 +22,8 @@ from bastion.identity.model import LOCAL_ISSUER, Identity
 from bastion.identity.service import IdentityService, ProvenKey
 from bastion.policy.access import parse_username
 
+_MAX_PROVEN_KEYS = 16  # keys one connection may have bound; more count as failed attempts
+
 # What asyncssh accepts from a keyboard-interactive callback: a challenge tuple or a verdict.
 KbdIntAnswer = tuple[str, str, str, tuple[tuple[str, bool], ...]] | bool
 
@@ -117,6 +119,9 @@ class ConnectionAuth:
         fingerprint = key.get_fingerprint("sha256")
         known = self._known(key)
         if known is None:
+            if len(self._proven) >= _MAX_PROVEN_KEYS:
+                self.failures += 1  # a client cycling through keys: count it against its tries
+                return False
             if not any(p.fingerprint == fingerprint for p in self._proven):
                 line = key.export_public_key("openssh").decode("ascii").strip()
                 self._proven.append(ProvenKey(fingerprint, line))
