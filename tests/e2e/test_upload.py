@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -105,15 +107,17 @@ def test_multipart_upload_of_a_large_recording(store: SeaweedS3, tmp_path: Path)
     assert site.verify().returncode == 0
 
 
-def test_object_lock_refuses_a_delete(store: SeaweedS3, tmp_path: Path) -> None:
-    site = Site(tmp_path, store, _bucket(store, "upload-locked"))
+@pytest.mark.parametrize("mode", ["GOVERNANCE", "COMPLIANCE"])
+def test_object_lock_refuses_a_delete(store: SeaweedS3, tmp_path: Path, mode: str) -> None:
+    site = Site(tmp_path, store, _bucket(store, f"upload-locked-{mode.lower()}"),
+                lock_mode=mode)
     site.record(1)
     assert site.upload()[0] == 0
     client = store.client(max_attempts=1)
     for key, version in site.versions():
         retention = client.get_object_retention(Bucket=site.bucket, Key=key,
                                                 VersionId=version)["Retention"]
-        assert retention["Mode"] == "GOVERNANCE"
+        assert retention["Mode"] == mode
         with pytest.raises(client.exceptions.ClientError, match="AccessDenied"):
             client.delete_object(Bucket=site.bucket, Key=key, VersionId=version)
     assert site.verify().returncode == 0
@@ -125,18 +129,17 @@ def test_store_killed_mid_upload_then_the_next_run_completes(tmp_path: Path) -> 
         site = Site(tmp_path / "site", own, "upload-crash", concurrency=1)
         small = site.record(1)
         large = site.record(3, output_bytes=24 * 1024 * 1024)
-        watcher = own.client(max_attempts=1)
         proc = subprocess.Popen(site.argv("upload", "--config", str(site.config), "--json"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=site.env())
         try:
-            # Await the first session's manifest in the bucket, then freeze the uploader so the
-            # store dies while it is certainly in the middle of the run.
+            # Await the first session verified in S3 (its marker), then freeze the uploader so
+            # the store dies while it is certainly in the middle of the large sessions.
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and proc.poll() is None:
-                listing = watcher.list_objects_v2(Bucket="upload-crash")
-                if any(o["Key"].endswith("manifest.json") for o in listing.get("Contents", [])):
+                if (small[0] / "uploaded.json").exists():
                     break
+                time.sleep(0.01)
             os.kill(proc.pid, signal.SIGSTOP)
             own.kill()
             os.kill(proc.pid, signal.SIGCONT)
@@ -191,3 +194,14 @@ def test_two_uploads_at_once_never_overlap(store: SeaweedS3, tmp_path: Path) -> 
     assert len(uploaded) == 2 == len(set(uploaded))  # each session went up exactly once
     keys = [key for key, _ in site.versions()]
     assert len(keys) == len(set(keys)) == 12  # no object has a second version
+
+
+def test_the_store_refuses_an_object_whose_sha256_does_not_match(store: SeaweedS3) -> None:
+    # What every upload relies on: S3 recomputes x-amz-checksum-sha256 and refuses a mismatch.
+    store.create_bucket("upload-checksum", object_lock=False)
+    client = store.client(max_attempts=1)
+    wrong = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+    with pytest.raises(client.exceptions.ClientError, match="BadDigest"):
+        client.put_object(Bucket="upload-checksum", Key="k", Body=b"these bytes",
+                          ChecksumSHA256=wrong)
+    assert client.list_objects_v2(Bucket="upload-checksum").get("KeyCount", 0) == 0
