@@ -470,6 +470,7 @@ class Verifier:
             report.sessions.append(result)
             if manifest is not None:
                 by_node.setdefault(manifest.node_id, []).append(manifest)
+        report.sessions.sort(key=lambda r: (r.node_id or "", r.sequence or 0, r.where))
         if not report.sessions:
             report.failures.append(f"no sessions found in {source.description}")
         if self.check_chain:

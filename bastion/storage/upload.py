@@ -163,9 +163,11 @@ class Uploader:
     def pending_bytes(self, pending: list[tuple[Path, Manifest]]) -> int:
         """Roughly how many bytes the run will move (for the progress bar)."""
         total = 0
-        for folder, _ in pending:
+        for folder, manifest in pending:
+            if "recordings" in manifest.doc:
+                total += sum(entry.size for entry in manifest.recordings)
             with contextlib.suppress(OSError):
-                total += sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+                total += sum((folder / n).stat().st_size for n in (MANIFEST_NAME, SIGNATURE_NAME))
         return total
 
     # -- one session --------------------------------------------------------------------------
@@ -189,7 +191,8 @@ class Uploader:
                 compress(local, packed)
                 item = prepare(f"{base}/{entry.name}.gz", packed, entry.sha256, True,
                                self.settings.multipart_threshold)
-                placed.append(self.store.place(item, lock, self.progress))
+                placed.append(self.store.place(item, lock, _ignore))
+                self.progress(entry.size)  # progress counts local bytes, as the total does
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     packed.unlink()
@@ -197,7 +200,8 @@ class Uploader:
             local = folder / name
             _, sha = hash_file(local)
             item = prepare(f"{base}/{name}", local, sha, False, self.settings.multipart_threshold)
-            placed.append(self.store.place(item, lock, self.progress))
+            placed.append(self.store.place(item, lock, _ignore))
+            self.progress(item.size)
         return placed
 
     def _write_marker(self, folder: Path, manifest: Manifest, placed: list[Placed]) -> None:
@@ -307,6 +311,10 @@ class Uploader:
                           EXIT_ATTENTION: "attention"}[summary.exit_code()]
         summary.seconds = round(time.monotonic() - started, 3)
         return summary
+
+
+def _ignore(_count: int) -> None:
+    """A progress callback that does nothing."""
 
 
 def _remove_session(folder: Path) -> bool:
