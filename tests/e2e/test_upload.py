@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -13,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.evidence import NODE, Site
+from harness.evidence import NODE, Site, record_sessions
 
+from bastion.demo.procs import free_port
 from bastion.demo.s3 import SeaweedS3
 from bastion.storage.objects import compress
 from bastion.storage.upload import UploadLock
@@ -205,3 +207,51 @@ def test_the_store_refuses_an_object_whose_sha256_does_not_match(store: SeaweedS
         client.put_object(Bucket="upload-checksum", Key="k", Body=b"these bytes",
                           ChecksumSHA256=wrong)
     assert client.list_objects_v2(Bucket="upload-checksum").get("KeyCount", 0) == 0
+
+
+def test_kept_sessions_are_removed_once_their_keep_period_is_over(
+        store: SeaweedS3, tmp_path: Path) -> None:
+    site = Site(tmp_path, store, _bucket(store, "upload-expire"), keep_days=7)
+    [folder] = site.record(1)
+    assert site.upload()[0] == 0 and folder.is_dir()
+    marker = json.loads((folder / "uploaded.json").read_text())
+    marker["uploaded_at"] = "2000-01-01T00:00:00Z"  # as if uploaded long ago
+    (folder / "uploaded.json").write_text(json.dumps(marker))
+    code, summary, _ = site.upload()
+    assert code == 0 and summary["removed"] == [folder.name] and not folder.exists()
+
+
+def test_unsealed_and_altered_sessions_are_reported_and_kept(
+        store: SeaweedS3, tmp_path: Path) -> None:
+    site = Site(tmp_path, store, _bucket(store, "upload-problems"))
+    [altered] = site.record(1)
+    with (altered / "1-shell.cast").open("ab") as fh:
+        fh.write(b'[99.0, "o", "added after sealing"]\n')
+    [unsealed] = record_sessions(site.spool, 1)  # finished, but never sealed
+    code, summary, _ = site.upload()
+    assert code == 1 and summary["status"] == "failed"
+    assert summary["failed"] == [{"session": altered.name, "error": f"{altered / '1-shell.cast'} "
+                                  "does not match its manifest; not uploaded (investigate: the "
+                                  "recording changed after sealing)"}]
+    assert [u["session"] for u in summary["unsealed"]] == [unsealed.name]
+    assert altered.is_dir() and unsealed.is_dir() and site.versions() == []
+
+    shutil.rmtree(altered)
+    code, summary, _ = site.upload()
+    assert code == 3 and summary["status"] == "attention"  # only the unsealed one is left
+
+
+def test_unreachable_store_is_one_clear_failure(store: SeaweedS3, tmp_path: Path) -> None:
+    site = Site(tmp_path, store, "no-such-store")
+    [folder] = site.record(1)
+    site.config.write_text(site.config.read_text().replace(
+        store.endpoint_url, f"http://127.0.0.1:{free_port()}"))
+    code, summary, _ = site.upload()
+    assert code == 1
+    assert summary["failed"][0]["error"].startswith(
+        "s3://no-such-store: reading Object Lock settings: cannot reach the object store")
+    assert (folder / "manifest.json").is_file()
+    human = subprocess.run(site.argv("upload", "--config", str(site.config), "--no-json"),
+                           capture_output=True, text=True, env=site.env(), timeout=120)
+    assert human.returncode == 1 and "Traceback" not in human.stderr
+    assert f"FAIL {folder.name}: not attempted: the object store is unreachable" in human.stderr

@@ -163,3 +163,13 @@ def test_config_evidence_and_storage_sections(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"storage\.prefix"):
         _config('[storage]\nbucket = "b-b-b"\nprefix = "/x/"\n', tmp_path)
     assert _config("", tmp_path).storage is None  # type: ignore[attr-defined]
+
+
+def test_interrupted_and_refused_sessions_are_sealed_with_their_state(tmp_path: Path) -> None:
+    interrupted = record_sessions(tmp_path / "spool", 1, state="interrupted")
+    refused = record_sessions(tmp_path / "spool", 1, state="refused")
+    sealer, _ = make_sealer(tmp_path)
+    sealed, failed = sealer.seal_spool(tmp_path / "spool")
+    assert failed == []
+    states = {p.parent: parse_manifest(p.read_bytes()).doc["state"] for p in sealed}
+    assert states == {interrupted[0]: "interrupted", refused[0]: "refused"}
