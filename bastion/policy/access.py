@@ -19,6 +19,7 @@ from bastion.errors import AccessDenied, TargetNameError
 from bastion.identity.model import Identity
 
 _MAX_USERNAME = 256
+_MENU_WORD = r"[a-z_][a-z0-9_-]{0,31}"  # a local user name; no dots, so no host names
 _POLICY_SEAL = object()  # private: proves an Authorization came from ``authorize``
 
 
@@ -50,7 +51,7 @@ def parse_username(username: str, config: Config) -> TargetRequest:
         return TargetRequest(target=target, login=login, username=username)
     if config.target(username) is not None:
         return TargetRequest(target=username, login=None, username=username)
-    if re.fullmatch(LOGIN_NAME, username):
+    if re.fullmatch(_MENU_WORD, username):
         # A plain word that names no target (typically the local user name OpenSSH sends by
         # default): the user gets the menu of what they may reach.
         return TargetRequest(target=None, login=None, username=username)
@@ -65,11 +66,23 @@ class Authorization:
     target: Target
     login: str
     rule: int  # index of the [[access]] rule that allowed it, for audit
-    _seal: object = field(repr=False, compare=False, default=None)
+    _seal: object = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self._seal is not _POLICY_SEAL:
-            raise TypeError("an Authorization is issued only by bastion.policy.access.authorize")
+        # Reached only through the constructor (or dataclasses.replace): never policy's way.
+        raise TypeError("an Authorization is issued only by bastion.policy.access.authorize")
+
+    def is_issued(self) -> bool:
+        """Whether this value really came from ``authorize``."""
+        return getattr(self, "_seal", None) is _POLICY_SEAL
+
+    @classmethod
+    def _issue(cls, identity: Identity, target: Target, login: str, rule: int) -> Authorization:
+        auth = object.__new__(cls)
+        for name, value in (("identity", identity), ("target", target), ("login", login),
+                            ("rule", rule), ("_seal", _POLICY_SEAL)):
+            object.__setattr__(auth, name, value)
+        return auth
 
     def audit_fields(self) -> dict[str, object]:
         """The decision as it appears in audit events."""
@@ -120,8 +133,7 @@ def authorize(config: Config, identity: Identity, request: TargetRequest) -> Aut
     for index, rule in enumerate(config.access):
         if (_applies(rule, identity) and _allows_target(rule, target.name)
                 and ("*" in rule.logins or login in rule.logins)):
-            return Authorization(identity=identity, target=target, login=login, rule=index,
-                                 _seal=_POLICY_SEAL)
+            return Authorization._issue(identity, target, login, index)
     raise AccessDenied(f"login {_quote(login)} on target {target.name} is not allowed for you")
 
 

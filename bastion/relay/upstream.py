@@ -78,8 +78,8 @@ def _client_auth(credential: Credential) -> dict[str, Any]:
 async def dial(authorization: Authorization, credential: Credential,
                keepalive_interval: float = 30.0) -> Upstream:
     """Connect to the authorized target as the authorized login, or raise UpstreamError."""
-    if not isinstance(authorization, Authorization):
-        raise TypeError("dial needs an Authorization from policy")
+    if not isinstance(authorization, Authorization) or not authorization.is_issued():
+        raise TypeError("dial needs an Authorization issued by policy")
     target = authorization.target
     pinned = pinned_host_keys(target)
     if not pinned:

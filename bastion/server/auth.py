@@ -15,7 +15,7 @@ import asyncssh
 
 from bastion.audit import AuditLog
 from bastion.config.model import Config
-from bastion.errors import BastionError
+from bastion.errors import AuthenticationError, BastionError
 from bastion.identity.bindings import KeyBinding
 from bastion.identity.login import Challenge, LoginFlow
 from bastion.identity.model import LOCAL_ISSUER, Identity
@@ -202,7 +202,11 @@ class ConnectionAuth:
 
     def completed(self) -> Identity:
         """Auth succeeded: fix the identity and log it."""
-        assert self._candidate is not None, "auth completed without a candidate identity"
+        if self._candidate is None:
+            # asyncssh finished authentication without any of our checks saying yes (an
+            # asyncssh change bypassing watch_signatures, say): fail closed.
+            self.failed("authentication completed without a verified identity")
+            raise AuthenticationError("authentication completed without a verified identity")
         self.identity, self.key_fingerprint = self._candidate
         if self._binding is not None and self._ids is not None:
             self._ids.binding_used(self._binding, self._conn_id, self._peer)

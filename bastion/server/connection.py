@@ -100,8 +100,13 @@ class BastionConnection(asyncssh.SSHServer):
         return await self.auth.kbdint_response(self.conn, responses)
 
     def auth_completed(self) -> None:
-        assert self.auth is not None
-        identity = self.auth.completed()
+        assert self.auth is not None and self.conn is not None
+        try:
+            identity = self.auth.completed()
+        except BastionError as exc:
+            log.error("[conn=%s] %s", self.conn_id, exc)
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "bastion: denied")
+            return  # no session: every channel request is refused
         request: TargetRequest | None = None
         refusal: BastionError | None = None
         try:

@@ -1,0 +1,103 @@
+"""Config errors name the file, the line, the key and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from bastion.config import load_config
+from bastion.errors import ConfigError
+
+HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+
+BASE = f"""\
+[server]
+port = 2222
+
+[vault]
+key_file = "vault.key"
+
+[[targets]]
+name = "web01"
+host = "127.0.0.1"
+host_key = "{HOST_KEY}"
+
+[[access]]
+groups = ["ops"]
+targets = ["web01"]
+logins = ["deploy"]
+"""
+
+
+def _load(tmp_path: Path, text: str) -> object:
+    path = tmp_path / "bastion.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path)
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    return str(info.value)
+
+
+def test_valid_config_loads(tmp_path: Path) -> None:
+    config = _load(tmp_path, BASE)
+    assert config.target("web01").host == "127.0.0.1"  # type: ignore[attr-defined]
+
+
+def test_wrong_type_names_line_key_and_expectation(tmp_path: Path) -> None:
+    text = BASE.replace('host = "127.0.0.1"', 'host = "127.0.0.1"\nport = "ssh"')
+    message = _error(tmp_path, text)
+    assert message == (f'{tmp_path / "bastion.toml"}:10: targets[0].port: expected an '
+                       'integer from 1 to 65535, got "ssh"')
+
+
+def test_unknown_key_is_refused(tmp_path: Path) -> None:
+    message = _error(tmp_path, BASE.replace("port = 2222", "port = 2222\nlisten_adress = 'x'"))
+    assert message.endswith(":3: server.listen_adress: expected no such key here (unknown option)")
+
+
+def test_target_without_pinned_host_key_is_refused(tmp_path: Path) -> None:
+    message = _error(tmp_path, BASE.replace(f'host_key = "{HOST_KEY}"\n', ""))
+    assert "targets[0].host_key: expected a pinned host key" in message
+
+
+def test_access_rule_naming_unknown_target(tmp_path: Path) -> None:
+    message = _error(tmp_path, BASE.replace('targets = ["web01"]', 'targets = ["web02"]'))
+    assert "access[0].targets" in message and "web02" in message
+
+
+def test_target_name_with_dots_is_refused(tmp_path: Path) -> None:
+    message = _error(tmp_path, BASE.replace('name = "web01"', 'name = "web01.example.com"'))
+    assert "targets[0].name: expected a target name" in message
+
+
+def test_toml_syntax_error_is_one_line(tmp_path: Path) -> None:
+    message = _error(tmp_path, BASE + "\n[[targets]\n")
+    assert "not valid TOML" in message and "\n" not in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_duplicate_target_names(tmp_path: Path) -> None:
+    second = BASE.split("[[access]]")[0].split("[[targets]]")[1]
+    message = _error(tmp_path, BASE + "\n[[targets]]" + second)
+    assert "targets[1].name" in message and "appears twice" in message
+
+
+def test_vault_needs_a_key_source(tmp_path: Path) -> None:
+    message = _error(tmp_path, BASE.replace('key_file = "vault.key"', ""))
+    assert "vault.key_file: expected one of key_file, key_env or key_credential" in message
+
+
+def test_durations_accept_units(tmp_path: Path) -> None:
+    config = _load(tmp_path, BASE.replace("port = 2222", 'port = 2222\nidle_timeout = "15m"'))
+    assert config.server.idle_timeout == 900.0  # type: ignore[attr-defined]
+    message = _error(tmp_path, BASE.replace("port = 2222", 'port = 2222\nidle_timeout = "soon"'))
+    assert "server.idle_timeout: expected a duration" in message
