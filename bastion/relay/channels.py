@@ -190,7 +190,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             upstream = await self.session.connect()
             width, height = self._size[:2]
             self.writer = self.session.open_writer(self.kind, width, height, self._term,
-                                                   self._command)
+                                                   self._command, self.recording_failed)
             target, _ = await upstream.conn.create_session(
                 lambda: TargetChannel(self), self._command, term_type=self._term,
                 term_size=self._size if self._term else None,
@@ -257,6 +257,8 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
 
     def recording_failed(self, exc: RecordingError) -> None:
         """Fail closed: the recording broke, so the session ends now with a notice."""
+        if self.writer is None:
+            return  # already ended (or this channel's recording was closed)
         log.error("%s %s", self.session.log_prefix, exc)
         self.session.services.audit.emit("recording.error", conn=self.session.client.conn_id,
                                          user=self.session.identity.name, error=str(exc))

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from bastion.audit import AuditLog
 from bastion.config.model import Config
 from bastion.credentials.vault import Credential
-from bastion.errors import AccessDenied, BastionError, SessionLimit
+from bastion.errors import AccessDenied, BastionError, RecordingError, SessionLimit
 from bastion.identity.model import Identity
 from bastion.policy.access import Authorization, TargetRequest, authorize
 from bastion.recording import CastWriter, SessionRecording, Spool
@@ -71,7 +71,7 @@ class ConnectionSession:
         self.last_activity = time.monotonic()
         self._lock = asyncio.Lock()
         self._counted = False
-        self._channels = 0
+        self._failure_handlers: list[Callable[[RecordingError], None]] = []
         self._closed = False
         self._end_state = "closed"
         self._end_reason = "closed"
@@ -119,6 +119,7 @@ class ConnectionSession:
             self._counted = True
             credential = self.services.credential_for(auth)
             self.recording = self.services.spool.start_session(self._metadata(auth))
+            self.recording.on_failure = self._recording_failed
             audit.emit("target.selected", conn=self.client.conn_id, user=self.identity.name,
                        session=self.recording.session_id, **auth.audit_fields())
             try:
@@ -140,14 +141,20 @@ class ConnectionSession:
             return self.upstream
 
     def open_writer(self, kind: str, width: int, height: int, term: str | None,
-                    command: str | None) -> CastWriter:
-        """Open the recording file for a new channel of this session."""
+                    command: str | None,
+                    on_failure: Callable[[RecordingError], None]) -> CastWriter:
+        """Open the recording file for a new channel; ``on_failure`` ends that channel."""
         assert self.recording is not None and self.authorization is not None
-        self._channels += 1
+        self._failure_handlers.append(on_failure)
         return self.recording.open_channel(
             kind, width=width, height=height, term=term, command=command,
             user=self.identity.name, target=self.authorization.target.name,
             login=self.authorization.login)
+
+    def _recording_failed(self, exc: RecordingError) -> None:
+        # A flush of an idle channel failed in the background: fail closed on every channel.
+        for handler in list(self._failure_handlers):
+            handler(exc)
 
     def end_reason(self, state: str, reason: str) -> None:
         """Record why the session is ending (first reason given wins over the default)."""
