@@ -142,7 +142,9 @@ def verify(target: str, config_path: str | None, public_keys: tuple[str, ...],
     """Verify signatures, recording hashes and the hash chain of PATH or s3://BUCKET/PREFIX."""
     evidence: EvidenceConfig | None = None
     storage: StorageConfig | None = None
-    config_path = config_path or os.environ.get("BASTION_CONFIG")
+    if config_path is None and os.environ.get("BASTION_CONFIG") \
+            and Path(os.environ["BASTION_CONFIG"]).is_file():
+        config_path = os.environ["BASTION_CONFIG"]  # given explicitly, a missing file is an error
     if config_path and (not public_keys or target.startswith("s3://")):
         evidence, storage = _evidence_settings(Path(config_path))
     key_files = [Path(p) for p in public_keys] or list(evidence.public_keys if evidence else ())
