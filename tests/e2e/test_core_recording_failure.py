@@ -27,7 +27,7 @@ class SmallSpoolStack(DemoStack):
 
 @pytest.fixture
 def small_spool_stack(tmp_path: Path) -> Iterator[DemoStack]:
-    with SmallSpoolStack(tmp_path / "stack") as stack:
+    with SmallSpoolStack(tmp_path / "stack", with_idp=False, with_s3=False) as stack:
         yield stack
 
 

@@ -30,7 +30,7 @@ class TunedStack(DemoStack):
     """The demo stack with a test's changes applied to the config before it is written."""
 
     def __init__(self, workdir: Path, tune: Tune) -> None:
-        super().__init__(workdir)
+        super().__init__(workdir, with_idp=False, with_s3=False)  # not what these tests need
         self._tune = tune
 
     def write_config(self) -> None:

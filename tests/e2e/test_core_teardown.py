@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def private_stack(tmp_path: Path) -> Iterator[DemoStack]:
     """A stack of its own, for tests that break targets or measure the bastion process."""
-    with DemoStack(tmp_path / "stack") as stack:
+    with DemoStack(tmp_path / "stack", with_idp=False, with_s3=False) as stack:
         yield stack
 
 
