@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from bastion.credentials.vaultkey import (
     write_vault_key,
 )
 from bastion.errors import VaultError
+from bastion.fsutil import write_atomic
 from bastion.secret import Secret
 
 FORMAT = "bastion-vault"
@@ -280,25 +280,11 @@ def _unb64(value: object) -> bytes | None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a 0600 temp file beside ``path``, fsync, rename over it, fsync the folder."""
+    """Replace the vault file durably (0600), or raise VaultError."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomic(path, data, 0o600)
     except OSError as exc:
-        raise VaultError(f"cannot write vault file {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:  # mkstemp creates the file with mode 0600
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise VaultError(f"cannot write vault file {path}: {exc.strerror}") from None
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from bastion.fsutil import write_atomic
 
 FILE_MODE = 0o640  # recordings and metadata: owner writes, group (auditors) reads
 DIR_MODE = 0o750
@@ -18,29 +19,10 @@ def rfc3339(unix_time: float) -> str:
     return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that entries created or renamed in it survive a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     """Replace ``path`` with ``doc`` as JSON: write a temp file, fsync, rename, fsync the dir.
 
     Readers see either the old or the new document, never a torn one. Raises OSError.
     """
     data = (json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode()
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, data, FILE_MODE)

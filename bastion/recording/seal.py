@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bastion.errors import ConfigError, ManifestError, VerificationFailed
+from bastion.fsutil import write_atomic
 from bastion.recording.canonical import canonical_json
 from bastion.recording.manifest import (
     MANIFEST_NAME,
@@ -163,22 +164,8 @@ class ChainHead:
     session_id: str | None
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = _FILE_MODE) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _write(path: Path, data: bytes) -> None:
+    write_atomic(path, data, _FILE_MODE)
 
 
 def _now() -> str:
@@ -232,7 +219,7 @@ class Sealer:
                                 "restore it from backup or the last uploaded manifest") from None
 
     def _store_head(self, head: ChainHead) -> None:
-        _write_atomic(self._head_path, canonical_json({
+        _write(self._head_path, canonical_json({
             "node_id": self.node_id, "sequence": head.sequence, "digest": head.digest,
             "session_id": head.session_id}))
 
@@ -266,11 +253,11 @@ class Sealer:
                                  previous=head.digest, sealed_at=_now())
             digest = hashlib.sha256(raw).hexdigest()
             try:
-                _write_atomic(self._pending_path, canonical_json({
+                _write(self._pending_path, canonical_json({
                     "session_dir": str(session_dir.resolve()), "session_id": meta["session_id"],
                     "sequence": head.sequence + 1, "digest": digest}))
-                _write_atomic(session_dir / SIGNATURE_NAME, self.signer.signature_file(raw))
-                _write_atomic(manifest_path, raw)  # the commit point
+                _write(session_dir / SIGNATURE_NAME, self.signer.signature_file(raw))
+                _write(manifest_path, raw)  # the commit point
                 self._store_head(ChainHead(head.sequence + 1, digest, meta["session_id"]))
                 self._pending_path.unlink()
             except OSError as exc:

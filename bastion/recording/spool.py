@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import RecordingError
+from bastion.fsutil import fsync_dir
 from bastion.recording.asciicast import (
     INTERRUPTED,
     CastWriter,
@@ -36,7 +37,7 @@ from bastion.recording.asciicast import (
     close_interrupted,
     create_cast,
 )
-from bastion.recording.durable import DIR_MODE, FILE_MODE, fsync_dir, rfc3339, write_json_atomic
+from bastion.recording.durable import DIR_MODE, FILE_MODE, rfc3339, write_json_atomic
 
 log = logging.getLogger("bastion.recording")
 
