@@ -256,3 +256,13 @@ def test_sigterm_ends_sessions_with_notice_and_finished_recordings(tuned_stack) 
     [meta_path] = list(stack.spool_dir.glob("*/session.json"))
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     assert (meta["state"], meta["end_reason"]) == ("closed", "shutdown")
+
+
+def test_missing_host_key_is_generated_on_first_start_with_a_log_line(tuned_stack,
+                                                                       tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh_host_key"
+    stack = tuned_stack(lambda c: c["server"].update(host_keys=[str(fresh)]))
+    assert stack.bastion is not None
+    assert fresh.stat().st_mode & 0o777 == 0o600
+    public = (tmp_path / "fresh_host_key.pub").read_text().strip()
+    stack.bastion.wait_for_log(f"generated host key {fresh}: {public}")
