@@ -97,8 +97,9 @@ class CastWriter:
         text = self._decoder.decode(data)
         if text:
             now = self._clock()
-            line = f'[{now - self._start:.6f}, "o", {_json_str(text)}]\n'
-            self._append(line.encode(), now)
+            # Built as bytes in the buffer: a large chunk is escaped, encoded and copied once.
+            self._append_event(b'[%.6f, "o", ' % (now - self._start), _json_str(text).encode(),
+                               now)
 
     def resize(self, width: int, height: int) -> None:
         """Record a window change."""
@@ -167,6 +168,17 @@ class CastWriter:
         self._buf += line
         self.bytes_written += len(line)
         if len(self._buf) >= BUFFER_LIMIT or now - self._dirty_since >= FLUSH_INTERVAL:
+            self.flush()
+
+    def _append_event(self, head: bytes, body: bytes, now: float) -> None:
+        buf = self._buf
+        if not buf:
+            self._dirty_since = now
+        buf += head
+        buf += body
+        buf += b"]\n"
+        self.bytes_written += len(head) + len(body) + 2
+        if len(buf) >= BUFFER_LIMIT or now - self._dirty_since >= FLUSH_INTERVAL:
             self.flush()
 
     def _fail(self, exc: OSError) -> RecordingError:

@@ -33,13 +33,46 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
         self._user = user
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
+        # Output that arrived in this event-loop pass, sent on as one write at its end.
+        self._held: list[bytes] = []
+        self._flush_scheduled = False
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        user = self._user
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
-            user.chan.write_stderr(data)
-        else:
-            user.chan.write(data)
+            self.flush()  # keep stdout before stderr as the target sent them
+            self._forward(data, stderr=True)
+            return
+        # One socket read from the target holds many small packets (a pty gives ~4 KiB per
+        # read); joining those of one loop pass makes full-size packets to the user and one
+        # recorder event: asyncssh encrypts and sends (with an MSG_IGNORE) per packet, so
+        # this is most of the relay's cost. The join waits for no timer: the rest of the
+        # pass is microseconds, so keystroke echo is not delayed.
+        self._held.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send on (and record) the output held from this event-loop pass."""
+        self._flush_scheduled = False
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._forward(data, stderr=False)
+
+    def _forward(self, data: bytes, *, stderr: bool) -> None:
+        user = self._user
+        if user.closed:
+            return  # the user's channel is gone (and with it this channel's recording)
+        try:
+            if stderr:
+                user.chan.write_stderr(data)
+            else:
+                user.chan.write(data)
+        except (OSError, asyncssh.Error):
+            return  # the user's channel is closing: nothing more reaches it or the recording
         user.session.touch()
         writer = user.writer
         if writer is not None:
@@ -49,6 +82,7 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
                 user.recording_failed(exc)
 
     def eof_received(self) -> bool:
+        self.flush()
         self._user.chan.write_eof()
         return True
 
@@ -65,6 +99,7 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
         self._user.chan.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.flush()  # output before the exit status, as the target sent it
         self._user.target_closed(self, exc)
 
 
@@ -176,6 +211,11 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         self._done = True
 
     # -- relay set-up and teardown ---------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once the user's channel is gone."""
+        return self._done
+
     @property
     def kind(self) -> str:
         """``shell`` or ``exec``."""
