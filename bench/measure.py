@@ -171,19 +171,42 @@ class Streamers:
         self._threads: list[threading.Thread] = []
 
     def __enter__(self) -> Streamers:
-        for index in range(self.count):
-            proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL)
-            self.procs.append(proc)
-            thread = threading.Thread(target=self._drain, args=(index, proc), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        deadline = time.monotonic() + 120
-        while not all(self.received) and time.monotonic() < deadline:
-            if any(p.poll() is not None for p in self.procs):
-                break
-            time.sleep(0.05)
+        # A few at a time, each batch streaming before the next: sshd's default MaxStartups
+        # (10) drops connections beyond ten unauthenticated ones.
+        for first in range(0, self.count, self.BATCH):
+            batch = range(first, min(first + self.BATCH, self.count))
+            for index in batch:
+                self._start(index)
+            for _attempt in range(3):
+                self._await(batch)
+                dead = [i for i in batch if not self.received[i]
+                        and self.procs[i].poll() is not None]
+                if not dead:
+                    break
+                for index in dead:
+                    self._start(index)
         return self
+
+    BATCH = 5
+
+    def _start(self, index: int) -> None:
+        proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        if index < len(self.procs):
+            _stop(self.procs[index])
+            self.procs[index] = proc
+        else:
+            self.procs.append(proc)
+        thread = threading.Thread(target=self._drain, args=(index, proc), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _await(self, batch: range) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if all(self.received[i] or self.procs[i].poll() is not None for i in batch):
+                return
+            time.sleep(0.02)
 
     @property
     def streaming(self) -> int:

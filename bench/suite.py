@@ -251,10 +251,16 @@ class Suite:
         rates: dict[str, float] = {}
         for path in ("direct", "bastion"):
             self.log(f"login rate: {path}")
+            cpu0 = measure.cpu_seconds(self.env.bastion_pid)
             rate, done, failed = asyncio.run(measure.login_rate(
                 self.env.asyncssh_options(path), self.args.login_seconds, parallel=4))
             rates[path] = round(rate, 1)
             out[path] = {"per_second": round(rate, 1), "done": done, "failed": failed}
+            if path == "bastion" and done:
+                # The bastion's own ceiling: logins per CPU-second of the bastion process.
+                cpu = measure.cpu_seconds(self.env.bastion_pid) - cpu0
+                out[path]["bastion_cpu_ms_per_login"] = round(cpu / done * 1000, 2)
+                out[path]["bastion_cpu_bound_per_second"] = round(done / cpu, 1) if cpu else None
         out["ratio_vs_direct"] = _ratios(rates, "direct")
         self.result["login_rate"] = out
         self.env.clear_recordings()
@@ -357,7 +363,8 @@ def table(r: dict[str, Any], paths: list[str]) -> str:
         lines.append(f"\nlogins/s (asyncssh client, {login['parallel']} in parallel, exec true):"
                      f" direct {login['direct']['per_second']}, bastion "
                      f"{login['bastion']['per_second']} "
-                     f"(x direct {login['ratio_vs_direct'].get('bastion')})")
+                     f"(x direct {login['ratio_vs_direct'].get('bastion')}); bastion CPU "
+                     f"{login['bastion'].get('bastion_cpu_ms_per_login')} ms per login")
     lines.append(f"\nscp 1 GB: {r['scp_1gb']['status']} ({r['scp_1gb']['reason']})")
     lines.append("\ntargets:")
     for name, v in r.get("targets", {}).items():
