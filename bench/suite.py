@@ -376,6 +376,8 @@ def table(r: dict[str, Any], paths: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of bench/run."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # SIGTERM unwinds like Ctrl-C: every sshd, proxy and bastion started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir)).resolve()

@@ -1,0 +1,58 @@
+"""bench/run still works: one tiny run (a few MB, a few sessions) with its JSON checked.
+
+The bench is not a test and no speed is asserted here; this proves the command runs end to end
+against real OpenSSH, sshd and ``bastion serve`` and writes the figures it promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.Popen(
+        [str(REPO / "bench" / "run"), "--paths", "direct,jump,bastion", "--size-mb", "2",
+         "--rounds", "1", "--samples", "20", "--load-sessions", "2", "--sessions", "3",
+         "--login-seconds", "1", "--json", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHON": sys.executable})
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the bench stops the sshds and the bastion it started on SIGTERM
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"bench/run did not finish within 240 s:\n{stderr[-2000:]}")
+    assert proc.returncode == 0, stderr[-2000:]
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    assert {"machine", "command", "paths", "bulk_pty_text", "bulk_exec_binary", "echo_latency",
+            "idle_sessions", "login_rate", "scp_1gb", "targets"} <= set(figures)
+    for name in ("bulk_pty_text", "bulk_exec_binary"):
+        bulk = figures[name]
+        assert bulk["failures"] == {}
+        assert set(bulk["seconds"]) == {"direct", "jump", "bastion"}
+        assert set(bulk["ratio_vs_jump"]) == set(bulk["ratio_vs_direct"]) == set(bulk["seconds"])
+    for condition in ("idle", "loaded"):
+        paths = figures["echo_latency"][condition]["paths"]
+        assert set(paths) == {"direct", "jump", "bastion"}
+        assert all(p["samples"] == 20 for p in paths.values()), paths
+        assert "bastion" in figures["echo_latency"][condition]["added_over_direct"]
+    assert figures["echo_latency"]["loaded"]["paths"]["bastion"]["streaming_sessions"] == 2
+    idle = figures["idle_sessions"]
+    assert idle["held"] == idle["requested"] == 3
+    assert idle["rss_per_session_kib"] is not None
+    login = figures["login_rate"]
+    assert login["direct"]["done"] > 0 and login["bastion"]["done"] > 0
+    assert login["bastion"]["failed"] == 0
+    assert figures["scp_1gb"]["status"] == "n/a"
+    assert "| bastion |" in stdout  # the printed table
