@@ -64,22 +64,22 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
 
     def _forward(self, data: bytes, *, stderr: bool) -> None:
         user = self._user
-        if user.closed:
-            return  # the user's channel is gone (and with it this channel's recording)
+        writer = user.writer
+        if user.closed or writer is None:
+            return  # the user's channel or its recording is gone: nothing goes on unrecorded
+        try:
+            writer.output(data)  # recorded first, so all the user sees is on record
+        except RecordingError as exc:
+            user.recording_failed(exc)
+            return
         try:
             if stderr:
                 user.chan.write_stderr(data)
             else:
                 user.chan.write(data)
         except (OSError, asyncssh.Error):
-            return  # the user's channel is closing: nothing more reaches it or the recording
+            return  # the user's channel is closing
         user.session.touch()
-        writer = user.writer
-        if writer is not None:
-            try:
-                writer.output(data)
-            except RecordingError as exc:
-                user.recording_failed(exc)
 
     def eof_received(self) -> bool:
         self.flush()
