@@ -152,7 +152,7 @@ class BenchEnv:
         stack = self.stack
         self._cleanups.append(stack.stop)
         stack.prepare_workdir()
-        stack.setup_targets()
+        self._setup_target()
         stack.setup_vault()
         stack.setup_access()
         # Room for the concurrency run; everything else is the demo's (shipped) config.
@@ -180,6 +180,24 @@ class BenchEnv:
                                  "IdentityFile": str(stack.target_key_path)}
         self._hosts["bastion"] = {"HostName": LOOPBACK, "Port": str(stack.bastion_port),
                                   "User": f"{login}@web01", "IdentityFile": str(self.bound_key)}
+
+    def _setup_target(self) -> None:
+        """The demo's target, as DemoStack.setup_targets makes it, with two bench settings:
+        MaxStartups for the concurrency runs, and SHLVL=1 so that bash does not source
+        ~/.bashrc for every exec (on a developer machine that can be a pyenv init costing more
+        than the whole login; it would measure the account, not the path)."""
+        stack = self.stack
+        public = generate_key_pair(stack.target_key_path, "bastion demo target key")
+        target = RelaySshd("web01", stack.workdir / "targets" / "web01", ["SetEnv SHLVL=1"])
+        target.authorize(public)
+        stack.add_cleanup(target.stop)
+        target.start()
+        assert target.process is not None
+        stack.processes.append(target.process)
+        stack.targets["web01"] = target
+        stack.merge_config({"targets": [{"name": "web01", "host": target.host,
+                                         "port": target.port, "host_key": target.host_key_line,
+                                         "default_login": stack.login}]})
 
     def _relay_sshd(self, name: str, extra: list[str] | None = None) -> RelaySshd:
         sshd = RelaySshd(name, self.workdir / name, extra)
