@@ -129,29 +129,46 @@ class CastWriter:
 
         Raises RecordingError if this final write fails (not again for an earlier failure).
         """
+        self.close_deferred(lambda job: job())
+
+    def close_deferred(self, submit: Callable[[Callable[[], None]], object]) -> None:
+        """Flush now; hand the fsync and close of the file to ``submit``; idempotent.
+
+        The server submits to the spool's one ordered worker thread, so the event loop never
+        waits for the disk and the session's later writes still come after this fsync. Raises
+        RecordingError for a failure known by the time ``submit`` returns; a later fsync
+        failure is kept in ``error`` (which ``SessionRecording.finish`` reports).
+        """
         if self._closed:
             return
         self._closed = True
         already_failed = self.error is not None
-        try:
-            if not already_failed:
+        if not already_failed:
+            try:
                 tail = self._decoder.decode(b"", final=True)
                 if tail:
                     now = self._clock()
                     line = f'[{now - self._start:.6f}, "o", {_json_str(tail)}]\n'
                     self._append(line.encode(), now)
                 self.flush()
-                os.fsync(self._fd)
-        except OSError as exc:
-            self._fail(exc)
-        except RecordingError:
-            pass  # kept in self.error
-        finally:
+            except RecordingError:
+                pass  # kept in self.error
+        fd = self._fd
+
+        def sync_and_close() -> None:
             try:
-                os.close(self._fd)
-            except OSError as exc:
                 if self.error is None:
-                    self._fail(exc)
+                    os.fsync(fd)
+            except OSError as exc:
+                self._fail(exc)
+            finally:
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    if self.error is None:
+                        self._fail(exc)
+
+        submit(sync_and_close)
         if self.error is not None and not already_failed:
             raise self.error
 

@@ -14,6 +14,7 @@ refuses or ends the session. All methods are meant for the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import fcntl
 import json
@@ -95,6 +96,30 @@ class SessionRecording:
     def open_channel(self, kind: str, *, width: int, height: int, term: str | None,
                      command: str | None, user: str, target: str, login: str) -> CastWriter:
         """Create ``<n>-<kind>.cast`` with its header on disk; RecordingError if impossible."""
+        writer = self._create_channel(kind, width=width, height=height, term=term,
+                                      command=command, user=user, target=target, login=login)
+        try:
+            self.save()
+        except RecordingError:
+            writer.close()
+            raise
+        return writer
+
+    async def open_channel_async(self, kind: str, *, width: int, height: int,
+                                 term: str | None, command: str | None, user: str, target: str,
+                                 login: str) -> CastWriter:
+        """``open_channel`` whose session.json save (an fsync) runs on the spool's worker."""
+        writer = self._create_channel(kind, width=width, height=height, term=term,
+                                      command=command, user=user, target=target, login=login)
+        try:
+            await asyncio.wrap_future(self.save_later())
+        except RecordingError:
+            writer.close_deferred(self._spool.submit)
+            raise
+        return writer
+
+    def _create_channel(self, kind: str, *, width: int, height: int, term: str | None,
+                        command: str | None, user: str, target: str, login: str) -> CastWriter:
         if self._finished:
             raise RecordingError(f"recording stopped: session {self.session_id} is finished")
         if not _KIND_RE.match(kind):
@@ -110,15 +135,9 @@ class SessionRecording:
             title=title, command=command,
             bastion={"session_id": self.session_id, "user": user, "target": target,
                      "login": login, "channel": number, "kind": kind, "command": command})
-        path = self.path / name
-        writer = create_cast(path, header, clock=self._spool.clock)
+        writer = create_cast(self.path / name, header, clock=self._spool.clock)
         self._writers.append(writer)
         self._doc["recordings"].append(name)
-        try:
-            self.save()
-        except RecordingError:
-            writer.close()
-            raise
         return writer
 
     def set_field(self, key: str, value: Any) -> None:
@@ -146,8 +165,16 @@ class SessionRecording:
 
     def save(self) -> None:
         """Write session.json durably now (atomic rewrite)."""
+        self._write_doc(self._doc)
+
+    def save_later(self) -> concurrent.futures.Future[None]:
+        """Write session.json as it is now, durably, on the spool's worker (after what was
+        submitted before)."""
+        return self._spool.submit(self._write_doc, copy.deepcopy(self._doc))
+
+    def _write_doc(self, doc: dict[str, Any]) -> None:
         try:
-            write_json_atomic(self.path / SESSION_FILE, self._doc)
+            write_json_atomic(self.path / SESSION_FILE, doc)
         except OSError as exc:
             raise RecordingError(
                 f"recording stopped: cannot write {self.path / SESSION_FILE}: {_reason(exc)}"
@@ -158,28 +185,58 @@ class SessionRecording:
 
         Raises the first RecordingError met on the way, after doing everything it still can.
         """
-        if self._finished:
-            return
+        self._finish(state, end_reason, lambda job: job()).result()
+
+    def finish_later(self, state: str, end_reason: str) -> concurrent.futures.Future[None]:
+        """``finish`` with the fsyncs and the final session.json on the spool's worker: the
+        casts are flushed now and durable before session.json says the session ended."""
+        return self._finish(state, end_reason, self._spool.submit)
+
+    def _finish(self, state: str, end_reason: str,
+                submit: Callable[..., Any]) -> concurrent.futures.Future[None]:
         if state not in FINAL_STATES:
             raise ValueError(f"bad final session state {state!r}")
+        if self._finished:
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            done.set_result(None)
+            return done
         self._finished = True
-        self._spool._forget(self)
+        self._spool._forget(self)  # no background flush touches these writers from now on
         failures: list[RecordingError] = []
         for writer in self._writers:
             try:
-                writer.close()
+                writer.close_deferred(submit)
             except RecordingError as err:
                 failures.append(err)
-        errors = [str(w.error) for w in self._writers if w.error is not None]
-        if errors:
-            self._doc["recording_errors"] = errors
-        self._doc.update(state=state, end=rfc3339(self._spool.wall()), end_reason=end_reason)
-        try:
-            self.save()
-        except RecordingError as err:
-            failures.append(err)
-        if failures:
-            raise failures[0]
+        doc = copy.deepcopy(self._doc)
+        doc.update(state=state, end=rfc3339(self._spool.wall()), end_reason=end_reason)
+        writers = list(self._writers)
+
+        def write_end() -> None:
+            # Runs after every cast's fsync (same ordered worker, or at once when synchronous).
+            errors = [str(w.error) for w in writers if w.error is not None]
+            if errors:
+                doc["recording_errors"] = errors
+            self._doc = doc
+            try:
+                self._write_doc(doc)
+            except RecordingError as err:
+                failures.append(err)
+            if failures:
+                raise failures[0]
+
+        result: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                write_end()
+            except BaseException as exc:
+                result.set_exception(exc)
+            else:
+                result.set_result(None)
+
+        submit(run)
+        return result
 
     def flush_due(self, now: float, max_age: float) -> None:
         """Flush the channels whose oldest buffered output is ``max_age`` old (RecordingError)."""
@@ -199,6 +256,24 @@ class Spool:
         self.recovery_skipped: list[tuple[Path, str]] = []  # (dir, why) from the last recover()
         self._lock_fd: int | None = None
         self._sessions: dict[str, SessionRecording] = {}
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        """Run ``fn`` on the spool's one worker thread, after everything submitted before.
+
+        Every fsync of a running server goes through here, so the event loop never waits for
+        the disk and a session's writes keep their order (casts durable before session.json).
+        """
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="bastion-spool")
+        return self._worker.submit(fn, *args)
+
+    def drain(self) -> None:
+        """Wait for every submitted write (at shutdown)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
     @property
     def locked(self) -> bool:

@@ -229,7 +229,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
                 return
             upstream = await self.session.connect()
             width, height = self._size[:2]
-            self.writer = self.session.open_writer(self.kind, width, height, self._term,
+            self.writer = await self.session.open_writer(self.kind, width, height, self._term,
                                                    self._command, self.recording_failed)
             target, _ = await upstream.conn.create_session(
                 lambda: TargetChannel(self), self._command, term_type=self._term,
@@ -344,7 +344,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         writer, self.writer = self.writer, None
         if writer is not None:
             try:
-                writer.close()
+                writer.close_deferred(self.session.services.spool.submit)
             except RecordingError as exc:
                 log.error("%s %s", self.session.log_prefix, exc)
                 self.session.end_reason("killed", "recording failed at close")

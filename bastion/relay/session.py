@@ -8,6 +8,7 @@ the target (no recording, no session), dials the target once, and closes everyth
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
@@ -118,7 +119,65 @@ class ConnectionSession:
                                    "sessions open, the most allowed")
             self._counted = True
             credential = self.services.credential_for(auth)
-            self.recording = self.services.spool.start_session(self._metadata(auth))
+            spool = self.services.spool
+            recording = await asyncio.wrap_future(
+                spool.submit(spool.start_session, self._metadata(auth)))
+            self.recording = recording
+            recording.on_failure = self._recording_failed
+            if self._closed:  # the user left while the recording was being created
+                self._end_state, self._end_reason = "closed", "client left during set-up"
+                self._finish_recording()
+                raise AccessDenied("the session is closing")
+            audit.emit("target.selected", conn=self.client.conn_id, user=self.identity.name,
+                       session=recording.session_id, **auth.audit_fields())
+            try:
+                upstream = await dial(auth, credential, cfg.server.keepalive_interval)
+            except BastionError as exc:
+                audit.emit("session.refused", conn=self.client.conn_id,
+                           session=recording.session_id, user=self.identity.name,
+                           reason=str(exc), **auth.audit_fields())
+                self._end_state, self._end_reason = "refused", str(exc)
+                self._finish_recording()
+                raise
+            if self._closed:  # the user left while the target was being dialled
+                upstream.close()
+                raise AccessDenied("the session is closing")
+            self.upstream = upstream
+            recording.set_field("target", {
+                "name": auth.target.name, "address": upstream.address,
+                "port": auth.target.port, "login": auth.login,
+                "host_key_fingerprint": upstream.host_key_fingerprint})
+            audit.emit("session.start", conn=self.client.conn_id,
+                       session=recording.session_id, user=self.identity.name,
+                       client=self.client.address, **auth.audit_fields())
+            return self.upstream
+            if self._closed:
+                raise AccessDenied("the session is closing")
+            if self.refusal is not None:
+                raise self.refusal
+            if self.request is None or self.request.target is None:
+                raise AccessDenied("no target given")
+            cfg = self.services.config
+            audit = self.services.audit
+            try:
+                self.authorization = authorize(cfg, self.identity, self.request)
+            except AccessDenied as exc:
+                audit.emit("session.refused", conn=self.client.conn_id,
+                           user=self.identity.name, request=self.request.describe(),
+                           reason=str(exc))
+                raise
+            auth = self.authorization
+            if not self.services.counter.acquire(self.identity.key,
+                                                 cfg.server.max_sessions_per_user):
+                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
+                           request=self.request.describe(), reason="session limit")
+                raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
+                                   "sessions open, the most allowed")
+            self._counted = True
+            credential = self.services.credential_for(auth)
+            spool = self.services.spool
+            self.recording = await asyncio.wrap_future(
+                spool.submit(spool.start_session, self._metadata(auth)))
             self.recording.on_failure = self._recording_failed
             audit.emit("target.selected", conn=self.client.conn_id, user=self.identity.name,
                        session=self.recording.session_id, **auth.audit_fields())
@@ -140,13 +199,13 @@ class ConnectionSession:
                        client=self.client.address, **auth.audit_fields())
             return self.upstream
 
-    def open_writer(self, kind: str, width: int, height: int, term: str | None,
-                    command: str | None,
-                    on_failure: Callable[[RecordingError], None]) -> CastWriter:
+    async def open_writer(self, kind: str, width: int, height: int, term: str | None,
+                          command: str | None,
+                          on_failure: Callable[[RecordingError], None]) -> CastWriter:
         """Open the recording file for a new channel; ``on_failure`` ends that channel."""
         assert self.recording is not None and self.authorization is not None
         self._failure_handlers.append(on_failure)
-        return self.recording.open_channel(
+        return await self.recording.open_channel_async(
             kind, width=width, height=height, term=term, command=command,
             user=self.identity.name, target=self.authorization.target.name,
             login=self.authorization.login)
@@ -181,14 +240,23 @@ class ConnectionSession:
         recording, self.recording = self.recording, None
         if recording is None:
             return
-        try:
-            recording.finish(self._end_state, self._end_reason)
-        except BastionError as exc:
+        # The fsyncs and the final session.json run on the spool's worker; the loop goes on.
+        done = recording.finish_later(self._end_state, self._end_reason)
+        loop = asyncio.get_running_loop()
+        done.add_done_callback(
+            lambda future: loop.call_soon_threadsafe(self._recording_finished, recording, future))
+
+    def _recording_finished(self, recording: SessionRecording,
+                            done: concurrent.futures.Future[None]) -> None:
+        error = done.exception()
+        if isinstance(error, BastionError):
             log.error("%s cannot finish recording %s: %s", self.log_prefix,
-                      recording.session_id, exc)
+                      recording.session_id, error)
             self.services.audit.emit("recording.error", conn=self.client.conn_id,
-                                     session=recording.session_id, error=str(exc))
+                                     session=recording.session_id, error=str(error))
             return
+        if error is not None:
+            raise error
         self.services.on_finished(recording)
 
     def _metadata(self, auth: Authorization) -> dict[str, Any]:

@@ -215,6 +215,9 @@ class BastionServer:
                     conn.conn.abort()
             await self._drained(_SHUTDOWN_GRACE)
         self.spool.flush_due()
+        # Every recording's last fsyncs and session.json, then the seals they trigger.
+        await asyncio.get_running_loop().run_in_executor(None, self.spool.drain)
+        await asyncio.sleep(0)  # run the finished-recording callbacks the drain scheduled
         if self._sealing:
             await asyncio.gather(*self._sealing, return_exceptions=True)
         self.audit.emit("server.stop")
