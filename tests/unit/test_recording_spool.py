@@ -200,3 +200,54 @@ def test_recover_needs_the_lock(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", "node-1")
     with pytest.raises(RecordingError, match="not locked"):
         spool.recover()
+
+
+def test_finish_later_runs_on_the_worker_casts_before_session_json(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    import threading
+
+    spool = Spool(tmp_path / "spool", "node-1")
+    spool.lock()
+    rec = spool.start_session(META)
+    writer = rec.open_channel("exec", width=80, height=24, term=None, command="id",
+                              user="bob", target="db01", login="root")
+    writer.output(b"uid=0(root)\n")
+    order: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        order.append((os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1],
+                      threading.current_thread().name))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    done = rec.finish_later("closed", "closed")
+    done.result(timeout=10)
+    spool.drain()
+    names = [name for name, _ in order]
+    cast_at = names.index("1-exec.cast")
+    assert any(name.startswith(".session.json.") for name in names[cast_at + 1:])
+    assert all(thread.startswith("bastion-spool") for _, thread in order)
+    meta = json.loads((rec.path / "session.json").read_text())
+    assert (meta["state"], meta["recordings"]) == ("closed", ["1-exec.cast"])
+    assert events(writer.path)[-1][2] == "uid=0(root)\n"
+
+
+def test_finish_later_reports_a_failed_cast_fsync(tmp_path: Path, monkeypatch) -> None:
+    spool = Spool(tmp_path / "spool", "node-1")
+    spool.lock()
+    rec = spool.start_session(META)
+    rec.open_channel("exec", width=80, height=24, term=None, command="id",
+                     user="bob", target="db01", login="root")
+
+    def failing_fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".cast"):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(RecordingError, match="Input/output error"):
+        rec.finish_later("closed", "closed").result(timeout=10)
+    spool.drain()
+    meta = json.loads((rec.path / "session.json").read_text())
+    assert meta["state"] == "closed"
+    assert "Input/output error" in meta["recording_errors"][0]
