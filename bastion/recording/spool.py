@@ -202,6 +202,7 @@ class SessionRecording:
             return done
         self._finished = True
         self._spool._forget(self)  # no background flush touches these writers from now on
+        failed_before = {id(w) for w in self._writers if w.error is not None}
         failures: list[RecordingError] = []
         for writer in self._writers:
             try:
@@ -217,6 +218,10 @@ class SessionRecording:
             errors = [str(w.error) for w in writers if w.error is not None]
             if errors:
                 doc["recording_errors"] = errors
+            for writer in writers:  # failures of the deferred fsyncs, not reported yet
+                if writer.error is not None and id(writer) not in failed_before \
+                        and writer.error not in failures:
+                    failures.append(writer.error)
             self._doc = doc
             try:
                 self._write_doc(doc)

@@ -82,6 +82,10 @@ class ConnectionSession:
         """``[conn=N]`` context for log lines."""
         return f"[conn={self.client.conn_id}]"
 
+    def is_closed(self) -> bool:
+        """Whether ``close`` ran (also while ``connect`` was waiting)."""
+        return self._closed
+
     def touch(self) -> None:
         """Note activity (for the idle timeout)."""
         self.last_activity = time.monotonic()
@@ -124,7 +128,7 @@ class ConnectionSession:
                 spool.submit(spool.start_session, self._metadata(auth)))
             self.recording = recording
             recording.on_failure = self._recording_failed
-            if self._closed:  # the user left while the recording was being created
+            if self.is_closed():  # the user left while the recording was being created
                 self._end_state, self._end_reason = "closed", "client left during set-up"
                 self._finish_recording()
                 raise AccessDenied("the session is closing")
@@ -139,7 +143,7 @@ class ConnectionSession:
                 self._end_state, self._end_reason = "refused", str(exc)
                 self._finish_recording()
                 raise
-            if self._closed:  # the user left while the target was being dialled
+            if self.is_closed():  # the user left while the target was being dialled
                 upstream.close()
                 raise AccessDenied("the session is closing")
             self.upstream = upstream
@@ -149,53 +153,6 @@ class ConnectionSession:
                 "host_key_fingerprint": upstream.host_key_fingerprint})
             audit.emit("session.start", conn=self.client.conn_id,
                        session=recording.session_id, user=self.identity.name,
-                       client=self.client.address, **auth.audit_fields())
-            return self.upstream
-            if self._closed:
-                raise AccessDenied("the session is closing")
-            if self.refusal is not None:
-                raise self.refusal
-            if self.request is None or self.request.target is None:
-                raise AccessDenied("no target given")
-            cfg = self.services.config
-            audit = self.services.audit
-            try:
-                self.authorization = authorize(cfg, self.identity, self.request)
-            except AccessDenied as exc:
-                audit.emit("session.refused", conn=self.client.conn_id,
-                           user=self.identity.name, request=self.request.describe(),
-                           reason=str(exc))
-                raise
-            auth = self.authorization
-            if not self.services.counter.acquire(self.identity.key,
-                                                 cfg.server.max_sessions_per_user):
-                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
-                           request=self.request.describe(), reason="session limit")
-                raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
-                                   "sessions open, the most allowed")
-            self._counted = True
-            credential = self.services.credential_for(auth)
-            spool = self.services.spool
-            self.recording = await asyncio.wrap_future(
-                spool.submit(spool.start_session, self._metadata(auth)))
-            self.recording.on_failure = self._recording_failed
-            audit.emit("target.selected", conn=self.client.conn_id, user=self.identity.name,
-                       session=self.recording.session_id, **auth.audit_fields())
-            try:
-                self.upstream = await dial(auth, credential, cfg.server.keepalive_interval)
-            except BastionError as exc:
-                audit.emit("session.refused", conn=self.client.conn_id,
-                           session=self.recording.session_id, user=self.identity.name,
-                           reason=str(exc), **auth.audit_fields())
-                self._end_state, self._end_reason = "refused", str(exc)
-                self._finish_recording()
-                raise
-            self.recording.set_field("target", {
-                "name": auth.target.name, "address": self.upstream.address,
-                "port": auth.target.port, "login": auth.login,
-                "host_key_fingerprint": self.upstream.host_key_fingerprint})
-            audit.emit("session.start", conn=self.client.conn_id,
-                       session=self.recording.session_id, user=self.identity.name,
                        client=self.client.address, **auth.audit_fields())
             return self.upstream
 
