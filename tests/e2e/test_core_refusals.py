@@ -15,6 +15,7 @@ import asyncssh
 import pytest
 from harness.ssh import bastion_destination, run_ssh, ssh_base_argv
 from harness.tmux import TmuxSession
+from harness.wait import wait_until
 
 from bastion.audit import read_events
 from bastion.demo.sshd import generate_key_pair
@@ -166,7 +167,8 @@ def test_sigkill_mid_session_leaves_interrupted_readable_recording(tuned_stack, 
     [cast] = list(stack.spool_dir.glob("*/1-shell.cast"))
     # Wait until the output is flushed (at most a second), then kill the bastion outright.
     deadline_text = "before-crash-42"
-    _await(lambda: deadline_text in cast.read_text(encoding="utf-8"), 5)
+    wait_until(lambda: deadline_text in cast.read_text(encoding="utf-8"), 5,
+               "the output to reach the recording")
     assert stack.bastion is not None
     stack.bastion.signal(signal.SIGKILL)
     assert screen.wait_exit() == 255
@@ -224,17 +226,8 @@ def _await_event(stack: DemoStack, name: str, timeout: float = 10) -> dict[str, 
         found[:] = [e for e in read_events(stack.state_dir / "audit.jsonl") if e["event"] == name]
         return bool(found)
 
-    _await(seen, timeout)
+    wait_until(seen, timeout, f"audit event {name}")
     return found[0]
-
-
-def _await(condition: Callable[[], bool], timeout: float) -> None:
-    import time
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def test_sigterm_ends_sessions_with_notice_and_finished_recordings(tuned_stack) -> None:

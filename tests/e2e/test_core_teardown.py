@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness.ssh import bastion_destination, run_ssh, ssh_base_argv
+from harness.wait import wait_until
 
 from bastion.demo.stack import DemoStack
 
@@ -20,14 +21,6 @@ def private_stack(tmp_path: Path) -> Iterator[DemoStack]:
     """A stack of its own, for tests that break targets or measure the bastion process."""
     with DemoStack(tmp_path / "stack", with_idp=False, with_s3=False) as stack:
         yield stack
-
-
-def _await(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _rss_kib(pid: int) -> int:
@@ -67,12 +60,12 @@ def test_user_hanging_up_closes_the_target_connection(private_stack: DemoStack) 
         assert _established_to(target_port) == 1
         client.kill()
         client.wait(timeout=10)
-        _await(lambda: _established_to(target_port) == 0, 15,
+        wait_until(lambda: _established_to(target_port) == 0, 15,
                "the bastion to close its connection to the target")
     finally:
         client.kill()
     spool = private_stack.spool_dir
-    _await(lambda: '"closed"' in next(spool.glob("*/session.json")).read_text(), 10,
+    wait_until(lambda: '"closed"' in next(spool.glob("*/session.json")).read_text(), 10,
            "the recording to be finished")
 
 
