@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import asyncssh
 
 from bastion.errors import ConfigError
+from bastion.fsutil import write_new_private
 
 
 def generate_host_key(path: Path) -> str:
@@ -15,13 +15,11 @@ def generate_host_key(path: Path) -> str:
     key = asyncssh.generate_private_key("ssh-ed25519", comment="bastion host key")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_private(path, key.export_private_key())
     except FileExistsError:
         raise ConfigError(f"{path} exists already; not overwriting a host key") from None
     except OSError as exc:
         raise ConfigError(f"cannot write host key {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.export_private_key())
     public = key.export_public_key().decode().strip()
     Path(f"{path}.pub").write_text(public + "\n", encoding="utf-8")
     return public

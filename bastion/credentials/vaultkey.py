@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bastion.config.model import VaultConfig
 from bastion.errors import VaultError
+from bastion.fsutil import write_new_private
 from bastion.secret import Secret
 
 KEY_BYTES = 32  # AES-256
@@ -43,18 +44,10 @@ def write_vault_key(path: Path, key: Secret[bytes]) -> None:
     _check_length(key, f"key for {path}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_private(path, (encode_vault_key(key).reveal() + "\n").encode("ascii"))
     except FileExistsError:
         raise VaultError(f"{path} exists already; not overwriting a vault key") from None
     except OSError as exc:
-        raise VaultError(f"cannot write vault key {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(encode_vault_key(key).reveal() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        path.unlink(missing_ok=True)
         raise VaultError(f"cannot write vault key {path}: {exc.strerror}") from None
 
 

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bastion.errors import ConfigError, ManifestError, VerificationFailed
-from bastion.fsutil import write_atomic
+from bastion.fsutil import write_atomic, write_new_private
 from bastion.recording.canonical import canonical_json
 from bastion.recording.manifest import (
     MANIFEST_NAME,
@@ -62,15 +62,11 @@ def generate_signing_key(path: Path) -> Ed25519PublicKey:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        write_new_private(path, pem)
     except FileExistsError:
         raise ConfigError(f"{path} already exists; not overwriting a signing key") from None
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
     public = key.public_key()
     Path(f"{path}.pub").write_text(public_pem(public), encoding="ascii")
     return public
