@@ -77,7 +77,7 @@ class StageContext(Protocol):
         """Show one line to the user (``bastion: text``, on stderr for exec); it is recorded."""
 
     def send_to_target(self, data: bytes) -> None:
-        """Send bytes to the target that the user did not type (e.g. Ctrl-U); recorded as a marker."""
+        """Send bytes the user did not type (e.g. Ctrl-U) to the target; recorded as a marker."""
 
     def marker(self, label: str) -> None:
         """Add a marker to the channel's recording (``[t, "m", label]`` on a pty)."""
