@@ -19,6 +19,7 @@ from bastion.config.model import Config
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Credential, Vault, load_vault_key
 from bastion.errors import BastionError, UpstreamError
+from bastion.identity.model import Identity
 from bastion.identity.service import IdentityService
 from bastion.policy.access import Authorization
 from bastion.recording import SessionRecording, Spool
@@ -61,6 +62,7 @@ class BastionServer:
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
             counter=self, on_finished=self._recording_finished,
+            totp_required=self._totp_required,
             stage_factories=stage_factories(config))
 
     # -- shared services -------------------------------------------------------------------
@@ -74,6 +76,9 @@ class BastionServer:
             raise UpstreamError(f"no credential is stored for {authorization.login} on target "
                                 f"{authorization.target.name}; ask an administrator")
         return credential
+
+    def _totp_required(self, identity: Identity, target: str) -> bool:
+        return self.identity is not None and self.identity.totp_required(identity, target)
 
     def acquire(self, identity_key: str, limit: int) -> bool:
         """Count a session for an identity unless it is at its cap."""

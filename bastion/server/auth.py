@@ -66,6 +66,7 @@ class ConnectionAuth:
         self._candidate: tuple[Identity, str] | None = None
         self.identity: Identity | None = None
         self.key_fingerprint: str | None = None
+        self.binding: KeyBinding | None = None  # the key binding that let this connection in
         # Device login, key bindings and TOTP (bastion.identity); None: config keys only.
         self._ids = identity
         self._proven: list[ProvenKey] = []  # unknown keys the client signed with: bound later
@@ -200,6 +201,11 @@ class ConnectionAuth:
             conn.send_auth_banner(step.banner)  # UTF-8 reaches the user here (the QR code)
         return (step.name, step.instructions, "", step.prompts)
 
+    @property
+    def totp_passed(self) -> bool:
+        """Whether this connection gave a valid TOTP code while authenticating."""
+        return self._flow is not None and self._flow.totp_passed
+
     def completed(self) -> Identity:
         """Auth succeeded: fix the identity and log it."""
         if self._candidate is None:
@@ -208,6 +214,7 @@ class ConnectionAuth:
             self.failed("authentication completed without a verified identity")
             raise AuthenticationError("authentication completed without a verified identity")
         self.identity, self.key_fingerprint = self._candidate
+        self.binding = self._binding
         if self._binding is not None and self._ids is not None:
             self._ids.binding_used(self._binding, self._conn_id, self._peer)
         self._audit.emit("login.success", conn=self._conn_id, client=self._peer,

@@ -118,7 +118,7 @@ class BastionConnection(asyncssh.SSHServer):
         client = ClientInfo(conn_id=self.conn_id, address=self.peer[0], port=self.peer[1],
                             key_fingerprint=self.auth.key_fingerprint)
         self.session = ConnectionSession(self._server.relay_services, identity, client,
-                                         request, refusal)
+                                         request, refusal, totp_passed=self.auth.totp_passed)
 
     # -- channels ------------------------------------------------------------------------------
     def session_requested(self) -> UserChannel | bool:

@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
 
 from bastion.audit import AuditLog
 from bastion.config import load_config
 from bastion.credentials.vault import Vault, password_credential
 from bastion.credentials.vaultkey import read_vault_key_file
+from bastion.errors import AccessDenied
+from bastion.identity.model import LOCAL_ISSUER, Identity
+from bastion.policy.access import TargetRequest
 from bastion.relay.pipeline import (
     ChannelInfo,
     ChannelStages,
@@ -27,6 +31,7 @@ from bastion.relay.pipeline import (
     StageContext,
     Stream,
 )
+from bastion.relay.session import ClientInfo, ConnectionSession
 from bastion.server.app import BastionServer
 
 # -- composition -------------------------------------------------------------------------------
@@ -160,6 +165,7 @@ async def relay_bed(tmp_path: Path) -> AsyncIterator[Bed]:
     key_file.chmod(0o600)
     vault = Vault.open(tmp_path / "vault.json", read_vault_key_file(key_file), create=True)
     vault.set("app01", "svc", password_credential("pw"))
+    vault.set("app02", "svc", password_credential("pw"))
     vault.save()
     config_path = tmp_path / "bastion.toml"
     config_path.write_text(f"""
@@ -184,9 +190,15 @@ host = "127.0.0.1"
 port = {target_port}
 host_key = "{target_key.export_public_key().decode().strip()}"
 default_login = "svc"
+[[targets]]
+name = "app02"
+host = "127.0.0.1"
+port = {target_port}
+host_key = "{target_key.export_public_key().decode().strip()}"
+default_login = "svc"
 [[access]]
 groups = ["ops"]
-targets = ["app01"]
+targets = ["app01", "app02"]
 logins = ["svc"]
 """)
     config = load_config(config_path)
@@ -246,3 +258,27 @@ async def _exec_checks(bed: Bed) -> None:
     events = [json.loads(line) for line in bed.audit.read_text().splitlines()]
     [exit_event] = [e for e in events if e["event"] == "channel.exit"]
     assert exit_event["exit_status"] == 3 and exit_event["channel"] == 1
+
+
+def test_a_connection_stays_on_its_first_target_and_counts_one_session(tmp_path: Path) -> None:
+    asyncio.run(_one_target_per_connection(tmp_path))
+
+
+async def _one_target_per_connection(tmp_path: Path) -> None:
+    async with relay_bed(tmp_path) as bed:
+        services = bed.server.relay_services
+        alice = Identity(issuer=LOCAL_ISSUER, subject="alice", name="alice", groups=("ops",))
+        session = ConnectionSession(services, alice, ClientInfo("t1", "127.0.0.1", 1, None),
+                                    None, None)
+        app01 = TargetRequest(target="app01", login=None, username="alice")
+        app02 = TargetRequest(target="app02", login=None, username="alice")
+        try:
+            first = await session.connect(app01)
+            assert await session.connect(app01) is first  # the same target: the same upstream
+            for _ in range(3):  # refused channels do not count sessions
+                with pytest.raises(AccessDenied, match="this connection is on svc@app01"):
+                    await session.connect(app02)
+            assert bed.server._per_identity[alice.key] == 1
+        finally:
+            session.close()
+        assert bed.server._per_identity[alice.key] == 0
