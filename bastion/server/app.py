@@ -34,6 +34,7 @@ log = logging.getLogger("bastion.server")
 
 _SHUTDOWN_GRACE = 3.0  # seconds clients get to hang up at shutdown before they are cut
 _UPKEEP_INTERVAL = 0.5  # seconds between recording flushes and idle checks
+_REVOCATION_EVERY = 4  # upkeep rounds between checks for revoked key bindings (2 s)
 
 
 class BastionServer:
@@ -185,10 +186,40 @@ class BastionServer:
     def _new_connection(self) -> BastionConnection:
         return BastionConnection(self, str(next(self._conn_ids)))
 
+    def _end_revoked(self) -> None:
+        """End live connections whose key binding was revoked (``bastion keys revoke``).
+
+        Bindings are only deleted by a revocation (expired rows stay until revoked), so a
+        connection whose binding row is gone, or now names someone else, has lost the access it
+        rests on.
+        """
+        watched = [c for c in self.connections.values()
+                   if c.session is not None and c.auth is not None and c.auth.bound_keys]
+        if not watched:
+            return
+        try:
+            owner = {b.fingerprint: b.identity.key
+                     for b in self.identity.bindings.entries(include_expired=True)}
+        except BastionError as exc:
+            log.error("cannot check key revocations: %s", exc)
+            return
+        for conn in watched:
+            assert conn.auth is not None and conn.session is not None
+            if all(owner.get(f) == conn.session.identity.key for f in conn.auth.bound_keys):
+                continue
+            self.audit.emit("session.revoked", conn=conn.conn_id,
+                            user=conn.session.identity.name, keys=list(conn.auth.bound_keys))
+            conn.close_with_notice("your key binding was revoked; session ended", "killed",
+                                   "key binding revoked")
+
     async def _upkeep_loop(self) -> None:
         idle = self.config.server.idle_timeout
+        rounds = 0
         while True:
             await asyncio.sleep(_UPKEEP_INTERVAL)
+            rounds += 1
+            if rounds % _REVOCATION_EVERY == 0:
+                self._end_revoked()
             try:
                 self.spool.flush_due()
             except Exception:  # a flush error is handled by the writer on its next write

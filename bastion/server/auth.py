@@ -66,7 +66,9 @@ class ConnectionAuth:
         self._candidate: tuple[Identity, str] | None = None
         self.identity: Identity | None = None
         self.key_fingerprint: str | None = None
-        self.binding: KeyBinding | None = None  # the key binding that let this connection in
+        # Fingerprints of the key bindings this connection's access rests on (a bound key it
+        # signed with, or the keys its device login bound): revoking one ends the connection.
+        self.bound_keys: tuple[str, ...] = ()
         # Device login, key bindings and TOTP (bastion.identity); None: config keys only.
         self._ids = identity
         self._proven: list[ProvenKey] = []  # unknown keys the client signed with: bound later
@@ -188,6 +190,7 @@ class ConnectionAuth:
             else:
                 fingerprint = self._proven[0].fingerprint if self._proven else "none"
                 self._candidate = (flow.identity, fingerprint)
+                self.bound_keys = tuple(k.fingerprint for k in self._proven)
             return True
         if result is False:
             self.failures += 1
@@ -214,7 +217,8 @@ class ConnectionAuth:
             self.failed("authentication completed without a verified identity")
             raise AuthenticationError("authentication completed without a verified identity")
         self.identity, self.key_fingerprint = self._candidate
-        self.binding = self._binding
+        if self._binding is not None:
+            self.bound_keys = (self._binding.fingerprint,)
         if self._binding is not None and self._ids is not None:
             self._ids.binding_used(self._binding, self._conn_id, self._peer)
         self._audit.emit("login.success", conn=self._conn_id, client=self._peer,
