@@ -26,9 +26,10 @@ from bastion.recording import SessionRecording, Spool
 from bastion.recording.seal import Sealer
 from bastion.relay.session import RelayServices
 from bastion.server.auth import LocalKeyIndex
-from bastion.server.connection import BastionConnection
+from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
 from bastion.server.features import stage_factories
 from bastion.server.hardening import algorithm_options
+from bastion.server.limits import SourceLimits
 
 log = logging.getLogger("bastion.server")
 
@@ -44,6 +45,8 @@ class BastionServer:
         self.config = config
         self.audit = audit
         self.local_keys = LocalKeyIndex.from_config(config)
+        self.limits = SourceLimits(config.server.max_unauthenticated_per_source,
+                                   config.server.device_logins_per_source)
         self.spool = Spool(config.paths.spool_dir, config.server.node_id)
         self._vault_key = load_vault_key(config.vault)
         self.identity = IdentityService.open(config, audit, self._vault_key)
@@ -173,7 +176,9 @@ class BastionServer:
         self._acceptor = await asyncssh.create_server(
             self._new_connection, cfg.server.listen, cfg.server.port,
             server_host_keys=host_keys, server_version="bastion",
-            login_timeout=cfg.server.login_timeout,
+            # An outer bound only: each connection keeps its own, shorter login timer.
+            login_timeout=cfg.server.login_timeout + cfg.identity.device_poll_timeout
+            + DEVICE_LOGIN_MARGIN,
             keepalive_interval=cfg.server.keepalive_interval or None,
             keepalive_count_max=cfg.server.keepalive_count_max,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False,
