@@ -18,15 +18,15 @@ from typing import Any
 
 from bastion.errors import ManifestError
 from bastion.recording.canonical import canonical_json, is_canonical
+from bastion.recording.layout import FINAL_STATES, SESSION_SCHEMAS, is_recording_name
 
 MANIFEST_SCHEMA = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 SESSION_META_NAME = "session.json"
 SESSION_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{12}$")
-RECORDING_NAME = re.compile(r"^[1-9][0-9]{0,5}-(shell|exec)\.cast$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-END_STATES = ("closed", "interrupted", "refused", "killed")
+END_STATES = tuple(s.value for s in FINAL_STATES)
 _CHUNK = 1 << 20
 
 # Fields every manifest carries, with the JSON type each must have.
@@ -131,8 +131,9 @@ def read_session_meta(session_dir: Path) -> dict[str, Any]:
         raise ManifestError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ManifestError(f"{path}: unreadable session metadata: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("schema") != 1:
-        raise ManifestError(f"{path}: not a schema 1 session.json")
+    if not isinstance(meta, dict) or meta.get("schema") not in SESSION_SCHEMAS:
+        raise ManifestError(f"{path}: not a session.json this release knows (schema "
+                            f"{', '.join(map(str, sorted(SESSION_SCHEMAS)))})")
     session_id = meta.get("session_id")
     if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
         raise ManifestError(f"{path}: session_id {session_id!r} is not a session id")
@@ -143,7 +144,7 @@ def read_session_meta(session_dir: Path) -> dict[str, Any]:
                             f"({', '.join(END_STATES)})")
     names = meta.get("recordings")
     if not isinstance(names, list) or not all(
-            isinstance(n, str) and RECORDING_NAME.match(n) for n in names):
+            isinstance(n, str) and is_recording_name(n) for n in names):
         raise ManifestError(f"{path}: recordings must be a list of names like 1-shell.cast")
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: a recording is listed twice")
@@ -210,7 +211,7 @@ def parse_manifest(raw: bytes, where: str = "manifest") -> Manifest:
         raise ManifestError(f"{where}: previous must be null exactly for sequence 1")
     for entry in doc["recordings"]:
         if not (isinstance(entry, dict) and set(entry) == {"name", "size", "sha256"}
-                and isinstance(entry["name"], str) and RECORDING_NAME.match(entry["name"])
+                and isinstance(entry["name"], str) and is_recording_name(entry["name"])
                 and isinstance(entry["size"], int) and entry["size"] >= 0
                 and isinstance(entry["sha256"], str) and SHA256_HEX.match(entry["sha256"])):
             raise ManifestError(f"{where}: a recordings entry is malformed")

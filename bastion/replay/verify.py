@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bastion.errors import ManifestError, VerificationFailed
+from bastion.recording.layout import is_recording_name
 from bastion.recording.manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -93,8 +94,8 @@ class LocalSource:
         marker_names = {MANIFEST_NAME, SIGNATURE_NAME, "session.json"}
         folders = set()
         for item in self.path.rglob("*"):
-            if item.is_file() and (item.name in marker_names or item.name.endswith(".cast")
-                                   or item.name.endswith(".cast" + COMPRESSED_SUFFIX)):
+            if item.is_file() and (item.name in marker_names or is_recording_name(
+                    item.name.removesuffix(COMPRESSED_SUFFIX))):
                 folders.add(item.parent)
         return sorted(folders)
 
@@ -118,7 +119,7 @@ class LocalSource:
 
             names = frozenset(
                 p.name.removesuffix(COMPRESSED_SUFFIX) for p in folder.iterdir()
-                if p.name.endswith(".cast") or p.name.endswith(".cast" + COMPRESSED_SUFFIX))
+                if is_recording_name(p.name.removesuffix(COMPRESSED_SUFFIX)))
             yield SessionEvidence(
                 where=str(folder), folder=folder.name, node_folder=None,
                 manifest_raw=read(MANIFEST_NAME), signature_raw=read(SIGNATURE_NAME),
@@ -173,8 +174,9 @@ class S3Source:
         folders: dict[str, dict[str, _KeyVersions]] = {}
         for key, versions in keys.items():
             folder, _, name = key.rpartition("/")
-            if name in (MANIFEST_NAME, SIGNATURE_NAME) or name.endswith(".cast" +
-                                                                         COMPRESSED_SUFFIX):
+            if name in (MANIFEST_NAME, SIGNATURE_NAME) or (
+                    name.endswith(COMPRESSED_SUFFIX)
+                    and is_recording_name(name.removesuffix(COMPRESSED_SUFFIX))):
                 folders.setdefault(folder, {})[name] = versions
         for folder, files in sorted(folders.items()):
             where = f"s3://{self.bucket}/{folder}"
@@ -206,7 +208,8 @@ class S3Source:
                 manifest_raw=fetch(MANIFEST_NAME), signature_raw=fetch(SIGNATURE_NAME),
                 open_recording=open_recording,
                 stored_names=frozenset(n.removesuffix(COMPRESSED_SUFFIX) for n in files
-                                       if n.endswith(COMPRESSED_SUFFIX)),
+                                       if n.endswith(COMPRESSED_SUFFIX)
+                                       and is_recording_name(n.removesuffix(COMPRESSED_SUFFIX))),
                 problems=problems)
 
 

@@ -53,3 +53,21 @@ def test_asciinema_cat_prints_recorded_output(tmp_path: Path) -> None:
     assert survivor.recover() == [crashed.path]
     assert asciinema_cat(writer.path) == " 03:00:00 up 1 day\n"
     survivor.unlock()
+
+
+def test_asciinema_cat_plays_a_cast_with_input_events(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", "node-1")
+    spool.lock()
+    rec = spool.start_session({"identity": {}, "client": {}, "target": {"name": "web01"}})
+    writer = rec.open_channel("exec", pty=True, width=80, height=24, term="xterm",
+                              command="bash", user="alice", target="web01", login="deploy")
+    writer.output(b"$ ")
+    writer.input(b"stty -echo\r")  # typed, not echoed: only in the "i" events
+    writer.input(b"touch /tmp/hidden\r")
+    writer.output(b"\r\n$ ")
+    writer.exited(0, None)
+    rec.finish("closed", "client closed")
+    spool.unlock()
+    lines = writer.path.read_text(encoding="utf-8").splitlines()
+    assert lines[3].endswith('"i", "touch /tmp/hidden\\r"]')
+    assert asciinema_cat(writer.path) == "$ \r\n$ "
