@@ -152,4 +152,4 @@ def test_cast_with_a_garbage_middle_line_recovers_as_damaged(tmp_path: Path) -> 
     kept = writer.path.read_bytes().split(b"\n")
     assert kept[2] == b'[0.1, "o", "tampered' and kept[4] == b"\x00\x00\x00"
     assert kept[-2].endswith(b', "m", "interrupted"]')  # the torn tail was dropped
-    assert json.loads(kept[-3]) == json.loads(lines[-2])[:2] + ["line 4\r\n"]
+    assert json.loads(kept[-3]) == [*json.loads(lines[-2])[:2], "line 4\r\n"]
