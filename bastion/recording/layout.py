@@ -34,6 +34,7 @@ MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 UPLOADED_FILE = "uploaded.json"
 LOCK_FILE = ".lock"
+COMPRESSED_SUFFIX = ".gz"  # a session file as uploaded (gzip), and as a download holds it
 
 SESSION_ID_RE = re.compile(r"(\d{8}T\d{6}Z)-[0-9a-f]{12}\Z")
 _MAX_CHANNEL = 999_999  # six digits: more channels than any session opens

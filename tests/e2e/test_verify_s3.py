@@ -13,8 +13,8 @@ import pytest
 from harness.evidence import NODE, Site
 
 from bastion.demo.s3 import SeaweedS3
-from bastion.recording.canonical import canonical_json
-from bastion.recording.seal import generate_signing_key
+from bastion.evidence.canonical import jcs
+from bastion.evidence.signing import generate_signing_key
 
 pytestmark = pytest.mark.e2e
 
@@ -83,13 +83,13 @@ def test_every_tampering_is_caught_and_named(store: SeaweedS3, tmp_path: Path) -
     doc = json.loads(get(f"{keys[1]}/manifest.json"))
     doc["target"]["login"] = "nobody"
     client.put_object(Bucket=site.bucket, Key=f"{keys[1]}/manifest.json",
-                      Body=canonical_json(doc))
+                      Body=jcs(doc))
     # 4: a bad signature
     sig = json.loads(get(f"{keys[3]}/manifest.sig"))
     raw = bytearray(base64.b64decode(sig["signature"]))
     raw[10] ^= 0x80
     sig["signature"] = base64.b64encode(bytes(raw)).decode()
-    client.put_object(Bucket=site.bucket, Key=f"{keys[3]}/manifest.sig", Body=canonical_json(sig))
+    client.put_object(Bucket=site.bucket, Key=f"{keys[3]}/manifest.sig", Body=jcs(sig))
     # 5: a manifest removed from the middle of the chain (its whole session deleted)
     for suffix in ("manifest.json", "manifest.sig", "1-shell.cast.gz"):
         client.delete_object(Bucket=site.bucket, Key=f"{keys[4]}/{suffix}")
@@ -98,7 +98,7 @@ def test_every_tampering_is_caught_and_named(store: SeaweedS3, tmp_path: Path) -
     assert code == 1 and not result["ok"]
     found = named_failures(result)
     assert found[ids[0]] == [found[ids[0]][0]]
-    assert found[ids[0]][0].startswith("recordings: recording 1-shell.cast was altered")
+    assert found[ids[0]][0].startswith("files: file 1-shell.cast was altered")
     assert found[ids[1]][0].startswith("signature: signature (key id ed25519:")
     assert found[ids[3]][0].startswith("signature: signature (key id ed25519:")
     assert ids[2] not in found and ids[5] not in found and ids[4] not in found
@@ -110,7 +110,7 @@ def test_every_tampering_is_caught_and_named(store: SeaweedS3, tmp_path: Path) -
     # Human output names each failure, and the verdict.
     human = site.verify()
     assert human.returncode == 1
-    assert f"FAIL {ids[0]}: recordings: recording 1-shell.cast was altered" in human.stdout
+    assert f"FAIL {ids[0]}: files: file 1-shell.cast was altered" in human.stdout
     assert "NOT VERIFIED (5 failures): 5 sessions" in human.stdout
 
 
