@@ -91,7 +91,7 @@ def test_every_tampering_is_caught_and_named(store: SeaweedS3, tmp_path: Path) -
     sig["signature"] = base64.b64encode(bytes(raw)).decode()
     client.put_object(Bucket=site.bucket, Key=f"{keys[3]}/manifest.sig", Body=jcs(sig))
     # 5: a manifest removed from the middle of the chain (its whole session deleted)
-    for suffix in ("manifest.json", "manifest.sig", "1-shell.cast.gz"):
+    for suffix in ("manifest.json", "manifest.sig", "1-shell.cast.gz", "session.json.gz"):
         client.delete_object(Bucket=site.bucket, Key=f"{keys[4]}/{suffix}")
 
     code, result = report(site)
