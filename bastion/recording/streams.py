@@ -14,8 +14,11 @@ Markers and the exit status of a stream channel go into its session.json entry (
 ``SessionRecording``): the streams stay pure bytes and the timing file stays scriptreplay's.
 
 Per chunk the writer does a bytearray append (or, for a chunk of ``BUFFER_LIMIT`` or more with
-nothing buffered, one ``os.write``) and formats one short timing line; no decoding, no hashing
-(the sealer hashes the closed files off the event loop). A stream's buffer goes to the OS when it
+nothing buffered, one ``os.write``) and formats one short timing line; no decoding, no hashing.
+The sealer hashes the closed files instead, in a worker thread: measured on the 2-core dev
+machine, SHA-256 of 200 MB costs 0.14 s inline (on the event loop, inside the relay's time)
+against 0.19 s re-read at seal time (off the loop, page cache), and hashing the files on disk
+is what proves the manifest matches them. A stream's buffer goes to the OS when it
 holds ``BUFFER_LIMIT`` bytes; every buffer when the oldest buffered byte is ``FLUSH_INTERVAL``
 old (``flush_if_older``) or at close. Streams are always written before the timing lines that
 count them, so after a crash the timing never claims bytes that are not on disk. ``close`` /

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from harness.evidence import NODE, Site
 from bastion.demo.s3 import SeaweedS3
 from bastion.evidence.canonical import jcs
 from bastion.evidence.signing import generate_signing_key
+from bastion.recording import ChannelKind, Spool
 
 pytestmark = pytest.mark.e2e
 
@@ -142,3 +145,44 @@ def test_versioned_bucket_first_written_version_counts(store: SeaweedS3, tmp_pat
                              "after upload (the first-written version was verified)"]
     assert found[ids[1]] == ["versions: manifest.json was deleted (a delete marker hides it)"]
     assert "chain" not in found  # the first-written manifests still form the whole chain
+
+
+def test_byte_exact_streams_upload_and_verify(store: SeaweedS3, tmp_path: Path) -> None:
+    bucket = "verify-streams"
+    store.create_bucket(bucket, object_lock=False)
+    site = Site(tmp_path, store, bucket, lock_mode="none")
+    payload = os.urandom(8 * 1024 * 1024)  # above the multipart threshold, even gzipped
+    spool = Spool(site.spool, NODE)
+    spool.lock()
+    rec = spool.start_session({"identity": {}, "client": {}, "target": {"name": "web01"}})
+    writer = rec.open_channel(ChannelKind.EXEC, pty=False, width=0, height=0, term=None,
+                              command="cat > f", user="u", target="web01", login="deploy")
+    for start in range(0, len(payload), 32768):
+        writer.input(payload[start:start + 32768])
+    writer.exited(0, None)
+    rec.finish("closed", "client closed")
+    spool.unlock()
+    site.sealer.seal(rec.path)
+    code, summary, stderr = site.upload()
+    assert code == 0, (summary, stderr)
+    day = rec.session_id[:8]
+    base = f"evidence/{day[:4]}/{day[4:6]}/{day[6:8]}/{NODE}/{rec.session_id}"
+    keys = {key for key, _ in site.versions()}
+    assert keys == {f"{base}/{name}" for name in (
+        "1-exec.stdin.gz", "1-exec.stdout.gz", "1-exec.stderr.gz", "1-exec.timing.gz",
+        "session.json.gz", "manifest.sig", "manifest.json")}
+    client = store.client()
+    stored = gzip.decompress(client.get_object(Bucket=bucket,
+                                               Key=f"{base}/1-exec.stdin.gz")["Body"].read())
+    assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(payload).hexdigest()
+    code, result = report(site)
+    assert code == 0 and result["ok"], result
+
+    flipped = bytearray(stored)
+    flipped[len(flipped) // 2] ^= 0x01
+    client.put_object(Bucket=bucket, Key=f"{base}/1-exec.stdin.gz",
+                      Body=gzip.compress(bytes(flipped)))
+    code, result = report(site)
+    assert code == 1
+    assert named_failures(result)[rec.session_id][0].startswith(
+        "files: file 1-exec.stdin was altered")

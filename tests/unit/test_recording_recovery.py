@@ -11,6 +11,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from harness.evidence import make_sealer
+
+from bastion.evidence.manifest import parse_manifest
+from bastion.evidence.signing import load_public_key
+from bastion.evidence.sources import LocalSource
+from bastion.evidence.verify import TrustedKey, verify_source
 from bastion.recording import ChannelKind, Spool
 
 META: dict[str, Any] = {"identity": {"subject": "bob"}, "client": {},
@@ -87,6 +93,13 @@ def test_sigkill_mid_transfer_streams_are_closed_and_accounted(tmp_path: Path) -
     assert channel["markers"][-1]["label"] == "interrupted"
     recover(root)  # a second recovery changes nothing
     assert session(folder) == meta
+    # Sealed as interrupted, with the streams' hashes; verify passes.
+    sealer, pub = make_sealer(tmp_path, "node-1")
+    manifest = parse_manifest(sealer.seal(folder).read_bytes())
+    assert manifest.doc["state"] == "interrupted"
+    assert {f.name: f.size for f in manifest.files}["1-exec.stdin"] == len(on_disk)
+    report = verify_source(LocalSource(folder), [TrustedKey.of(load_public_key(pub))])
+    assert report.ok
 
 
 def test_torn_timing_line_is_cut_and_uncounted_bytes_get_a_line(tmp_path: Path) -> None:
