@@ -78,6 +78,7 @@ class CastWriter:
         self.bytes_written = 0  # bytes of asciicast produced, header included (= final file size)
         self.output_bytes = 0  # raw output bytes received by output() and stderr()
         self.input_bytes = 0  # raw input bytes received by input()
+        self.number = 0  # the channel's number in its session (set by SessionRecording)
         self.error: RecordingError | None = None  # the failure that stopped this writer, if any
         self.exit_status: int | None = None  # from exited()
         self.exit_signal: str | None = None

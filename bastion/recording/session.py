@@ -199,6 +199,7 @@ class SessionRecording:
         else:
             writer = StreamWriter(self.path, number, kind, clock=self._spool.clock)
             files = [p.name for p in writer.files]
+        writer.number = number
         writer.on_change = self._changed
         self._channels.append(_Channel(number, kind, pty, command, files, opened, writer))
         self._doc["recordings"].extend(files)
