@@ -191,7 +191,8 @@ def recover_session(path: Path) -> RecoveryResult | None:
         if Part.OPS in parts:
             recordings.append(recording_name(number, kind, Part.OPS))
     state = SessionState.DAMAGED if damaged else SessionState.INTERRUPTED
-    errors = [e for e in doc.get("recording_errors") or [] if isinstance(e, str)]
+    previous = doc.get("recording_errors")
+    errors = [e for e in previous if isinstance(e, str)] if isinstance(previous, list) else []
     doc.update(state=state.value, end=rfc3339(end), end_reason=INTERRUPTED,
                recordings=recordings)
     if damaged or notes or errors:
@@ -209,6 +210,6 @@ def _close_channel_entries(doc: dict[str, Any], end: float) -> None:
             continue
         entry["closed"] = rfc3339(end)
         if isinstance(entry.get("markers"), list):
-            last = max((m.get("t", 0) for m in entry["markers"] if isinstance(m, dict)),
-                       default=0)
-            entry["markers"].append({"t": last, "label": INTERRUPTED})
+            times = [m["t"] for m in entry["markers"] if isinstance(m, dict)
+                     and isinstance(m.get("t"), int | float) and not isinstance(m["t"], bool)]
+            entry["markers"].append({"t": max(times, default=0), "label": INTERRUPTED})

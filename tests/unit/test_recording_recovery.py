@@ -166,3 +166,23 @@ def test_cast_with_a_garbage_middle_line_recovers_as_damaged(tmp_path: Path) -> 
     assert kept[2] == b'[0.1, "o", "tampered' and kept[4] == b"\x00\x00\x00"
     assert kept[-2].endswith(b', "m", "interrupted"]')  # the torn tail was dropped
     assert json.loads(kept[-3]) == [*json.loads(lines[-2])[:2], "line 4\r\n"]
+
+
+def test_odd_session_json_fields_do_not_stop_recovery(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    spool = Spool(root, "node-1")
+    spool.lock()
+    rec = spool.start_session(META)
+    rec.open_channel(ChannelKind.EXEC, pty=False, width=0, height=0, term=None,
+                     command="sh", user="u", target="t", login="l")
+    spool.unlock()
+    meta = session(rec.path)
+    meta["recording_errors"] = 7
+    meta["channels"][0]["markers"] = [{"t": "soon", "label": "x"}, "junk"]
+    meta["channels"].append("junk")
+    (rec.path / "session.json").write_text(json.dumps(meta))
+    spool = recover(root)
+    assert spool.recovery_skipped == []
+    after = session(rec.path)
+    assert after["state"] == "interrupted"
+    assert after["channels"][0]["markers"][-1] == {"t": 0, "label": "interrupted"}
