@@ -60,7 +60,7 @@ def is_jcs(data: bytes) -> bool:
         return False
     try:
         return jcs(doc) == data
-    except (ManifestError, rfc8785.CanonicalizationError):
+    except (ManifestError, rfc8785.CanonicalizationError, RecursionError):
         return False
 
 
@@ -79,7 +79,7 @@ def is_legacy_canonical(data: bytes) -> bool:
         return False
     try:
         return legacy_canonical_json(doc) == data
-    except ManifestError:
+    except (ManifestError, RecursionError):
         return False
 
 
