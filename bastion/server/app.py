@@ -166,8 +166,10 @@ class BastionServer:
         cfg = self.config
         Vault.open(cfg.vault.path, self._vault_key, create=True)  # fail fast on key or file
         self.spool.lock()
-        for path in self.spool.recover():
-            self.audit.emit("recording.recovered", session=path.name, state="interrupted")
+        self.spool.recover()
+        for result in self.spool.recovery_results:
+            self.audit.emit("recording.recovered", session=result.path.name,
+                            state=result.state.value, problems=result.problems[:20])
         if self.sealer is not None:
             self._seal_leftovers()
         host_keys, notes = load_host_keys(cfg.server.host_keys, create=True)
