@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from harness.ssh import ssh_base_argv
 from harness.tmux import TmuxSession
+from harness.wait import wait_until
 
 from bastion.demo.stack import DemoStack
 
@@ -40,8 +41,9 @@ def test_interactive_shell_type_resize_exit_and_replay(demo_stack: DemoStack, tm
     assert screen.wait_exit() == 0
 
     cast = _new_shell_cast(demo_stack, before)
-    session = json.loads((cast.parent / "session.json").read_text(encoding="utf-8"))
-    assert session["state"] == "closed"
+    # The final session.json is written on the spool's worker thread after the client has left.
+    wait_until(lambda: json.loads((cast.parent / "session.json").read_text(encoding="utf-8"))
+               ["state"] == "closed", 30, "session.json to say closed")
     lines = cast.read_text(encoding="utf-8").splitlines()
     header = json.loads(lines[0])
     assert (header["width"], header["height"]) == (100, 30)
