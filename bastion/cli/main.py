@@ -66,6 +66,8 @@ def _register() -> None:
     cli.add_command(identity_cmd.totp)
     from bastion.cli import replay as replay_cmd
     cli.add_command(replay_cmd.replay)
+    from bastion.cli import sessions as sessions_cmd
+    cli.add_command(sessions_cmd.sessions)
 
 
 def main() -> None:
