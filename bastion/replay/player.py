@@ -33,7 +33,7 @@ from bastion.replay.transcript import clock
 SEEK_STEP = 10.0
 SPEEDS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 TICK = 0.25  # seconds: status refresh and follow polling while waiting
-INDEX_SLICE = 0.02  # seconds of keyframe indexing per idle tick
+INDEX_SLICE = 0.03  # seconds of keyframe indexing between looks at the keyboard
 INPUT_SHOWN = 200  # characters of recent keystrokes kept for --input
 
 
@@ -184,19 +184,25 @@ class Player:
         return max(0.0, min(gap / self.speed, TICK))
 
     def _read_keys(self, timeout: float) -> str:
-        if timeout > INDEX_SLICE and self.timeline.indexed_fraction < 1.0:
-            self.timeline.index_some(INDEX_SLICE)  # idle: extend the seek index a little
-            timeout -= INDEX_SLICE
-        try:
-            ready, _, _ = select.select([self.fd_in], [], [], max(timeout, 0.0))
-        except InterruptedError:
-            return ""
-        if not ready:
-            return ""
-        data = os.read(self.fd_in, 64)
-        if not data:
-            raise _Stop("end of input")
-        return data.decode("utf-8", "replace")
+        """Wait up to ``timeout`` for keys; while waiting, extend the seek index in slices."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            indexing = self.timeline.indexed_fraction < 1.0
+            if indexing and remaining > 0:
+                self.timeline.index_some(min(INDEX_SLICE, remaining))
+                remaining = 0.0  # only peek for keys between slices
+            try:
+                ready, _, _ = select.select([self.fd_in], [], [], max(remaining, 0.0))
+            except InterruptedError:
+                return ""
+            if ready:
+                data = os.read(self.fd_in, 64)
+                if not data:
+                    raise _Stop("end of input")
+                return data.decode("utf-8", "replace")
+            if time.monotonic() >= deadline:
+                return ""
 
     def _advance(self, elapsed: float) -> None:
         """Move playback time on by ``elapsed`` real seconds and apply what is due."""
