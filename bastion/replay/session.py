@@ -224,13 +224,19 @@ def open_session_folder(path: Path) -> SessionFolder:
     """Read a session folder's metadata and channel list (ReplayError if it is none)."""
     if not path.is_dir():
         raise ReplayError(f"{path}: no such session folder")
-    if (path / SESSION_FILE).is_file():
-        meta = load_json_object(path / SESSION_FILE)
-    elif (path / MANIFEST_FILE).is_file():
+    session_meta = load_json_object(path / SESSION_FILE) if (path / SESSION_FILE).is_file() \
+        else None
+    # A sealed session's metadata comes from its signed manifest, not the unsigned session.json.
+    if (path / MANIFEST_FILE).is_file():
         meta = load_json_object(path / MANIFEST_FILE)
+    elif session_meta is not None:
+        meta = session_meta
     else:
         raise ReplayError(f"{path}: not a session folder (no session.json or manifest.json)")
     channels = _channels_from_meta(meta)
+    if channels is None and session_meta is not None:
+        # Only which files to open: their contents are what the manifest's hashes cover.
+        channels = _channels_from_meta(session_meta)
     if channels is None:
         channels = _channels_from_recordings(path, meta)
     return SessionFolder(path=path, meta=meta, channels=channels)
