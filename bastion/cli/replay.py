@@ -121,6 +121,8 @@ def _replay(config: Config, located: Located, mode: str, channel: int | None, st
         verified = verdict.ok
         if not verdict.ok:
             if not no_verify:
+                _audit(config, "replay.refused", who=analyst(), where=located.where,
+                       reason=verdict.reason)
                 raise VerificationFailed(f"{located.where} does not verify: {verdict.reason}; "
                                          "not replayed (--no-verify replays it anyway, marked "
                                          "unverified)")

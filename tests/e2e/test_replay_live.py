@@ -140,3 +140,36 @@ def test_kill_ends_a_live_session_with_the_reason(demo_stack: DemoStack, tmux) -
 
     again = bastion(demo_stack, "sessions", "kill", folder.name, "--reason", "again")
     assert again.returncode != 0 and "is not running" in again.stderr
+
+
+def test_replay_and_search_from_s3(demo_stack: DemoStack, tmp_path: Path) -> None:
+    before = set(demo_stack.spool_dir.glob("*T*Z-*"))
+    result = subprocess.run([*ssh_base_argv(demo_stack), f"{demo_stack.login}@db01@127.0.0.1",
+                             "--", "echo from-s3-$((8*8))"], capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.stdout == "from-s3-64\n", result.stderr
+    folder = new_session(demo_stack, before)
+    wait_until(lambda: (folder / "manifest.json").exists(), 30, "the session to be sealed")
+    raw = bastion(demo_stack, "replay", folder.name, "--raw", "stdout")
+    assert raw.returncode == 0 and raw.stdout == "from-s3-64\n", raw.stderr
+
+    upload = bastion(demo_stack, "upload", timeout=180)
+    assert upload.returncode == 0, upload.stdout + upload.stderr
+    # Out of the spool (as once keep_days have passed): only the bucket has it now.
+    folder.rename(tmp_path / folder.name)
+
+    by_id = bastion(demo_stack, "replay", folder.name, "--transcript")
+    assert by_id.returncode == 0, by_id.stderr
+    assert "from-s3-64" in by_id.stdout and "echo from-s3" in by_id.stdout
+    uri = f"{demo_stack.env['BASTION_S3_URI']}/{folder.name[:4]}/{folder.name[4:6]}/" \
+          f"{folder.name[6:8]}/{demo_stack.loaded_config.server.node_id}/{folder.name}"
+    by_uri = bastion(demo_stack, "replay", uri, "--transcript")
+    assert by_uri.returncode == 0, by_uri.stderr
+    assert "from-s3-64" in by_uri.stdout
+
+    found = bastion(demo_stack, "sessions", "search", "--output", "from-s3-64", "--json")
+    assert found.returncode == 0, found.stderr
+    rows = [json.loads(line) for line in found.stdout.splitlines()]
+    assert [(r["session_id"], r["source"]) for r in rows] == [(folder.name, "s3")]
+    again = bastion(demo_stack, "sessions", "search", "--output", "from-s3-64", "--json")
+    assert again.stdout == found.stdout  # the second search reads the local index

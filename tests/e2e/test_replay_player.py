@@ -179,6 +179,8 @@ def test_tampered_session_refused_unless_no_verify(tmp_path: Path, tmux) -> None
     views = [e for e in audit if e["event"] == "replay.view"]
     assert [(e["session"], e["verified"]) for e in views] == [(folder.name, False)] * 2
     assert views[0]["who"]
+    refusals = [e for e in audit if e["event"] == "replay.refused"]
+    assert len(refusals) == 1 and "altered" in refusals[0]["reason"]
 
 
 def test_screen_transcript_export_are_sanitized(tmp_path: Path) -> None:
