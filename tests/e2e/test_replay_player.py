@@ -54,6 +54,14 @@ def record(root: Path) -> tuple[Path, Path]:
         recording.finish("closed", "client closed")
     finally:
         spool.unlock()
+    # Keystrokes as the relay records them ([t, "i", text]), placed in time order before sealing.
+    cast = recording.path / "1-shell.cast"
+    header, *lines = cast.read_text(encoding="utf-8").splitlines()
+    events = [json.loads(line) for line in lines]
+    events += [[0.9, "i", "echo one\r"], [4.9, "i", "sleep 10\r"], [19.9, "i", "echo three\r"]]
+    events.sort(key=lambda e: e[0])
+    cast.write_text("\n".join([header, *(json.dumps(e) for e in events)]) + "\n",
+                    encoding="utf-8")
     sealer, public_key = make_sealer(root, NODE)
     sealer.seal(recording.path)
     config = root / "bastion.toml"
@@ -92,7 +100,7 @@ def test_keys_pause_step_seek_commands_speed_quit(tmp_path: Path, tmux) -> None:
     screen.wait_for("PAUSED")
     assert "00:00/00:22" in status(screen)
 
-    for _ in range(2):  # a step is one moment: "$ ", then the command and its output
+    for _ in range(3):  # a step is one moment: "$ ", the keys, the command and its output
         screen.send_literal(".")
     screen.wait_for("00:01/00:22")
     assert "one-out" in screen.capture()
@@ -128,6 +136,16 @@ def test_keys_pause_step_seek_commands_speed_quit(tmp_path: Path, tmux) -> None:
     screen.wait_for("replay-exit=0", history=True)
     modes = screen.capture(history=True)
     assert " icanon" in modes and " echo " in modes and "-icanon" not in modes, modes
+
+
+def test_input_line_shows_the_keystrokes(tmp_path: Path, tmux) -> None:
+    folder, config = record(tmp_path)
+    screen = replay_in_tmux(tmux, config, folder.name, "--paused", "--input", "--at", "6")
+    screen.wait_for("keys: echo one^Msleep 10^M")
+    screen.send_literal("n")
+    screen.wait_for("keys: echo one^Msleep 10^Mecho three^M")
+    screen.send_literal("q")
+    screen.wait_for("replay-exit=0", history=True)
 
 
 def test_ctrl_c_and_sigterm_restore_the_terminal(tmp_path: Path, tmux) -> None:
