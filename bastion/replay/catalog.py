@@ -138,23 +138,31 @@ class Catalog:
         self.spool_dir = spool_dir
         self.s3 = s3  # (client, bucket, prefix)
         self.skipped: list[str] = []  # sessions that could not be read, with why
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = state_dir / INDEX_NAME
         try:
-            self.db = sqlite3.connect(path, isolation_level=None)
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version != INDEX_VERSION:  # a cache: rebuilt, never migrated
-                self.db.execute("DROP TABLE IF EXISTS sessions")
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS sessions (key TEXT PRIMARY KEY, stamp TEXT NOT NULL,"
-                " summary TEXT NOT NULL, content BLOB)")
-            self.db.execute(f"PRAGMA user_version = {INDEX_VERSION}")
-        except sqlite3.Error as exc:
-            raise ReplayError(f"session index {path}: {exc}") from None
+            self.db = self._open(path)
+        except (sqlite3.Error, OSError) as exc:
+            # No write access to the state directory (an analyst account): search still works,
+            # it just reads everything again next time.
+            self.skipped.append(f"session index {path} unusable ({exc}); searching without it")
+            self.db = self._open(Path(":memory:"))
         self._cache: dict[str, tuple[str, str, bytes | None]] = {
             key: (stamp, summary, content) for key, stamp, summary, content
             in self.db.execute("SELECT key, stamp, summary, content FROM sessions")}
         self._writes: list[tuple[str, str, str, bytes | None]] = []
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = sqlite3.connect(path, isolation_level=None)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != INDEX_VERSION:  # a cache: rebuilt, never migrated
+            db.execute("DROP TABLE IF EXISTS sessions")
+        db.execute("CREATE TABLE IF NOT EXISTS sessions (key TEXT PRIMARY KEY, stamp TEXT NOT "
+                   "NULL, summary TEXT NOT NULL, content BLOB)")
+        db.execute(f"PRAGMA user_version = {INDEX_VERSION}")
+        return db
 
     def close(self) -> None:
         """Write what was read to the index and close it."""
@@ -164,10 +172,10 @@ class Catalog:
                 self.db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
                                     self._writes)
                 self.db.execute("COMMIT")
-            self._writes = []
-        except sqlite3.Error as exc:
-            raise ReplayError(f"session index: {exc}") from None
+        except sqlite3.Error as exc:  # a cache that cannot be written: next search rereads
+            self.skipped.append(f"session index not updated ({exc})")
         finally:
+            self._writes = []
             self.db.close()
 
     def _remember(self, key: str, stamp: str, summary: Summary, content: bytes | None) -> None:

@@ -35,6 +35,7 @@ SPEEDS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 TICK = 0.25  # seconds: status refresh and follow polling while waiting
 INDEX_SLICE = 0.03  # seconds of keyframe indexing between looks at the keyboard
 INPUT_SHOWN = 200  # characters of recent keystrokes kept for --input
+INPUT_LOOKBACK = 5000  # events looked back through for them
 
 
 class _Stop(Exception):
@@ -305,7 +306,7 @@ class Player:
     def _recent_input(self) -> str:
         parts: list[str] = []
         size = 0
-        for event in reversed(self.events[:self.pos]):
+        for event in reversed(self.events[max(0, self.pos - INPUT_LOOKBACK):self.pos]):
             if event.code == "i":
                 parts.append(event.data)
                 size += len(event.data)
