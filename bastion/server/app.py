@@ -193,7 +193,7 @@ class BastionServer:
             except Exception:  # a flush error is handled by the writer on its next write
                 log.exception("flushing recordings failed")
             try:
-                self.sync_sessions()
+                await self.sync_sessions()
             except BastionError as exc:  # the state database is busy or gone: try again
                 log.warning("session registry: %s", exc)
             if idle:
@@ -207,28 +207,43 @@ class BastionServer:
                                                "closed", "idle timeout")
 
     # -- running sessions and kills ---------------------------------------------------------
-    def sync_sessions(self) -> None:
-        """Keep this node's rows of running sessions current; carry out kill requests."""
+    def _live_sessions(self) -> dict[str, BastionConnection]:
         live: dict[str, BastionConnection] = {}
         for conn in self.connections.values():
             session = conn.session
             if session is not None and session.recording is not None \
                     and session.upstream is not None and not session.is_closed():
                 live[session.recording.session_id] = conn
+        return live
+
+    async def sync_sessions(self) -> None:
+        """Keep this node's rows of running sessions current; carry out kill requests. The
+        database work runs in a worker thread: the event loop never waits for it."""
+        live = self._live_sessions()
+        added = []
         for session_id in live.keys() - self._registered:
             session = live[session_id].session
             assert session is not None and session.authorization is not None
-            self.registry.register(RunningSession(
+            added.append(RunningSession(
                 session_id=session_id, node=self.config.server.node_id,
                 user=session.identity.name, target=session.authorization.target.name,
                 login=session.authorization.login, client=session.client.address,
                 conn=session.client.conn_id, pid=os.getpid(), started=time.time()))
-        self.registry.unregister(self._registered - live.keys())
+        gone = self._registered - live.keys()
+        kills = await asyncio.get_running_loop().run_in_executor(
+            None, self._sync_registry, added, gone, bool(live))
         self._registered = set(live)
-        if live:
-            for kill in self.registry.pending_kills(self.config.server.node_id):
-                if kill.session_id in live:
-                    self.kill_session(live[kill.session_id], kill)
+        live = self._live_sessions()  # as it is now, after the wait
+        for kill in kills:
+            if kill.session_id in live:
+                self.kill_session(live[kill.session_id], kill)
+
+    def _sync_registry(self, added: list[RunningSession], gone: set[str],
+                       any_live: bool) -> list[KillRequest]:
+        for row in added:
+            self.registry.register(row)
+        self.registry.unregister(gone)
+        return self.registry.pending_kills(self.config.server.node_id) if any_live else []
 
     def kill_session(self, conn: BastionConnection, kill: KillRequest) -> None:
         """End a session an analyst asked to end: a marker in its recording, the reason on
