@@ -1,11 +1,15 @@
-"""Keyframe seeking gives exactly the screen a linear replay gives, at any moment."""
+"""Keyframe seeking gives exactly the screen a linear replay gives, at any moment; drawing
+writes only the player's own sequences."""
 
 from __future__ import annotations
+
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.replay.cast import Cast, Event
+from bastion.replay.render import draw_rows, status_line
 from bastion.replay.screens import Emulator, Timeline
 
 PIECES = ["hello ", "\r\n", "\x1b[31mred\x1b[0m", "\x1b[2J", "\x1b[H", "\x1b[5;10H*",
@@ -68,3 +72,15 @@ def test_screen_text_holds_no_control_characters() -> None:
     cast = Cast("t", 20, 3, {}, [Event(0, "o", "a\x1b]0;x\x07b\x9b6nc\x90q\x9cd")])
     emu, _ = Timeline(cast).emulator_at(1)
     assert emu.lines()[0] == "abcd"
+
+
+def test_drawing_writes_only_our_own_sequences() -> None:
+    hostile = ("\x1b[31mred\x1b]52;c;AAAA\x07\x1bP$qm\x1b\\\x9b6n\x1b[6n\x1b[>c"
+               "\x1b[1;44mbold-on-blue\x1b[38;2;1;2;3mtc\x1b[?1000h 日本 \u200b\u0085")
+    cast = Cast("t", 40, 4, {}, [Event(0, "o", hostile)])
+    emu, _ = Timeline(cast).emulator_at(1)
+    drawn = draw_rows(emu.screen, range(4), 40, 4) + status_line(5, 40, "status")
+    without_ours = re.sub(r"\x1b\[(\d+;\d+H|[0-9;]*m|K)", "", drawn)
+    assert "\x1b" not in without_ours and not any("\x80" <= c <= "\x9f" for c in drawn)
+    assert "red" in without_ours and "bold-on-blue" in without_ours
+    assert "\x1b[0;1;31;44m" in drawn or "\x1b[0;1;44m" in drawn
