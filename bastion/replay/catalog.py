@@ -18,7 +18,7 @@ import sqlite3
 import tempfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class Summary:
 
     def as_json(self) -> dict[str, Any]:
         """The summary for ``--json``."""
-        return asdict(self)
+        return dict(self.__dict__)
 
 
 @dataclass
@@ -109,7 +109,8 @@ def content_of(folder: SessionFolder) -> Content:
 
 
 def _pack(content: Content) -> bytes:
-    return zlib.compress(json.dumps(asdict(content), ensure_ascii=False).encode(), 3)
+    doc = {"commands": content.commands, "output": content.output, "input": content.input}
+    return zlib.compress(json.dumps(doc, ensure_ascii=False).encode(), 3)
 
 
 def _unpack(blob: bytes) -> Content:
