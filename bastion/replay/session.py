@@ -38,6 +38,7 @@ class Channel:
     files: tuple[str, ...]
     exit_status: int | None = None
     exit_signal: str | None = None
+    markers: tuple[tuple[float, str], ...] = ()  # (t, label) of a channel without a cast
 
     @property
     def cast_name(self) -> str | None:
@@ -126,9 +127,10 @@ class SessionFolder:
     def commands(self, chan: Channel, cast: Cast | None = None) -> list[Command]:
         """Commands of a channel: from metadata, else from ``command: `` markers."""
         found = [c for c in metadata_commands(self.meta) if c.channel == chan.number]
-        if not found and cast is not None:
+        if not found:
+            markers = cast.markers() if cast is not None else list(chan.markers)
             found = [Command(chan.number, t, label[len(COMMAND_PREFIX):])
-                     for t, label in cast.markers() if label.startswith(COMMAND_PREFIX)]
+                     for t, label in markers if label.startswith(COMMAND_PREFIX)]
         return sorted(found, key=lambda c: c.t)
 
 
@@ -178,11 +180,17 @@ def _channels_from_meta(meta: dict[str, Any]) -> list[Channel] | None:
         names = tuple(f for f in files if isinstance(f, str)) if isinstance(files, list) else ()
         command = item.get("command")
         status, signal = item.get("exit_status"), item.get("exit_signal")
+        marks = item.get("markers")
+        markers = tuple(
+            (float(m["t"]), m["label"]) for m in (marks if isinstance(marks, list) else [])
+            if isinstance(m, dict) and isinstance(m.get("label"), str)
+            and isinstance(m.get("t"), int | float) and not isinstance(m.get("t"), bool)
+            and m["t"] >= 0)
         channels.append(Channel(
             number=item["number"], kind=str(item.get("kind") or "shell")[:16],
             pty=item.get("pty") is True, command=command if isinstance(command, str) else None,
             files=names, exit_status=status if isinstance(status, int) else None,
-            exit_signal=signal if isinstance(signal, str) else None))
+            exit_signal=signal if isinstance(signal, str) else None, markers=markers))
     return sorted(channels, key=lambda c: c.number)
 
 

@@ -35,7 +35,8 @@ def channel_events(folder: SessionFolder, chan: Channel) -> tuple[Cast | None, l
     if chan.cast_name is not None:
         cast = folder.read_cast(chan)
         return cast, cast.events
-    return None, timed_events(folder, chan)
+    events = timed_events(folder, chan) + [Event(t, "m", label) for t, label in chan.markers]
+    return None, sorted(events, key=lambda e: e.t)  # stable: a marker after same-time data
 
 
 def transcript(folder: SessionFolder, chan: Channel) -> Iterator[str]:

@@ -112,7 +112,9 @@ def test_exec_streams_with_timing(tmp_path: Path) -> None:
         "schema": 2, "session_id": folder.name, "state": "closed",
         "channels": [{"number": 1, "kind": "exec", "pty": False, "command": "cat",
                       "files": ["1-exec.stdin", "1-exec.stdout", "1-exec.stderr",
-                                "1-exec.timing"], "exit_status": 0}]}), encoding="utf-8")
+                                "1-exec.timing"], "exit_status": 0,
+                      "markers": [{"t": 0.8, "label": "exit: 0"}, {"t": "x", "label": 5}]}]}),
+        encoding="utf-8")
     (folder / "1-exec.stdin").write_bytes(b"hello\n")
     (folder / "1-exec.stdout").write_bytes(b"hello\n\xff")
     (folder / "1-exec.stderr").write_bytes(b"warn\n")
@@ -125,6 +127,9 @@ def test_exec_streams_with_timing(tmp_path: Path) -> None:
         (0.1, "i", "hello\n"), (0.11, "o", "hello\n"), (0.61, "o", "warn\n"),
         (0.71, "o", "\ufffd")]
     assert session.read_stream(chan, "stdout") == b"hello\n\xff"
+    lines = list(transcript(session, chan))
+    assert "[00:00] stdin: hello^J" in lines and "[00:00] -- exit: 0" in lines
+    assert lines[-1] == "# exit status 0"
     (folder / "1-exec.timing").write_text("O 0.1 999\n")
     with pytest.raises(ReplayError, match="past the end"):
         timed_events(session, chan)
