@@ -224,3 +224,27 @@ def test_screen_transcript_export_are_sanitized(tmp_path: Path) -> None:
              (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
     assert [e["mode"] for e in audit if e["event"] == "replay.view"] == [
         "screen", "transcript", "export"]
+
+
+def test_search_by_command_marker_then_replay_the_moment(tmp_path: Path) -> None:
+    folder, config = record(tmp_path)
+    found = subprocess.run([sys.executable, "-m", "bastion", "sessions", "search", "--command",
+                            r"^sleep \d+$", "--target", "web01", "--since", "1h", "--config",
+                            str(config), "--json"], capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    rows = [json.loads(line) for line in found.stdout.splitlines()]
+    assert [(r["session_id"], r["match"]["at"], r["match"]["replay_at"]) for r in rows] == [
+        (folder.name, "00:05", "00:06")]
+    shown = subprocess.run([sys.executable, "-m", "bastion", "replay", rows[0]["session_id"],
+                            "--at", rows[0]["match"]["replay_at"], "--screen", "--config",
+                            str(config)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-1] == "$ sleep 10"
+    none = subprocess.run([sys.executable, "-m", "bastion", "sessions", "search", "--command",
+                           "sleep", "--user", "mallory", "--config", str(config), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert none.returncode == 0 and none.stdout == ""
+    bad = subprocess.run([sys.executable, "-m", "bastion", "sessions", "search", "--command",
+                          "(unclosed", "--config", str(config)], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("bastion: bad regular expression")
