@@ -49,10 +49,13 @@ class Word:
         return cls(text)
 
 
-def decode_node(node: Node) -> list[Atom]:
-    """The atoms of one word-like syntax node (a word, string, concatenation...)."""
+def decode_node(node: Node, src: str) -> list[Atom]:
+    """The atoms of one word-like syntax node (a word, string, concatenation...).
+
+    ``src`` is the parsed text; node offsets index it by character (see ``ascii_view``).
+    """
     kind = node.type
-    text = _text(node)
+    text = node_text(node, src)
     if kind in ("word", "number"):
         return _unquoted(text)
     if kind == "raw_string":
@@ -60,11 +63,11 @@ def decode_node(node: Node) -> list[Atom]:
     if kind == "ansi_c_string":
         return [(c, Kind.QUOTED) for c in decode_ansi_c(text[2:-1])]
     if kind in ("string", "translated_string"):
-        return _double_quoted(node)
+        return _double_quoted(node, src)
     if kind == "concatenation":
         atoms: list[Atom] = []
         for child in node.children:
-            atoms.extend(decode_node(child))
+            atoms.extend(decode_node(child, src))
         return atoms
     if kind == "brace_expression":
         return [(c, Kind.PLAIN) for c in text]
@@ -74,8 +77,22 @@ def decode_node(node: Node) -> list[Atom]:
     return [(text, Kind.DYNAMIC)]
 
 
-def _text(node: Node) -> str:
-    return (node.text or b"").decode("utf-8", "replace")
+def node_text(node: Node, src: str) -> str:
+    """The source text of ``node``."""
+    return src[node.start_byte:node.end_byte]
+
+
+def ascii_view(text: str) -> bytes:
+    """What tree-sitter parses: ``text`` with every non-ASCII character replaced by ``%``.
+
+    tree-sitter-bash 0.25's scanner can crash the process (a segfault, found by the property
+    tests) on some non-ASCII input. Bash's grammar gives meaning only to ASCII characters
+    (others are word characters, and so is ``%``), so the tree's shape is the same, and with
+    one byte per character the node offsets index ``text`` itself: words are read from there.
+    """
+    if text.isascii() and "\x00" not in text:
+        return text.encode("ascii")
+    return bytes(ord(c) if 0 < ord(c) < 128 else 0x25 for c in text)
 
 
 def _unquoted(text: str) -> list[Atom]:
@@ -93,27 +110,24 @@ def _unquoted(text: str) -> list[Atom]:
     return atoms
 
 
-def _double_quoted(node: Node) -> list[Atom]:
+def _double_quoted(node: Node, src: str) -> list[Atom]:
     """A "..." string: its plain text between the expansions, escapes as bash removes them."""
     atoms: list[Atom] = []
-    source = node.text or b""
-    base = node.start_byte
-    pos = base + (2 if source.startswith(b'$"') else 1)
-    end = node.end_byte - 1
+    pos = node.start_byte + (2 if src.startswith('$"', node.start_byte) else 1)
+    end = max(pos, node.end_byte - 1)
     for child in node.children:
         if child.type not in _DYNAMIC_TYPES:
             continue  # string_content and quote tokens are read from the gaps below
         if child.start_byte > pos:
-            atoms.extend(_in_double_quotes(source[pos - base:child.start_byte - base]))
-        atoms.append((_text(child), Kind.DYNAMIC_QUOTED))
+            atoms.extend(_in_double_quotes(src[pos:child.start_byte]))
+        atoms.append((node_text(child, src), Kind.DYNAMIC_QUOTED))
         pos = child.end_byte
     if end > pos:
-        atoms.extend(_in_double_quotes(source[pos - base:end - base]))
+        atoms.extend(_in_double_quotes(src[pos:end]))
     return atoms
 
 
-def _in_double_quotes(raw: bytes) -> list[Atom]:
-    text = raw.decode("utf-8", "replace")
+def _in_double_quotes(text: str) -> list[Atom]:
     atoms: list[Atom] = []
     i = 0
     while i < len(text):
@@ -280,13 +294,13 @@ def to_word(atoms: Sequence[Atom]) -> Word:
                 maybe_many=unquoted_dynamic or glob)
 
 
-def words_of(nodes: Sequence[Node], budget: list[int]) -> list[Word]:
+def words_of(nodes: Sequence[Node], src: str, budget: list[int]) -> list[Word]:
     """The words of a command's word nodes (already grouped one group per shell word)."""
     words: list[Word] = []
     for group in group_touching(nodes):
         atoms: list[Atom] = []
         for node in group:
-            atoms.extend(decode_node(node))
+            atoms.extend(decode_node(node, src))
         had_quotes = any(k is not Kind.PLAIN for _, k in atoms)
         for expanded in expand_braces(atoms, budget):
             if expanded or had_quotes:  # bash drops words that brace expansion left empty
