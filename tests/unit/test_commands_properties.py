@@ -89,10 +89,11 @@ HOSTILE = [
     "eval " * 3000,
     "sudo " * 3000 + "reboot",
     "x" * 70_000,
+    "echo " + "a" * 16_000,
     "( " * 3000 + "reboot" + " )" * 3000,
     "((((((reboot))))))",  # arithmetic in bash: reads a variable, runs nothing
     "$'" + "\\x41" * 3000 + "'",
-    "echo " + "a" * 60_000,
+    "ls;" * 5000,
     "cat <<E\n" + "$(x)" * 3000 + "\nE",
     "\\\n" * 5000 + "reboot",
 ]

@@ -98,6 +98,7 @@ class _Walker:
     exec_request: bool
     commands: list[NormalizedCommand] = field(default_factory=list)
     nodes: int = 0
+    parsed: int = 0  # characters parsed so far (the line and program texts in it)
     errors: list[str] = field(default_factory=list)
     brace_budget: list[int] = field(default_factory=lambda: [limits.MAX_BRACE_WORDS])
 
@@ -118,6 +119,9 @@ class _Walker:
             raise LimitExceeded("program texts nested too deeply")
         if len(text) > limits.MAX_LINE:
             raise LimitExceeded(f"longer than {limits.MAX_LINE} characters")
+        self.parsed += len(text)
+        if self.parsed > limits.MAX_PARSED:
+            raise LimitExceeded(f"more than {limits.MAX_PARSED} characters of program text")
         if "\x00" in text:
             self.errors.append("contains a NUL character")
         variants = [text]

@@ -1,15 +1,17 @@
 """Shell words as bash hands them to a command: quotes and backslashes removed, $'...' decoded,
 brace expansion applied (bounded), and what cannot be known before run time kept as written.
 
-A word is first decoded from its syntax-tree nodes into *atoms*, one per character, each marked
+A word is first decoded from its syntax-tree nodes into *atoms*, runs of text each marked
 unquoted, quoted or dynamic (an expansion or substitution, kept as its source text). Brace
-expansion then works on unquoted atoms only, exactly as bash does before any other expansion,
+expansion then works on unquoted characters only, exactly as bash does before any other
+expansion (atoms are split into single characters only for a word with an unquoted ``{``),
 and each resulting atom list becomes a ``Word``.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,9 @@ class Kind(enum.Enum):
 
 Atom = tuple[str, Kind]
 GLOB_CHARS = frozenset("*?[")
+_UNQUOTED_PARTS = re.compile(r"\\(.)|([^\\]+)|\\", re.DOTALL)
+_PLAIN_SPECIALS = re.compile(r"[\\{*?\[]")
+_DOUBLE_QUOTED_PARTS = re.compile(r'\\([$`"\\\n])|([^\\]+)|\\')
 _DYNAMIC_TYPES = frozenset({"simple_expansion", "expansion", "command_substitution",
                             "process_substitution", "arithmetic_expansion"})
 
@@ -59,9 +64,9 @@ def decode_node(node: Node, src: str) -> list[Atom]:
     if kind in ("word", "number"):
         return _unquoted(text)
     if kind == "raw_string":
-        return [(c, Kind.QUOTED) for c in text[1:-1]]
+        return [(text[1:-1], Kind.QUOTED)]
     if kind == "ansi_c_string":
-        return [(c, Kind.QUOTED) for c in decode_ansi_c(text[2:-1])]
+        return [(decode_ansi_c(text[2:-1]), Kind.QUOTED)]
     if kind in ("string", "translated_string"):
         return _double_quoted(node, src)
     if kind == "concatenation":
@@ -70,7 +75,7 @@ def decode_node(node: Node, src: str) -> list[Atom]:
             atoms.extend(decode_node(child, src))
         return atoms
     if kind == "brace_expression":
-        return [(c, Kind.PLAIN) for c in text]
+        return [(text, Kind.PLAIN)]
     if kind == "$":  # the "$" of a $"..." translated string: bash drops it
         return []
     # Expansions, substitutions and anything this module does not know: value unknown.
@@ -96,17 +101,18 @@ def ascii_view(text: str) -> bytes:
 
 
 def _unquoted(text: str) -> list[Atom]:
+    if "\\" not in text:
+        return [(text, Kind.PLAIN)]
     atoms: list[Atom] = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            if text[i + 1] != "\n":  # backslash-newline is a line continuation: both vanish
-                atoms.append((text[i + 1], Kind.QUOTED))
-            i += 2
-            continue
-        atoms.append((c, Kind.PLAIN))
-        i += 1
+    for match in _UNQUOTED_PARTS.finditer(text):
+        escaped, run = match.group(1), match.group(2)
+        if run is not None:
+            atoms.append((run, Kind.PLAIN))
+        elif escaped is not None:
+            if escaped != "\n":  # backslash-newline is a line continuation: both vanish
+                atoms.append((escaped, Kind.QUOTED))
+        else:
+            atoms.append(("\\", Kind.PLAIN))  # a lone backslash at the end stays
     return atoms
 
 
@@ -129,16 +135,15 @@ def _double_quoted(node: Node, src: str) -> list[Atom]:
 
 def _in_double_quotes(text: str) -> list[Atom]:
     atoms: list[Atom] = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text) and text[i + 1] in '$`"\\\n':
-            if text[i + 1] != "\n":
-                atoms.append((text[i + 1], Kind.QUOTED))
-            i += 2
-            continue
-        atoms.append((c, Kind.QUOTED))
-        i += 1
+    for match in _DOUBLE_QUOTED_PARTS.finditer(text):
+        escaped, run = match.group(1), match.group(2)
+        if run is not None:
+            atoms.append((run, Kind.QUOTED))
+        elif escaped is not None:
+            if escaped != "\n":
+                atoms.append((escaped, Kind.QUOTED))
+        else:
+            atoms.append(("\\", Kind.QUOTED))  # other backslashes stay in double quotes
     return atoms
 
 
@@ -193,6 +198,10 @@ def expand_braces(atoms: list[Atom], budget: list[int], depth: int = 0) -> list[
     """Bash brace expansion of one word; ``budget`` holds how many more words may be made."""
     if depth > MAX_BRACE_DEPTH:
         raise LimitExceeded("too many brace expressions in one word")
+    if not any(kind is Kind.PLAIN and "{" in text for text, kind in atoms):
+        return [atoms]
+    atoms = [(c, kind) for text, kind in atoms
+             for c in (text if kind in (Kind.PLAIN, Kind.QUOTED) else (text,))]
     for start in range(len(atoms)):
         if atoms[start] != ("{", Kind.PLAIN):
             continue
@@ -283,13 +292,15 @@ def _is_int(text: str) -> bool:
 
 def to_word(atoms: Sequence[Atom]) -> Word:
     """Build the ``Word`` of one (already brace-expanded) atom list."""
-    text = "".join(c for c, _ in atoms)
-    dynamic = [k for _, k in atoms if k in (Kind.DYNAMIC, Kind.DYNAMIC_QUOTED)]
-    glob = any(k is Kind.PLAIN and c in GLOB_CHARS for c, k in atoms)
-    first = atoms[0] if atoms else ("", Kind.QUOTED)
-    unquoted_dynamic = Kind.DYNAMIC in dynamic
-    maybe_option = (unquoted_dynamic or first[1] is Kind.DYNAMIC_QUOTED
-                    or (first[1] is Kind.PLAIN and first[0] in GLOB_CHARS))
+    atoms = [atom for atom in atoms if atom[0]]
+    text = "".join(t for t, _ in atoms)
+    kinds = {k for _, k in atoms}
+    dynamic = Kind.DYNAMIC in kinds or Kind.DYNAMIC_QUOTED in kinds
+    glob = any(k is Kind.PLAIN and not GLOB_CHARS.isdisjoint(t) for t, k in atoms)
+    first_text, first_kind = atoms[0] if atoms else ("", Kind.QUOTED)
+    unquoted_dynamic = Kind.DYNAMIC in kinds
+    maybe_option = (unquoted_dynamic or first_kind is Kind.DYNAMIC_QUOTED
+                    or (first_kind is Kind.PLAIN and first_text[0] in GLOB_CHARS))
     return Word(text=text, literal=not dynamic, glob=glob, maybe_option=maybe_option,
                 maybe_many=unquoted_dynamic or glob)
 
@@ -298,6 +309,11 @@ def words_of(nodes: Sequence[Node], src: str, budget: list[int]) -> list[Word]:
     """The words of a command's word nodes (already grouped one group per shell word)."""
     words: list[Word] = []
     for group in group_touching(nodes):
+        if len(group) == 1 and group[0].type in ("word", "number"):
+            text = node_text(group[0], src)
+            if not _PLAIN_SPECIALS.search(text):  # the common case: nothing to remove/expand
+                words.append(Word(text))
+                continue
         atoms: list[Atom] = []
         for node in group:
             atoms.extend(decode_node(node, src))
