@@ -52,7 +52,7 @@ from bastion.policy.commands.words import (
     to_word,
     words_of,
 )
-from bastion.policy.commands.wrappers import unwrap
+from bastion.policy.commands.wrappers import unwrap, wrapper_options
 
 _LANGUAGE = Language(tree_sitter_bash.language())
 _INPUT_REDIRECTS = frozenset({"<", "<&", "<>", "&<"})
@@ -200,6 +200,12 @@ class _Walker:
                        depth: int, open_args: bool = False) -> None:
         """Report one simple command and whatever it runs (wrapped commands, programs)."""
         for _ in range(limits.MAX_UNWRAP):
+            # tree-sitter-bash reads the group of `time { cmd; }`, `coproc NAME { cmd; }` and
+            # `! { cmd; }` as words "{" "cmd": the group's first command follows the "{".
+            while words and words[0].literal and words[0].text in ("{", "!"):
+                words = words[1:]
+            if not words or (len(words) == 1 and words[0].text == "}"):
+                return
             command = self.report(words, via, open_args)
             if command.unresolved:
                 return
@@ -210,7 +216,8 @@ class _Walker:
                 return
             if inner.argv:  # the wrapper's own options are the words before what it runs
                 own = words[:len(words) - len(inner.argv)] if inner.argv[0] in words else words
-                options, operands, _, _ = canonical_options(name, own[1:])
+                options, operands, _, _ = canonical_options(name, own[1:],
+                                                            wrapper_options(name))
                 self.commands[-1] = dataclasses.replace(command, options=options,
                                                         operands=operands)
             via = (*via, inner.label)
