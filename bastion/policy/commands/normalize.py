@@ -54,7 +54,7 @@ from bastion.policy.commands.words import (
 )
 from bastion.policy.commands.wrappers import unwrap, wrapper_options
 
-_LANGUAGE = Language(tree_sitter_bash.language())
+LANGUAGE = Language(tree_sitter_bash.language())
 _INPUT_REDIRECTS = frozenset({"<", "<&", "<>", "&<"})
 _PROGRAM_BUILTINS = frozenset({"eval", "source", ".", "alias", "trap", "find"})
 
@@ -130,7 +130,7 @@ class _Walker:
             # which tree-sitter does not do inside words. Read it both ways; report both.
             variants.append(text.replace("\\\n", ""))
         for variant in variants:
-            tree = Parser(_LANGUAGE).parse(ascii_view(variant))
+            tree = Parser(LANGUAGE).parse(ascii_view(variant))
             root = tree.root_node
             if root.has_error:
                 self.errors.append("not valid shell syntax")
@@ -215,7 +215,8 @@ class _Walker:
                 self.look_inside(name, args, via, stdin, depth)
                 return
             if inner.argv:  # the wrapper's own options are the words before what it runs
-                own = words[:len(words) - len(inner.argv)] if inner.argv[0] in words else words
+                cut = len(words) - len(inner.argv)
+                own = words[:cut] if tuple(words[cut:]) == inner.argv else words
                 options, operands, _, _ = canonical_options(name, own[1:],
                                                             wrapper_options(name))
                 self.commands[-1] = dataclasses.replace(command, options=options,
@@ -370,37 +371,3 @@ def command_basename(word: str) -> str:
     base = posixpath.basename(normalized)
     return base or normalized
 
-
-def line_is_incomplete(text: str) -> bool:
-    """Whether bash would ask for more input (PS2) after this text, rather than run it.
-
-    True for a trailing backslash, an open quote, ``$(``, ``{``, ``if`` without ``fi``, a
-    trailing ``|``/``&&``/``||``, a heredoc without its end marker. Bash runs nothing of such a
-    text until it is complete, so a line catcher can forward the Enter and check the whole
-    text once it is. A heuristic over the syntax tree: a syntax error that does not reach the
-    end of the text (``rm x )``) counts as complete (and unparseable).
-    """
-    if len(text) > limits.MAX_LINE:
-        return False
-    stripped = text.rstrip(" \t\r\n")
-    trailing = len(text.rstrip("\n")) - len(text.rstrip("\n").rstrip("\\"))
-    if trailing % 2 == 1:
-        return True
-    root = Parser(_LANGUAGE).parse(ascii_view(text)).root_node
-    if not root.has_error:
-        return False
-    end = len(stripped)
-    stack, errors = [root], 0
-    while stack:
-        node = stack.pop()
-        if node.type == "ERROR" or node.is_missing:
-            errors += 1
-            if node.end_byte < end:
-                return False
-            if node.type == "ERROR" and node_text(node, text).strip() in (")", "}", ";;"):
-                return False
-        elif node.has_error:
-            stack.extend(node.children)
-        if errors > limits.MAX_NODES:
-            return False
-    return errors > 0
