@@ -138,6 +138,9 @@ DENIED = [
     "f() { reboot; }; f",
     "! reboot",
     "! { reboot; }",
+    "! if true; then $'\\162\\155' --rec $'\\055\\146' x; fi",  # found by bash fuzzing
+    "! while true; do reboot; done",
+    "! until false; do reboot; done",
     "time { reboot; }",
     "time (reboot)",
     "coproc x { reboot; }",
@@ -235,7 +238,8 @@ def test_bypass_is_denied(line: str) -> None:
 
 # tree-sitter-bash does not accept a brace expression in command position: such a line is
 # unparseable, which gets the strictest action in scope (deny here).
-UNPARSEABLE = ["{reboot,x}", "{rm,-rf,/}", "echo {a,b}; {reboot,x}", "rm -rf / )"]
+UNPARSEABLE = ["time { { reboot now; }; }",  # tree-sitter reads "{ {" as one word
+               "{reboot,x}", "{rm,-rf,/}", "echo {a,b}; {reboot,x}", "rm -rf / )"]
 
 
 @pytest.mark.parametrize("line", UNPARSEABLE)

@@ -47,6 +47,7 @@ from bastion.policy.commands.words import (
     Word,
     ascii_view,
     decode_node,
+    has_unescaped_blank,
     join_words,
     node_text,
     to_word,
@@ -56,6 +57,8 @@ from bastion.policy.commands.wrappers import unwrap, wrapper_options
 
 LANGUAGE = Language(tree_sitter_bash.language())
 _INPUT_REDIRECTS = frozenset({"<", "<&", "<>", "&<"})
+_LEADING_KEYWORDS = frozenset({"{", "!", "if", "then", "else", "elif", "do", "while", "until"})
+_CLOSING_KEYWORDS = frozenset({"}", "fi", "done", "esac", "]]"})
 _PROGRAM_BUILTINS = frozenset({"eval", "source", ".", "alias", "trap", "find"})
 
 
@@ -191,6 +194,8 @@ class _Walker:
                 word_nodes.append(child)
         if not word_nodes:
             return
+        if any(n.type == "word" and has_unescaped_blank(node_text(n, src)) for n in word_nodes):
+            self.errors.append("the parser read blanks inside a word")
         words = words_of(word_nodes, src, self.brace_budget)
         if not words:
             return
@@ -200,11 +205,12 @@ class _Walker:
                        depth: int, open_args: bool = False) -> None:
         """Report one simple command and whatever it runs (wrapped commands, programs)."""
         for _ in range(limits.MAX_UNWRAP):
-            # tree-sitter-bash reads the group of `time { cmd; }`, `coproc NAME { cmd; }` and
-            # `! { cmd; }` as words "{" "cmd": the group's first command follows the "{".
-            while words and words[0].literal and words[0].text in ("{", "!"):
+            # Where tree-sitter-bash misses a compound command (`time { cmd; }`, `! if x; then
+            # cmd; fi`, `coproc NAME { cmd; }`), its reserved words come out as command words
+            # ("then" "cmd"). Bash never runs a reserved word in command position: skip them.
+            while words and words[0].literal and words[0].text in _LEADING_KEYWORDS:
                 words = words[1:]
-            if not words or (len(words) == 1 and words[0].text == "}"):
+            if not words or (len(words) == 1 and words[0].text in _CLOSING_KEYWORDS):
                 return
             command = self.report(words, via, open_args)
             if command.unresolved:
