@@ -306,6 +306,9 @@ class _Walker:
 
     def builtin(self, name: str, args: Sequence[Word], via: tuple[str, ...], stdin: _Input,
                 depth: int) -> None:
+        if name in ("eval", "source", ".") and args and args[0].literal \
+                and args[0].text == "--":
+            args = args[1:]  # these builtins accept "--" before their operands
         if name == "eval" and args:
             self.run_program(join_words(args), "eval", via, stdin, depth)
         elif name in ("source", ".") and args:
@@ -320,9 +323,10 @@ class _Walker:
                 if eq and alias:
                     self.run_program(Word(value, literal=arg.literal), f"alias {alias}", via,
                                      _Input(Stdin.TERMINAL), depth)
-        elif name == "trap" and args and args[0].text not in ("-", "") \
-                and not args[0].text.startswith("-"):
-            self.run_program(args[0], "trap", via, _Input(Stdin.TERMINAL), depth)
+        elif name == "trap":
+            action = _trap_action(args)
+            if action is not None:
+                self.run_program(action, "trap", via, _Input(Stdin.TERMINAL), depth)
         elif name == "find":
             self.find_exec(args, via, depth)
 
@@ -358,6 +362,18 @@ def redirected_input(node: Node, src: str) -> _Input | None:
                     descriptor is None or node_text(descriptor, src) == "0"):
                 return _Input(Stdin.FILE)
     return None
+
+
+def _trap_action(args: Sequence[Word]) -> Word | None:
+    """The program text of ``trap [-p|-l|-P] [--] ACTION SIGNAL...`` (None: prints or resets)."""
+    rest = list(args)
+    while rest and rest[0].literal and rest[0].text in ("-p", "-l", "-P", "-lp", "-pl"):
+        rest.pop(0)
+    if rest and rest[0].literal and rest[0].text == "--":
+        rest.pop(0)
+    if not rest or (rest[0].literal and rest[0].text in ("-", "")):
+        return None
+    return rest[0]
 
 
 def _heredoc_text(redirect: Node, src: str) -> Word:
