@@ -86,11 +86,13 @@ def _fake_bin(folder: Path, log: Path) -> Path:
         script = (f'#!{BASH}\nprintf "%s" {name} >> {log}\nprintf "\\t%s" "$@" >> {log}\n'
                   f"echo >> {log}\n")
         (fake / name).write_text(script, encoding="utf-8")
-    for name in ("sudo", "env", "nice", "nohup", "cat"):
-        skip = 'while [[ "$1" == -* || "$1" == *=* ]]; do shift; done\n'
-        run = 'exec "$@"\n' if name != "cat" else 'exec /bin/cat "$@"\n'
-        (fake / name).write_text(f"#!{BASH}\n{skip if name != 'cat' else ''}{run}",
-                                 encoding="utf-8")
+    # Wrappers as the real ones read their words: sudo and env take VAR=value, nice -n N.
+    skip_assignments = 'while [[ "$1" == -* || "$1" == *=* ]]; do shift; done\n'
+    wrappers = {"sudo": skip_assignments, "env": skip_assignments,
+                "nice": '[[ "$1" == -n ]] && shift 2\n', "nohup": ""}
+    for name, skip in wrappers.items():
+        (fake / name).write_text(f'#!{BASH}\n{skip}exec "$@"\n', encoding="utf-8")
+    (fake / "cat").write_text(f'#!{BASH}\nexec /bin/cat "$@"\n', encoding="utf-8")
     (fake / "timeout").write_text(f'#!{BASH}\nshift\nexec "$@"\n', encoding="utf-8")
     for path in fake.iterdir():
         path.chmod(0o755)

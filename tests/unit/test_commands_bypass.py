@@ -114,6 +114,7 @@ DENIED = [
     "alias ll='rm -rf /'",
     "trap 'reboot' EXIT",
     "trap -- 'reboot' EXIT",
+    "hash -p /sbin/reboot ls",
     "trap -p -- 'rm -rf /' INT",
     "PROMPT_COMMAND='reboot'",
     # splitting

@@ -59,7 +59,7 @@ LANGUAGE = Language(tree_sitter_bash.language())
 _INPUT_REDIRECTS = frozenset({"<", "<&", "<>", "&<"})
 _LEADING_KEYWORDS = frozenset({"{", "!", "if", "then", "else", "elif", "do", "while", "until"})
 _CLOSING_KEYWORDS = frozenset({"}", "fi", "done", "esac", "]]"})
-_PROGRAM_BUILTINS = frozenset({"eval", "source", ".", "alias", "trap", "find"})
+_PROGRAM_BUILTINS = frozenset({"eval", "source", ".", "alias", "trap", "find", "hash"})
 
 
 @dataclass(frozen=True)
@@ -329,6 +329,11 @@ class _Walker:
                 self.run_program(action, "trap", via, _Input(Stdin.TERMINAL), depth)
         elif name == "find":
             self.find_exec(args, via, depth)
+        elif name == "hash":  # hash -p /sbin/reboot ls: "ls" now runs reboot
+            texts = [a.text for a in args]
+            if "-p" in texts and texts.index("-p") + 1 < len(args):
+                self.simple_command([args[texts.index("-p") + 1]], (*via, "hash -p"),
+                                    _Input(Stdin.TERMINAL), depth)
 
     def find_exec(self, args: Sequence[Word], via: tuple[str, ...], depth: int) -> None:
         """find ... -exec CMD ARGS {} ; (or +): CMD runs once per file (checked; documented)."""
