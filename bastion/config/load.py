@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncssh
 
+from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_command_control
 from bastion.config.identity import IdentityConfig, parse_identity
 from bastion.config.model import (
     GROUP_NAME,
@@ -58,6 +59,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
     identity = (parse_identity(root.table("identity")) if root.has("identity")
                 else IdentityConfig())
+    commands = parse_command_control(root, {t.name for t in targets})
     root.done()
 
     _unique(root, "users", [u.name for u in users])
@@ -70,7 +72,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity)
+                  evidence=evidence, storage=storage, identity=identity, commands=commands)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -165,6 +167,7 @@ def _target(t: Table) -> Target:
         default_login=t.string("default_login", None, pattern=LOGIN_NAME, what="a login name"),
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
         record_input=t.boolean("record_input", True),
+        unresolved=t.string("unresolved", None, pattern=UNRESOLVED_PATTERN, what=UNRESOLVED_WHAT),
     )
     t.done()
     return target
