@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncssh
 
 from bastion.config.identity import IdentityConfig, fit_login_timeout, parse_identity
+from bastion.config.masking import MaskingConfig, parse_masking, parse_target_masking
 from bastion.config.model import (
     GROUP_NAME,
     LOGIN_NAME,
@@ -52,7 +53,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     server = _server(root.table("server"), paths)
     vault = _vault(root.table("vault"), paths)
     users = tuple(_user(t) for t in root.tables("users"))
-    targets = tuple(_target(t) for t in root.tables("targets"))
+    masking = parse_masking(root.table("masking")) if root.has("masking") else MaskingConfig()
+    targets = tuple(_target(t, masking) for t in root.tables("targets"))
     access = tuple(_access(t) for t in root.tables("access"))
     evidence = parse_evidence(root.table("evidence")) if root.has("evidence") else None
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
@@ -71,7 +73,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity)
+                  evidence=evidence, storage=storage, identity=identity, masking=masking)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -137,7 +139,7 @@ def _user(t: Table) -> LocalUser:
     return user
 
 
-def _target(t: Table) -> Target:
+def _target(t: Table, masking: MaskingConfig) -> Target:
     name = t.string("name", pattern=TARGET_NAME,
                  what="a target name of letters, digits, '_' or '-' (no dots)")
     host_keys = t.strings("host_keys", ())
@@ -160,6 +162,7 @@ def _target(t: Table) -> Target:
         known_hosts=known_hosts,
         default_login=t.string("default_login", None, pattern=LOGIN_NAME, what="a login name"),
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
+        masking=parse_target_masking(t, masking),
     )
     t.done()
     return target

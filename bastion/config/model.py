@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bastion.config.masking import MaskingConfig, TargetMasking
 from bastion.secret import Secret
 
 # Names that may appear in an SSH user name. Targets and logins are checked against these
@@ -71,6 +72,7 @@ class Target:
     known_hosts: Path | None = None
     default_login: str | None = None
     connect_timeout: float = 10.0
+    masking: TargetMasking = field(default_factory=TargetMasking)
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class Config:
     evidence: EvidenceConfig | None = None
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
