@@ -230,12 +230,19 @@ class Scanner:
             pos = end if hit is not None and end > start else start + 1
 
 
+def _loosen(pattern: str) -> str:
+    """A superset of ``pattern`` that Hyperscan compiles fast: no groups names, and ``{m,n}``
+    repeats open-ended (``{1,256}`` classes took it seconds to compile)."""
+    pattern = re.sub(r"\(\?P<\w+>", "(?:", pattern)
+    return re.sub(r"(?<!\\)\{(\d+),\d+\}", r"{\1,}", pattern)
+
+
 def _prefilter(detectors: tuple[Detector, ...]) -> Any:
     """A Hyperscan database of every detector in prefilter mode (may over-match, never under);
     None without Hyperscan or if it refuses a pattern (RE2 then scans every chunk)."""
     if hyperscan is None or not detectors:
         return None
-    patterns = [re.sub(r"\(\?P<\w+>", "(?:", d.pattern).encode("utf-8") for d in detectors]
+    patterns = [_loosen(d.pattern).encode("utf-8") for d in detectors]
     flags = (hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_PREFILTER
              | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_ALLOWEMPTY)
     database = hyperscan.Database()
