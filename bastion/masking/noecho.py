@@ -25,6 +25,7 @@ ALT_ON = (b"\x1b[?1049h", b"\x1b[?1047h", b"\x1b[?47h")
 ALT_OFF = (b"\x1b[?1049l", b"\x1b[?1047l", b"\x1b[?47l")
 LINE_END = frozenset(b"\r\n\x03\x04")  # Enter, Ctrl-C, Ctrl-D end a hidden run
 _PRINTABLE = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_NOT_PRINTABLE = bytes(b for b in range(256) if b not in _PRINTABLE)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class EchoState:
 
     typed: bytearray = field(default_factory=bytearray)  # printable keys not yet echoed
     seen: bytearray = field(default_factory=bytearray)  # visible output since the first of them
+    enter_at: int | None = None  # len(seen) when a line end was typed after them
     alt_screen: bool = False
 
 
@@ -69,6 +71,7 @@ class KeystrokeRecorder(TimedMasker):
         self.echo = echo
         self.window = window
         self.queue = bytearray()  # recorded keys waiting for the echo decision
+        self.after = bytearray()  # keys typed after a line end while that decision waits
         self.hidden = 0  # keys of the current hidden run
         self.in_hidden_run = False
         self.decide_timer: TimerHandle | None = None
@@ -80,8 +83,16 @@ class KeystrokeRecorder(TimedMasker):
         if self.echo.alt_screen and not self.queue:
             super().feed(data, stream)
             return
+        if self.echo.enter_at is not None:  # the line is typed; its echo is being decided
+            self.after += data
+            return
         self.queue += data
-        printable = data.translate(None, delete=bytes(set(range(256)) - set(_PRINTABLE)))
+        printable = data.translate(None, delete=_NOT_PRINTABLE)
+        if self.echo.typed or printable:
+            for byte in data:
+                if byte in LINE_END:
+                    self.echo.enter_at = len(self.echo.seen)
+                    break
         if printable:
             self.echo.typed += printable
             if self.decide_timer is None:
@@ -94,19 +105,33 @@ class KeystrokeRecorder(TimedMasker):
     def check_echo(self) -> None:
         """Release the held keys once the typed characters appeared in the output, contiguous
         (an edited line may not match: its keys are then recorded hidden, failing closed)."""
-        if self.echo.typed and bytes(self.echo.typed) in self.echo.seen:
+        if not self.echo.typed:
+            return
+        if bytes(self.echo.typed) in self.echo.seen:
             self._pass_queue()
+        elif self.echo.enter_at is not None and b"\n" in self.echo.seen[self.echo.enter_at:]:
+            # A line end was typed and the output went on to a new line without the typed
+            # characters: an echoing terminal would have shown them before that.
+            self._no_echo()
 
     def _pass_queue(self) -> None:
         queued = bytes(self.queue)
         self._reset()
         if queued:
             super().feed(queued, Stream.DATA)
+        self._feed_after()
+
+    def _feed_after(self) -> None:
+        after = bytes(self.after)
+        self.after.clear()
+        if after:
+            self.feed(after, Stream.DATA)
 
     def _reset(self) -> None:
         self.queue.clear()
         self.echo.typed.clear()
         self.echo.seen.clear()
+        self.echo.enter_at = None
         if self.decide_timer is not None:
             self.decide_timer.cancel()
             self.decide_timer = None
@@ -117,6 +142,7 @@ class KeystrokeRecorder(TimedMasker):
         self._reset()
         self.in_hidden_run = True
         self._hide(queued, Stream.DATA)
+        self._feed_after()
 
     def _hide(self, data: bytes, stream: Stream) -> None:
         out = bytearray()
@@ -148,6 +174,7 @@ class KeystrokeRecorder(TimedMasker):
     def end(self) -> None:
         if self.queue:
             self._no_echo() if self.echo.typed else self._pass_queue()
+        self._feed_after()
         self._end_run()
         super().end()
 

@@ -9,10 +9,13 @@ the screen it reads, and masking comes before the recorder in both directions.
 from __future__ import annotations
 
 from bastion.config.model import Config
+from bastion.masking import MaskingFactory
 from bastion.relay.pipeline import StageFactory
 
 
 def stage_factories(config: Config) -> tuple[StageFactory, ...]:
     """The configured features' stage factories."""
     factories: list[StageFactory] = []
+    if config.masking.enabled:
+        factories.append(MaskingFactory(config.masking))  # masking: last before the recorder
     return tuple(factories)

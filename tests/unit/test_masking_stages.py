@@ -197,6 +197,29 @@ def test_no_echo_input_is_recorded_as_a_count_of_keys() -> None:
     assert ch.factory.session_counts("s1") == {"hidden_input": 1}
 
 
+def test_no_echo_is_decided_as_soon_as_output_moves_on_after_enter() -> None:
+    ch = Channel(info())
+    ch.out(b"Password: ")
+    ch.key(b"Zq8hiddenPW77")
+    ch.key(b"\r")
+    ch.out(b"\r\n")  # read -s; echo
+    ch.key(b"ex")  # typed before the decision would have timed out
+    ch.out(b"got-13\r\n$ ex")
+    ch.key(b"it\r")
+    ch.out(b"it\r\n")
+    assert b"".join(ch.rec_in) == b"*************\rexit\r"
+    assert ch.ctx.markers == ["input hidden: 13 keys"]
+
+
+def test_echoed_line_with_enter_is_recorded_as_typed() -> None:
+    ch = Channel(info())
+    ch.key(b"ls -l\r")  # typed fast: the echo comes after the Enter
+    ch.out(b"ls")
+    ch.out(b" -l\r\ntotal 0\r\n$ ")
+    assert b"".join(ch.rec_in) == b"ls -l\r"
+    assert ch.ctx.markers == []
+
+
 def test_full_screen_keys_are_not_taken_for_hidden_input() -> None:
     ch = Channel(info())
     ch.out(b"\x1b[?1049h")  # vim on the alternate screen
