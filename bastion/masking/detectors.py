@@ -5,7 +5,11 @@ Patterns are RE2 syntax on bytes (linear time, no backreferences or lookaround).
 at most one group named ``secret``: that part is masked; without it the whole match is. The
 ``tail`` pattern ends at ``$`` and matches the longest suffix of the text that could still grow
 into a match; it is what a stream holds back (briefly) so a secret split across two chunks is
-still seen whole. Tails are bounded so the hold-back is too.
+still seen whole. The hold-back is bounded by the stream (``MAX_HOLD`` bytes, a timer).
+
+Large bounded repeats (``{1,256}``) are avoided: RE2 copies the repeated item n times into the
+program, and a program that size made its DFA run out of memory and fall back to the NFA, ten
+times slower. ``\b`` costs too (no literal-prefix acceleration) but keeps look-alikes out.
 """
 
 from __future__ import annotations
@@ -71,9 +75,9 @@ def _prefixed(*literals: str, body: str, boundary: bool = True, ignore_case: boo
 
 def _value(group: str) -> str:
     """A command-line value: quoted, or up to the next blank; the group is what is masked."""
-    return rf"""(?P<{group}>'[^'\r\n]{{1,256}}'|"[^"\r\n]{{1,256}}"|[^\s'"]{{1,256}})"""
+    return rf"""(?P<{group}>'[^'\r\n]+'|"[^"\r\n]+"|[^\s'"]+)"""
 
-_LINE_REST = r"[^\r\n]{0,300}"  # a context word was seen: hold the rest of the line (bounded)
+_LINE_REST = r"[^\r\n]*"  # a context word was seen: hold the rest of the line
 _ENV_WORDS = ("token", "password", "passwd", "secret", "api_key", "apikey", "access_key",
               "private_key")
 
@@ -113,24 +117,24 @@ BUILTIN: tuple[Detector, ...] = (
     ),
     Detector(
         name="github_token",
-        pattern=r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
-        tail=(r"\bg(?:h(?:[pousr](?:_[A-Za-z0-9]{0,255})?)?)?$|"
-              + _prefixed("github_pat_", body=r"[A-Za-z0-9_]{0,255}")),
+        pattern=r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b",
+        tail=(r"\bg(?:h(?:[pousr](?:_[A-Za-z0-9]*)?)?)?$|"
+              + _prefixed("github_pat_", body=r"[A-Za-z0-9_]*")),
     ),
     Detector(
         name="gitlab_token",
-        pattern=r"\bglpat-[A-Za-z0-9_-]{20,255}",
-        tail=_prefixed("glpat-", body=r"[A-Za-z0-9_-]{0,255}"),
+        pattern=r"\bglpat-[A-Za-z0-9_-]{20,}",
+        tail=_prefixed("glpat-", body=r"[A-Za-z0-9_-]*"),
     ),
     Detector(
         name="slack_token",
-        pattern=r"\bxox[abposr]-[A-Za-z0-9-]{10,255}",
-        tail=r"\bx(?:o(?:x(?:[abposr](?:-[A-Za-z0-9-]{0,255})?)?)?)?$",
+        pattern=r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
+        tail=r"\bx(?:o(?:x(?:[abposr](?:-[A-Za-z0-9-]*)?)?)?)?$",
     ),
     Detector(
         name="stripe_key",
-        pattern=r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,255}",
-        tail=r"\b[rs](?:k(?:_(?:[lt][a-z]{0,3}(?:_[A-Za-z0-9]{0,255})?)?)?)?$",
+        pattern=r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
+        tail=r"\b[rs](?:k(?:_(?:[lt][a-z]{0,3}(?:_[A-Za-z0-9]*)?)?)?)?$",
     ),
     Detector(
         name="authorization_header",
@@ -140,12 +144,12 @@ BUILTIN: tuple[Detector, ...] = (
     ),
     Detector(
         name="url_password",
-        pattern=r"://[^\s:/@]{1,256}:(?P<secret>[^\s@/]{1,256})@",
-        tail=r"://[^\s@/]{0,520}$|:/?$",
+        pattern=r"://[^\s:/@]+:(?P<secret>[^\s@/]+)@",
+        tail=r"://[^\s@/]*$|:/?$",
     ),
     Detector(
         name="cli_password",
-        pattern=(r"(?:\b(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\r\n]{0,300}?"
+        pattern=(r"(?:\b(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\r\n]*?"
                  r"\s-p" + _value("secret")
                  + r"|--(?:password|passwd)(?:=|\s{1,8})" + _value("secret2")
                  + r"|\bsshpass\s{1,8}-p\s{0,8}" + _value("secret3") + ")"),
@@ -154,9 +158,9 @@ BUILTIN: tuple[Detector, ...] = (
     ),
     Detector(
         name="env_secret",
-        pattern=r"(?i:" + "|".join(_ENV_WORDS) + r")[A-Za-z0-9_]{0,64}=" + _value("secret"),
+        pattern=r"(?i:" + "|".join(_ENV_WORDS) + r")[A-Za-z0-9_]*=" + _value("secret"),
         tail=("|".join(f"{partials(w + '=', ignore_case=True)}$" for w in _ENV_WORDS)
-              + r"|(?i:" + "|".join(_ENV_WORDS) + r")[A-Za-z0-9_]{0,64}(?:=\S{0,256})?$"),
+              + r"|(?i:" + "|".join(_ENV_WORDS) + r")[A-Za-z0-9_]*(?:=\S*)?$"),
     ),
 )
 

@@ -133,7 +133,7 @@ class Scanner:
             tails.append(f"(?:{det.tail})")
         self.regex = re2.compile("|".join(parts).encode("utf-8"), options()) if parts else None
         # The same without groups finds where a match is (DFA only, no submatch engine over the
-        # whole chunk); the grouped program then runs anchored at that start only.
+        # whole chunk); the grouped program then runs on that span only.
         plain = "|".join(f"(?:{re.sub(r'[(][?]P<[^>]+>', '(?:', d.pattern)})"
                          for d in self.detectors)
         self.find = re2.compile(plain.encode("utf-8"), options()) if parts else None
@@ -176,9 +176,9 @@ class Scanner:
         where = self.find.search(visible, pos)
         if where is None:
             return None
-        match = self.regex.match(visible, where.start())
-        if match is None:  # pragma: no cover - the two programs agree on where matches start
-            return where.start(), where.end(), None
+        match = self.regex.match(visible, where.start(), where.end())
+        if match is None:  # pragma: no cover - both programs match the same span
+            return where.start(), where.start() + 1, None
         index = match.lastindex
         if index not in self.outer:
             index = next(i for i in self.outer if match.start(i) >= 0)

@@ -8,6 +8,7 @@ needs only the map of its last few hundred bytes.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 
 # CSI, OSC (BEL or ST terminated), DCS/SOS/PM/APC strings, two/three-byte escapes, and C0
@@ -41,16 +42,12 @@ class EscapeMap:
 
     def __init__(self, raw: bytes, base: int = 0) -> None:
         self.base = base
-        self.visible_at: list[int] = []  # visible position at which each escape sits
-        self.removed_after: list[int] = []  # raw bytes removed up to and including each escape
-        self.escapes: list[tuple[int, int]] = []  # raw (start, end) of each escape
-        removed = 0
-        for match in ESCAPE.finditer(raw):
-            start, end = match.span()
-            self.visible_at.append(start - removed)
-            removed += end - start
-            self.removed_after.append(removed)
-            self.escapes.append((start + base, end + base))
+        # split/findall and accumulate run in C: no Python step per escape sequence.
+        pattern = _SEQUENCE if len(raw.translate(None, _CONTROLS)) == len(raw) else ESCAPE
+        lengths = list(map(len, pattern.split(raw)))
+        lengths.pop()
+        self.visible_at = list(itertools.accumulate(lengths))  # where each escape sits
+        self.removed_after = list(itertools.accumulate(map(len, pattern.findall(raw))))
 
     def raw_index(self, visible: int) -> int:
         """The raw position of the visible byte at ``visible`` (after escapes just before it)."""
@@ -69,7 +66,7 @@ class EscapeMap:
                 out.append((raw, raw + cut - pos, pos))
             # skip this escape and any that sit at the same visible position
             while j < len(self.visible_at) and self.visible_at[j] == cut:
-                raw = self.escapes[j][1]
+                raw = self.base + self.visible_at[j] + self.removed_after[j]
                 j += 1
             pos = cut
         if end > pos:
