@@ -92,8 +92,28 @@ class TimedMasker(Stage):
             self.timer = None
 
 
+ECHO_SIZE = 4  # bytes: the echo of one key (a UTF-8 character) is never held for the user
+
+
 class UserOutputMasker(TimedMasker):
-    """Terminal output before it reaches the user (and so before it is recorded)."""
+    """Terminal output before it reaches the user (and so before it is recorded).
+
+    A chunk of at most ``ECHO_SIZE`` bytes with nothing held before it is the echo of a key: it
+    is shown at once even if it could start a secret (holding it would slow every such key by
+    the hold time), and the record side re-checks what follows, as after a timed release.
+    """
+
+    def feed(self, data: bytes, stream: Stream) -> None:
+        masker = self._masker(stream)
+        if len(data) > ECHO_SIZE or masker.pending:
+            super().feed(data, stream)
+            return
+        out = masker.push(data)
+        if len(masker.pending):  # (len: mypy narrowed .pending to empty above)
+            out += masker.flush()
+            self.shared.dirty = True
+        if out:
+            self.emit(out, stream)
 
     def _released(self, data: bytes, stream: Stream) -> None:
         # A timed release may be the start of a secret whose rest comes later: the record

@@ -120,14 +120,27 @@ def test_secret_masked_for_the_user_and_the_recording() -> None:
 
 def test_a_possible_secret_start_waits_only_the_hold_time() -> None:
     ch = Channel(info())
-    ch.out(b"$ g")  # could be the start of ghp_...
-    assert b"".join(ch.user) == b"$ "
+    ch.out(b"listing of g")  # could be the start of ghp_...
+    assert b"".join(ch.user) == b"listing of "
     assert ch.clock.pending() == [0.001]
     ch.clock.advance(0.001)
-    assert b"".join(ch.user) == b"$ g"
+    assert b"".join(ch.user) == b"listing of g"
     ch.out(b"o")
     ch.out(b"\r\n")
-    assert b"".join(ch.user) == b"$ go\r\n"
+    assert b"".join(ch.user) == b"listing of go\r\n"
+
+
+def test_key_echo_is_never_held_and_the_recording_still_masks() -> None:
+    ch = Channel(info())
+    ch.out(b"$ ")
+    for key in GH[:6]:
+        ch.out(key.encode())  # each typed key's echo
+        assert b"".join(ch.user).endswith(key.encode()), "shown at once"
+    assert ch.clock.pending() == [] or all(t > 0.5 for t in ch.clock.pending())
+    ch.out(GH[6:].encode() + b"\r\n")
+    ch.clock.advance(5)
+    assert GH.encode() not in b"".join(ch.rec_out)
+    assert b"".join(ch.rec_out) == b"$ " + b"*" * len(GH) + b"\r\n"
 
 
 def test_plain_echo_is_not_held() -> None:
