@@ -82,7 +82,7 @@ class ChannelMasking:
 
 
 class _Summary(Stage):
-    """Last output stage: at the end of the output (or the channel) it writes the summary."""
+    """Last output record stage: at the end of the output (or the channel) the summary."""
 
     def __init__(self, channel: ChannelMasking) -> None:
         self.channel = channel
@@ -150,12 +150,12 @@ class MaskingFactory:
                              window=timing.echo_window, call_later=self.call_later)
         record = RecordOutputMasker(scanner, shared, timing.record_hold, always=not to_user,
                                     call_later=self.call_later)
-        output: list[Stage] = [summary]
+        output: list[Stage] = []
         if to_user:
-            output.insert(0, UserOutputMasker(scanner, shared, timing.hold_time,
-                                              self.call_later))
+            output.append(UserOutputMasker(scanner, shared, timing.hold_time, self.call_later))
+        # The summary comes last on the record side: after the recorded copy's final flush.
         return ChannelStages(output=output, input_record=[keys],
-                             output_record=[watcher, record])
+                             output_record=[watcher, record, summary])
 
     def channel(self, session_id: str, number: int) -> ChannelMasking | None:
         """The masking of one channel (for its counts)."""
