@@ -13,7 +13,7 @@ import pytest
 from harness.ssh import bastion_destination, run_ssh, ssh_base_argv
 
 from bastion.demo.stack import DemoStack
-from bastion.recording.manifest import parse_manifest
+from bastion.evidence.manifest import parse_manifest
 
 pytestmark = pytest.mark.e2e
 
