@@ -210,12 +210,16 @@ class Scanner:
             return True
         return self.allow_regex is not None and self.allow_regex.search(whole) is not None
 
-    def tail_start(self, visible: bytes, pos: int) -> int:
-        """Where a possible incomplete secret at the end of ``visible`` starts (len if none)."""
+    def tail_start(self, visible: bytes, pos: int, end: int) -> int:
+        """Where a possible incomplete secret ending at ``end`` starts (``end`` if none)."""
         if self.tail is None:
-            return len(visible)
-        match = self.tail.search(visible, max(pos, len(visible) - TAIL_WINDOW))
-        return len(visible) if match is None else match.start()
+            return end
+        # A slice, not endpos: RE2 judges $ against the whole text, not endpos. One byte before
+        # the window is kept as context for \b.
+        first = max(pos, end - TAIL_WINDOW)
+        base = max(first - 1, 0)
+        match = self.tail.search(visible[base:end], first - base)
+        return end if match is None else base + match.start()
 
     def iter_hits(self, visible: bytes) -> Iterator[Hit]:
         """Every hit in a complete text (no stream state; private keys need ``mask_text``)."""
@@ -244,7 +248,7 @@ def _prefilter(detectors: tuple[Detector, ...]) -> Any:
         return None
     patterns = [_loosen(d.pattern).encode("utf-8") for d in detectors]
     flags = (hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_PREFILTER
-             | hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_ALLOWEMPTY)
+             | hyperscan.HS_FLAG_ALLOWEMPTY)  # no UTF8 flag: exec streams are binary
     database = hyperscan.Database()
     try:
         database.compile(expressions=patterns, ids=list(range(len(patterns))),

@@ -35,6 +35,7 @@ class StreamMasker:
         self.scanner = scanner
         self.counts: Counter[str] = Counter() if counts is None else counts
         self.pending = b""
+        self.before = b""  # the last visible byte passed on: context for \b at the next scan
         self.in_key = False
         self.key_bytes = 0
         self.key_lines = 0
@@ -70,7 +71,14 @@ class StreamMasker:
         main = raw[:cut] if cut < len(raw) else raw
         visible = strip(main)
         hits: list[tuple[int, int, Detector]] = []
-        hold = self._scan(visible, hits, final)
+        context = len(self.before)
+        if context:  # scanned with the byte before it, so \b at its start is judged right
+            hold = self._scan(self.before + visible, hits, final, context) - context
+            hits = [(start - context, end - context, det) for start, end, det in hits]
+        else:
+            hold = self._scan(visible, hits, final, 0)
+        if hold > 0:
+            self.before = visible[hold - 1:hold]
         if not final and len(visible) - hold > MAX_HOLD:
             return self._process(raw, final=True)
         if len(visible) == len(main):  # no escapes: visible positions are raw positions
@@ -94,15 +102,15 @@ class StreamMasker:
                 out[raw_start:raw_end] = piece.replace(b"\x00", b"")
         return bytes(out)
 
-    def _scan(self, visible: bytes, hits: list[tuple[int, int, Detector]], final: bool) -> int:
-        """Fill ``hits`` with the spans to mask; return the visible position to hold from."""
-        size = len(visible)
-        pos = 0
+    def _scan(self, visible: bytes, hits: list[tuple[int, int, Detector]], final: bool,
+              pos: int) -> int:
+        """Fill ``hits`` with the spans to mask from ``pos``; return where to hold from."""
+        size = len(visible) if final else self._complete(visible, pos)
         if self.in_key:
-            pos, hold = self._key(visible, 0, hits, final)
+            pos, hold = self._key(visible, pos, hits, final)
             if self.in_key:
                 return hold
-        hold = size if final else self._tail(visible, pos)
+        hold = size if final else self._tail(visible, pos, size)
         if pos >= hold or not self.scanner.maybe(visible):
             return hold
         while self.scanner.regex is not None and pos < hold:
@@ -112,7 +120,7 @@ class StreamMasker:
             start, end, hit = found
             if start >= hold:
                 break
-            if end > hold or (not final and end == size):  # it may still grow
+            if end > hold or (not final and end >= size):  # it may still grow
                 hold = start
                 break
             if hit is None:
@@ -124,7 +132,7 @@ class StreamMasker:
                 pos, key_hold = self._key(visible, end, hits, final)
                 if self.in_key:
                     return key_hold
-                hold = size if final else self._tail(visible, pos)
+                hold = size if final else self._tail(visible, pos, size)
                 continue
             self._add(hits, hit)
             pos = end
@@ -134,9 +142,12 @@ class StreamMasker:
         if hit.end > hit.start:
             hits.append((hit.start, hit.end, hit.detector))
 
-    def _tail(self, visible: bytes, pos: int) -> int:
-        hold = self.scanner.tail_start(visible, pos)
-        # a UTF-8 character cut by the chunk's end
+    def _tail(self, visible: bytes, pos: int, size: int) -> int:
+        return max(self.scanner.tail_start(visible, pos, size), pos)
+
+    @staticmethod
+    def _complete(visible: bytes, pos: int) -> int:
+        """The end of the complete UTF-8 characters (a character cut by the chunk waits)."""
         for index in range(len(visible) - 1, max(len(visible) - 4, pos - 1), -1):
             byte = visible[index]
             if byte < 0x80:
@@ -144,9 +155,9 @@ class StreamMasker:
             if byte >= 0xC0:
                 need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
                 if len(visible) - index < need:
-                    hold = min(hold, index)
+                    return index
                 break
-        return max(hold, pos)
+        return len(visible)
 
     def _key(self, visible: bytes, start: int, hits: list[tuple[int, int, Detector]],
              final: bool) -> tuple[int, int]:

@@ -133,3 +133,29 @@ def test_counts_per_detector() -> None:
     masker = StreamMasker(SCANNER)
     masker.mask_all(b"4111 1111 1111 1111 and 5500005555555559 and AKIAZ7QPRSTUVWXY2345\n")
     assert dict(masker.counts) == {"card": 2, "aws_access_key_id": 1}
+
+
+PIECES = [b"ghp_", b"A" * 10, b"4111 1111 1111 1111", b" ", b"\r\n", b"\x1b[31m", b"\x1b[0m",
+          b"\x1b[2C", b"AKIA", b"Z7QPRSTUVWXY2345", b"-----BEGIN RSA PRIVATE KEY-----\n",
+          b"-----END RSA PRIVATE KEY-----\n", b"abc", "é".encode(), b"\xff", b"--password=",
+          b"x", b"eyJhbGciOiJIUzI1NiJ9", b".", b"eyJzdWIiOiIxIn0", b"https://u:", b"pw@h",
+          b"\x00", b"\x1b", b"[", b"mysql -u r -p", b"TOKEN=", b"9", b"\x1b]0;title\x07"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=14), st.integers(0, 600))
+def test_any_text_split_anywhere_masks_like_the_whole(pieces: list[bytes], cut: int) -> None:
+    data = b"".join(pieces)
+    cut = min(cut, len(data))
+    assert streamed(data[:cut], data[cut:]) == whole(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=14))
+def test_fast_strip_equals_the_escape_map(pieces: list[bytes]) -> None:
+    from bastion.masking.escapes import ESCAPE, EscapeMap
+    data = b"".join(pieces)
+    visible = strip(data)
+    assert visible == ESCAPE.sub(b"", data)
+    emap = EscapeMap(data)
+    assert len(data) - (emap.removed_after[-1] if emap.removed_after else 0) == len(visible)
