@@ -14,11 +14,12 @@ there no-echo detection is off, so their keys are recorded as typed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from bastion.masking.engine import Scanner
 from bastion.masking.escapes import strip
+from bastion.masking.seam import Stage, Stream
 from bastion.masking.timed import CallLater, SharedState, TimedMasker, TimerHandle, loop_call_later
-from bastion.relay.pipeline import Stage, Stream
 
 HIDDEN_RUN = "hidden_input"
 ALT_ON = (b"\x1b[?1049h", b"\x1b[?1047h", b"\x1b[?47h")
@@ -45,7 +46,7 @@ class EchoWatcher(Stage):
         self.echo = echo
         self.keys: KeystrokeRecorder | None = None
 
-    def feed(self, data: bytes, stream: Stream) -> None:
+    def feed(self, data: bytes, stream: Any) -> None:
         if b"\x1b[?" in data:
             for seq in ALT_ON:
                 if seq in data:
@@ -76,7 +77,7 @@ class KeystrokeRecorder(TimedMasker):
         self.in_hidden_run = False
         self.decide_timer: TimerHandle | None = None
 
-    def feed(self, data: bytes, stream: Stream) -> None:
+    def feed(self, data: bytes, stream: Any) -> None:
         if self.in_hidden_run:
             self._hide(data, stream)
             return
@@ -144,7 +145,7 @@ class KeystrokeRecorder(TimedMasker):
         self._hide(queued, Stream.DATA)
         self._feed_after()
 
-    def _hide(self, data: bytes, stream: Stream) -> None:
+    def _hide(self, data: bytes, stream: Any) -> None:
         out = bytearray()
         for index, byte in enumerate(data):
             if byte in LINE_END:

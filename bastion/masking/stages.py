@@ -1,4 +1,5 @@
-"""The masking feature as a channel-pipeline ``StageFactory``.
+"""The masking feature as a channel-pipeline stage factory (returning ``MaskingStages``, which
+bastion/server/features.py hands to the relay as its ``ChannelStages``).
 
 Per channel (see docs/masking.md):
 
@@ -24,6 +25,7 @@ from bastion.config.model import Target
 from bastion.masking.detectors import BUILTIN, Detector, Replacement, Validator
 from bastion.masking.engine import AllowRule, Scanner
 from bastion.masking.noecho import pair
+from bastion.masking.seam import ChannelContext, ChannelFacts, MaskingStages, Stage
 from bastion.masking.stream import StreamMasker
 from bastion.masking.timed import (
     CallLater,
@@ -34,7 +36,8 @@ from bastion.masking.timed import (
     UserOutputMasker,
     loop_call_later,
 )
-from bastion.relay.pipeline import ChannelInfo, ChannelKind, ChannelStages, Stage, StageContext
+
+MAX_CHANNELS_KEPT = 100_000  # channels whose counts are kept until forget_session
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,9 @@ def custom_detector(custom: CustomDetector) -> Detector:
 class ChannelMasking:
     """One channel's masking: its shared state and the counts the manifest needs."""
 
-    def __init__(self, info: ChannelInfo, ctx: StageContext, shared: SharedState) -> None:
-        self.info = info
-        self.ctx = ctx
+    def __init__(self, info: ChannelFacts, ctx: ChannelContext, shared: SharedState) -> None:
+        self.pty = info.pty
+        self.ctx: ChannelContext | None = ctx  # dropped once summarised: the factory keeps this
         self.shared = shared
 
     def counts(self) -> dict[str, int]:
@@ -71,14 +74,13 @@ class ChannelMasking:
 
     def summarise(self) -> None:
         """Once per channel: the counts as an audit event (and a marker on a pty)."""
-        if self.shared.summarised:
+        ctx, self.ctx = self.ctx, None
+        if ctx is None:
             return
-        self.shared.summarised = True
         counts = self.counts()
-        if counts and self.info.pty:
-            self.ctx.marker("masked: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
-        self.ctx.audit("masking.summary", counts=counts,
-                       mode="masked" if self.info.pty else "counted")
+        if counts and self.pty:
+            ctx.marker("masked: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+        ctx.audit("masking.summary", counts=counts, mode="masked" if self.pty else "counted")
 
 
 class _Summary(Stage):
@@ -122,27 +124,29 @@ class MaskingFactory:
                 [d for d in self.detectors if d.name not in off], self.allow)
         return scanner
 
-    def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
+    def __call__(self, info: ChannelFacts, ctx: ChannelContext) -> MaskingStages | None:
         scanner = self.scanner(info.target)
-        if scanner is None or info.kind is ChannelKind.SFTP:
+        if scanner is None or info.kind.value == "sftp":
             return None
         shared = SharedState()
         channel = ChannelMasking(info, ctx, shared)
         self._channels[(info.session_id, info.channel)] = channel
+        while len(self._channels) > MAX_CHANNELS_KEPT:  # forget_session was not called
+            del self._channels[next(iter(self._channels))]
         summary = _Summary(channel)
         if info.pty:
             return self._pty(info, scanner, shared, summary)
         mask_exec = info.target.masking.mask_exec
         if mask_exec if mask_exec is not None else self.config.mask_exec:
             hold = self.timing.hold_time
-            return ChannelStages(
+            return MaskingStages(
                 input=[TimedMasker(scanner, shared, hold, self.call_later)],
                 output=[TimedMasker(scanner, shared, hold, self.call_later), summary])
-        return ChannelStages(input_record=[ScanOnly(scanner, shared)],
+        return MaskingStages(input_record=[ScanOnly(scanner, shared)],
                              output_record=[ScanOnly(scanner, shared), summary])
 
-    def _pty(self, info: ChannelInfo, scanner: Scanner, shared: SharedState,
-             summary: Stage) -> ChannelStages:
+    def _pty(self, info: ChannelFacts, scanner: Scanner, shared: SharedState,
+             summary: Stage) -> MaskingStages:
         per_target = info.target.masking.mask_user_output
         to_user = per_target if per_target is not None else self.config.mask_user_output
         timing = self.timing
@@ -154,7 +158,7 @@ class MaskingFactory:
         if to_user:
             output.append(UserOutputMasker(scanner, shared, timing.hold_time, self.call_later))
         # The summary comes last on the record side: after the recorded copy's final flush.
-        return ChannelStages(output=output, input_record=[keys],
+        return MaskingStages(output=output, input_record=[keys],
                              output_record=[watcher, record, summary])
 
     def channel(self, session_id: str, number: int) -> ChannelMasking | None:

@@ -6,11 +6,11 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from bastion.masking.engine import Scanner
+from bastion.masking.seam import Stage
 from bastion.masking.stream import StreamMasker
-from bastion.relay.pipeline import Stage, Stream
 
 
 class TimerHandle(Protocol):
@@ -33,7 +33,6 @@ class SharedState:
 
     counts: Counter[str] = field(default_factory=Counter)
     dirty: bool = False  # the user stage released a possible secret's start on its timer
-    summarised: bool = False
 
 
 class TimedMasker(Stage):
@@ -45,16 +44,16 @@ class TimedMasker(Stage):
         self.scanner = scanner
         self.delay = delay
         self.call_later = call_later
-        self.maskers: dict[Stream, StreamMasker] = {}
+        self.maskers: dict[Any, StreamMasker] = {}
         self.timer: TimerHandle | None = None
 
-    def _masker(self, stream: Stream) -> StreamMasker:
+    def _masker(self, stream: Any) -> StreamMasker:
         masker = self.maskers.get(stream)
         if masker is None:
             masker = self.maskers[stream] = StreamMasker(self.scanner, self.shared.counts)
         return masker
 
-    def feed(self, data: bytes, stream: Stream) -> None:
+    def feed(self, data: bytes, stream: Any) -> None:
         out = self._masker(stream).push(data)
         if out:
             self.emit(out, stream)
@@ -75,7 +74,7 @@ class TimedMasker(Stage):
             if out:
                 self._released(out, stream)
 
-    def _released(self, data: bytes, stream: Stream) -> None:
+    def _released(self, data: bytes, stream: Any) -> None:
         self.emit(data, stream)
 
     def end(self) -> None:
@@ -103,7 +102,7 @@ class UserOutputMasker(TimedMasker):
     the hold time), and the record side re-checks what follows, as after a timed release.
     """
 
-    def feed(self, data: bytes, stream: Stream) -> None:
+    def feed(self, data: bytes, stream: Any) -> None:
         masker = self._masker(stream)
         if len(data) > ECHO_SIZE or masker.pending:
             super().feed(data, stream)
@@ -115,7 +114,7 @@ class UserOutputMasker(TimedMasker):
         if out:
             self.emit(out, stream)
 
-    def _released(self, data: bytes, stream: Stream) -> None:
+    def _released(self, data: bytes, stream: Any) -> None:
         # A timed release may be the start of a secret whose rest comes later: the record
         # side re-checks what follows (the user has seen it; the recording must not keep it).
         self.shared.dirty = True
@@ -135,7 +134,7 @@ class RecordOutputMasker(TimedMasker):
         super().__init__(scanner, shared, delay, call_later)
         self.always = always
 
-    def feed(self, data: bytes, stream: Stream) -> None:
+    def feed(self, data: bytes, stream: Any) -> None:
         if not (self.always or self.shared.dirty or self.timer is not None):
             self.emit(data, stream)
             return
@@ -149,9 +148,9 @@ class ScanOnly(Stage):
     def __init__(self, scanner: Scanner, shared: SharedState) -> None:
         self.shared = shared
         self.scanner = scanner
-        self.maskers: dict[Stream, StreamMasker] = {}
+        self.maskers: dict[Any, StreamMasker] = {}
 
-    def feed(self, data: bytes, stream: Stream) -> None:
+    def feed(self, data: bytes, stream: Any) -> None:
         masker = self.maskers.get(stream)
         if masker is None:
             masker = self.maskers[stream] = StreamMasker(self.scanner, self.shared.counts)

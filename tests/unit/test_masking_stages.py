@@ -13,6 +13,7 @@ from bastion.config.masking import MaskingConfig, TargetMasking
 from bastion.config.model import Target
 from bastion.masking import MaskingFactory, Timing
 from bastion.relay.pipeline import ChannelInfo, ChannelKind, Pipeline, Stream
+from bastion.server.features import masking_feature
 
 
 class FakeClock:
@@ -95,7 +96,7 @@ class Channel:
         self.rec_in: list[bytes] = []
         self.rec_out: list[bytes] = []
         self.pipeline = Pipeline.build(
-            [self.factory], chan, self.ctx,
+            [masking_feature(self.factory)], chan, self.ctx,
             to_target=lambda d, s: self.target.append(d), target_end=lambda: None,
             record_input=lambda d, s: self.rec_in.append(d),
             record_output=lambda d, s: self.rec_out.append(d),
