@@ -50,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="idle sessions held through the bastion (default 1000, quick 50)")
     parser.add_argument("--login-seconds", type=float,
                         help="seconds per login-rate run (default 10, quick 3)")
+    parser.add_argument("--masking", choices=("on", "off"), default="on",
+                        help="the bastion's output masking (default on, as shipped)")
     parser.add_argument("--skip", default="", help="comma-separated: bulk,echo,idle,login")
     parser.add_argument("--profile", type=Path,
                         help="write py-spy profiles of the bastion's bulk runs to this dir")
@@ -404,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": machine(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        with BenchEnv(workdir, args.wanted) as env:
+        with BenchEnv(workdir, args.wanted, masking=args.masking == "on") as env:
             result["paths"] = {p: {"measured": p in env.paths,
                                    **({"reason": env.unavailable[p]}
                                       if p in env.unavailable else {})}
