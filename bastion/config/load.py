@@ -24,6 +24,7 @@ from bastion.config.model import (
     VaultConfig,
 )
 from bastion.config.reader import Source, Table
+from bastion.config.transfers import check_rule_targets, parse_forward_rule, parse_transfer_rule
 from bastion.errors import ConfigError
 
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
@@ -58,6 +59,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
     identity = (parse_identity(root.table("identity")) if root.has("identity")
                 else IdentityConfig())
+    transfers = tuple(parse_transfer_rule(t) for t in root.tables("transfers"))
+    forwarding = tuple(parse_forward_rule(t) for t in root.tables("forwarding"))
     root.done()
     server = fit_login_timeout(root, server, identity)
 
@@ -69,9 +72,14 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
             if name != "*" and name not in names:
                 raise Table({}, ("access", index), source).error(
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
+    for index, scoped in enumerate(transfers):
+        check_rule_targets(Table({}, ("transfers", index), source), names, scoped.targets)
+    for index, forward in enumerate(forwarding):
+        check_rule_targets(Table({}, ("forwarding", index), source), names, forward.targets)
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity)
+                  evidence=evidence, storage=storage, identity=identity,
+                  transfers=transfers, forwarding=forwarding)
 
 
 def _paths(t: Table) -> PathsConfig:
