@@ -291,9 +291,11 @@ class SftpWatch:
             file = self.handles.pop(request.handle or b"", None)
             if file is not None and file.mode != "list":
                 self.log.record(file.mode, file.path, status, bytes_read=file.bytes_read,
-                                bytes_written=file.bytes_written, flags=file.flags)
-        elif op == "open":
-            self.log.record(request.mode, request.path, status, flags=request.flags)
+                                bytes_written=file.bytes_written, flags=file.flags,
+                                event="close")
+        elif op == "open":  # the open failed (a HANDLE would have answered it)
+            self.log.record(request.mode, request.path, status, flags=request.flags,
+                            event="open")
         elif op not in ("read", "realpath"):
             self.log.record(op, request.path, status, to=request.to,
                             bytes_written=request.size if op == "copy" else 0)
@@ -306,7 +308,8 @@ class SftpWatch:
         for file in self.handles.values():
             if file.mode != "list":
                 self.log.record(file.mode, file.path, "unclosed", bytes_read=file.bytes_read,
-                                bytes_written=file.bytes_written, flags=file.flags)
+                                bytes_written=file.bytes_written, flags=file.flags,
+                                event="close")
         self.handles.clear()
         self.pending.clear()
         if self._on_finish is not None:
@@ -395,6 +398,12 @@ class SftpStageFactory:
                                             info.target.name)
         sink = self._ops_sink_for(info) if self._ops_sink_for is not None else None
         on_summary = self._on_summary
-        watch = SftpWatch(ctx, policy, TransferLog(ctx, "sftp", sink),
-                          None if on_summary is None else lambda s: on_summary(info, s))
-        return ChannelStages(input=[watch.input], output=[watch.output])
+        return sftp_stages(ctx, policy, sink,
+                           None if on_summary is None else lambda s: on_summary(info, s))
+
+
+def sftp_stages(ctx: StageContext, policy: TransferPolicy, sink: OpsSink | None = None,
+                on_finish: Callable[[dict[str, Any]], None] | None = None) -> ChannelStages:
+    """The two stages of one sftp channel under ``policy``."""
+    watch = SftpWatch(ctx, policy, TransferLog(ctx, "sftp", sink), on_finish)
+    return ChannelStages(input=[watch.input], output=[watch.output])

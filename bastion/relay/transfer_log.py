@@ -39,8 +39,12 @@ class TransferLog:
         self.bytes_written = 0
 
     def record(self, op: str, path: str | None, status: str, *, bytes_read: int = 0,
-               bytes_written: int = 0, **extra: Any) -> dict[str, Any]:
-        """One finished operation: ops log entry, audit event, summary counters."""
+               bytes_written: int = 0, event: str | None = None,
+               **extra: Any) -> dict[str, Any]:
+        """One finished operation: ops log entry, audit event, summary counters.
+
+        The audit event is ``<protocol>.<event or op>``, or ``<protocol>.denied`` for a refusal.
+        """
         entry: dict[str, Any] = {"t": round(time.monotonic() - self._started, 6), "op": op,
                                  "path": path, "bytes_read": bytes_read,
                                  "bytes_written": bytes_written, "status": status}
@@ -55,9 +59,9 @@ class TransferLog:
             self.entries.append(entry)
         if self._sink is not None:
             self._sink(entry)
-        fields = {k: v for k, v in entry.items() if k not in ("t", "op")}
-        self._ctx.audit(f"{self._protocol}.{'denied' if status == 'denied' else op}",
-                        **({"op": op} if status == "denied" else {}), **fields)
+        name = "denied" if status == "denied" else (event or op)
+        self._ctx.audit(f"{self._protocol}.{name}",
+                        **{k: v for k, v in entry.items() if k != "t"})
         return entry
 
     def audit(self, op: str, **fields: Any) -> None:
