@@ -168,6 +168,7 @@ def _target(t: Table) -> Target:
         known_hosts=known_hosts,
         default_login=t.string("default_login", None, pattern=LOGIN_NAME, what="a login name"),
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
+        record_input=t.boolean("record_input", True),
     )
     t.done()
     return target

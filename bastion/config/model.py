@@ -71,6 +71,7 @@ class Target:
     known_hosts: Path | None = None
     default_login: str | None = None
     connect_timeout: float = 10.0
+    record_input: bool = True  # keystrokes of pty channels into the recording
 
 
 @dataclass(frozen=True)
