@@ -14,9 +14,11 @@ import logging
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bastion.config.model import Config
+from bastion.errors import RecordingError
 from bastion.policy.transfers import TransferPolicy, TransferVerdict, normalize_path
 from bastion.relay import sftp_protocol as p
 from bastion.relay.pipeline import (
@@ -27,10 +29,11 @@ from bastion.relay.pipeline import (
     StageContext,
     Stream,
 )
-from bastion.relay.transfer_log import OpsSink, TransferLog
+from bastion.relay.transfer_log import JsonlOpsWriter, OpsSink, TransferLog
 
 log = logging.getLogger("bastion.relay")
 
+OPS_LOG_SUFFIX = "sftp.ops.jsonl"  # the shared recording contract's name for a channel's ops
 MAX_PENDING = 65536  # outstanding requests one channel may have (OpenSSH keeps 64 or so)
 MAX_HANDLES = 4096  # open handles one channel may have
 
@@ -362,6 +365,7 @@ class SftpOutputStage(Stage):
     def end(self) -> None:
         self._ended = True
         self.emit_end()
+        self._watch.finish()  # the server is done: nothing more will be answered
 
 
 def _emit_pieces(emit: Callable[[bytes, Stream], None], pieces: list[bytes],
@@ -377,11 +381,18 @@ def _emit_pieces(emit: Callable[[bytes, Stream], None], pieces: list[bytes],
 SummarySink = Callable[[ChannelInfo, dict[str, Any]], None]
 
 
+def ops_log_path(config: Config, info: ChannelInfo) -> Path:
+    """Where a channel's ops log goes: ``<spool>/<session>/<n>-sftp.ops.jsonl``."""
+    return config.paths.spool_dir / info.session_id / f"{info.channel}-{OPS_LOG_SUFFIX}"
+
+
 class SftpStageFactory:
     """Adds the SFTP watch to sftp subsystem channels.
 
-    ``ops_sink_for(info)`` gives the channel's ops log sink (``<n>-sftp.ops.jsonl``), or None;
-    ``on_summary(info, summary)`` receives the channel's transfer summary when it closes.
+    ``ops_sink_for(info)`` gives the channel's ops log sink; by default a ``JsonlOpsWriter`` at
+    ``ops_log_path`` (closed, fsynced, when the channel ends). ``on_summary(info, summary)``
+    receives the channel's transfer summary when it ends; by default it is audited as
+    ``sftp.summary``.
     """
 
     def __init__(self, config: Config,
@@ -396,10 +407,26 @@ class SftpStageFactory:
             return None
         policy = TransferPolicy.for_session(self._config, (info.user,), info.groups,
                                             info.target.name)
-        sink = self._ops_sink_for(info) if self._ops_sink_for is not None else None
+        writer: JsonlOpsWriter | None = None
+        if self._ops_sink_for is not None:
+            sink = self._ops_sink_for(info)
+        else:
+            sink = writer = JsonlOpsWriter(ops_log_path(self._config, info))
         on_summary = self._on_summary
-        return sftp_stages(ctx, policy, sink,
-                           None if on_summary is None else lambda s: on_summary(info, s))
+
+        def finished(summary: dict[str, Any]) -> None:
+            if writer is not None:
+                try:
+                    writer.close()
+                except RecordingError as exc:
+                    ctx.audit("recording.error", error=str(exc))
+            if on_summary is not None:
+                on_summary(info, summary)
+            else:
+                ctx.audit("sftp.summary", **{k: v for k, v in summary.items()
+                                             if k != "entries"})
+
+        return sftp_stages(ctx, policy, sink, finished)
 
 
 def sftp_stages(ctx: StageContext, policy: TransferPolicy, sink: OpsSink | None = None,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from bastion.config.model import Config
 from bastion.relay.pipeline import StageFactory
+from bastion.relay.sftp_stage import SftpStageFactory
 
 
 def stage_factories(config: Config) -> tuple[StageFactory, ...]:
     """The configured features' stage factories."""
     factories: list[StageFactory] = []
+    factories.append(SftpStageFactory(config))  # sftp channels: audit, ops log, [[transfers]]
     return tuple(factories)
