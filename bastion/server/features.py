@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bastion.config.model import Config
 from bastion.relay.pipeline import StageFactory
+from bastion.relay.scp_stage import ExecTransferFactory
 from bastion.relay.sftp_stage import SftpStageFactory
 
 
@@ -17,4 +18,5 @@ def stage_factories(config: Config) -> tuple[StageFactory, ...]:
     """The configured features' stage factories."""
     factories: list[StageFactory] = []
     factories.append(SftpStageFactory(config))  # sftp channels: audit, ops log, [[transfers]]
+    factories.append(ExecTransferFactory(config))  # scp -t/-f and rsync --server execs
     return tuple(factories)
