@@ -176,7 +176,9 @@ class ScpWatch:
             self.fail("an scp control line the bastion cannot read")
             return False
         candidates = self._candidates(name)
-        display = shown(candidates[0].encode("utf-8", "surrogateescape"))
+        # A path ending in "/" is a folder: the entry goes inside (else the target decides).
+        best = candidates[-1] if self.command.path.endswith("/") else candidates[0]
+        display = shown(best.encode("utf-8", "surrogateescape"))
         upload = self.command.upload
         verdict = TransferVerdict(True)
         for candidate in candidates:
@@ -196,8 +198,8 @@ class ScpWatch:
         self.sending.file = (display, size)
         self.sending.data_left = size
         self.sending.status_due = True
-        self.log.audit("open", path=display, mode="write" if upload else "read",
-                       size=size)
+        self.log.audit("open", path=display, mode="write" if upload else "read", size=size,
+                       name=shown(name.encode("utf-8", "surrogateescape")))
         return True
 
     def _refuse(self, op: str, path: str, verdict: TransferVerdict) -> bool:

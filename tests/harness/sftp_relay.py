@@ -19,7 +19,14 @@ from typing import Any
 
 from bastion.config.model import Target, TransferRule
 from bastion.policy.transfers import TransferPolicy
-from bastion.relay.pipeline import ChannelInfo, ChannelKind, Direction, Pipeline, Stream
+from bastion.relay.pipeline import (
+    ChannelInfo,
+    ChannelKind,
+    ChannelStages,
+    Direction,
+    Pipeline,
+    Stream,
+)
 from bastion.relay.sftp_stage import sftp_stages
 from bastion.relay.transfer_log import JsonlOpsWriter
 
@@ -61,28 +68,41 @@ class FileContext:
         os._exit(1)
 
 
-def channel_info() -> ChannelInfo:
-    """A ChannelInfo for an sftp channel of user alice in group ops on web01."""
-    return ChannelInfo(kind=ChannelKind.SFTP, pty=False, term=None, width=0, height=0,
-                       command=None, subsystem="sftp", session_id="test", channel=1,
-                       user="alice", identity_key="local|alice", groups=("ops",),
-                       target=Target(name="web01", host="127.0.0.1"), login="alice")
+def channel_info(kind: ChannelKind = ChannelKind.SFTP, command: str | None = None
+                 ) -> ChannelInfo:
+    """A ChannelInfo for a channel of user alice in group ops on web01."""
+    return ChannelInfo(kind=kind, pty=False, term=None, width=0, height=0,
+                       command=command, subsystem="sftp" if kind is ChannelKind.SFTP else None,
+                       session_id="test", channel=1, user="alice", identity_key="local|alice",
+                       groups=("ops",), target=Target(name="web01", host="127.0.0.1"),
+                       login="alice")
+
+
+def policy_from(rules: list[dict[str, Any]]) -> TransferPolicy:
+    """A TransferPolicy of ``[[transfers]]`` rules given as dicts (all applying)."""
+    return TransferPolicy([(i, TransferRule(**_tuples(r))) for i, r in enumerate(rules)])
 
 
 def relay(rules: list[dict[str, Any]], audit_path: Path, ops_path: Path) -> int:
-    """Run sftp-server and relay stdin/stdout through the stages until the client leaves.
+    """Run sftp-server behind the sftp stages until the client leaves."""
+    info = channel_info()
+    ctx = FileContext(info, audit_path)
+    ops = JsonlOpsWriter(ops_path)
+    code = run_relay([SFTP_SERVER], info, ctx, sftp_stages(ctx, policy_from(rules), ops))
+    ops.close()
+    return code
+
+
+def run_relay(server_argv: list[str], info: ChannelInfo, ctx: FileContext,
+              stages: ChannelStages | None) -> int:
+    """Run ``server_argv`` and relay stdin/stdout through ``stages`` until both sides end.
 
     Plain threads and blocking I/O: stdin and stdout may be one socket (sftp -D uses a
     socketpair), which asyncio's pipe transports mistake for a closed pipe. The stages run under
     one lock; what they pass on is queued to one writer thread per destination, in order.
     """
-    server = subprocess.Popen([SFTP_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    server = subprocess.Popen(server_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert server.stdin is not None and server.stdout is not None
-    info = channel_info()
-    ctx = FileContext(info, audit_path)
-    ops = JsonlOpsWriter(ops_path)
-    policy = TransferPolicy([(i, TransferRule(**_tuples(r))) for i, r in enumerate(rules)])
-    stages = sftp_stages(ctx, policy, ops)
     lock = threading.Lock()
     to_server: queue.Queue[bytes | None] = queue.Queue()
     to_client: queue.Queue[bytes | None] = queue.Queue()
@@ -107,16 +127,18 @@ def relay(rules: list[dict[str, Any]], audit_path: Path, ops_path: Path) -> int:
         if close:
             os.close(fd)
 
-    threads = [threading.Thread(target=pump, args=(0, pipeline.input)),
+    # Done when the server has said all it will (as the bastion ends a channel on its exit);
+    # the client's side may still be open, so those threads do not hold the exit.
+    threads = [threading.Thread(target=pump, args=(0, pipeline.input), daemon=True),
+               threading.Thread(target=write, args=(to_server, server.stdin.fileno(), True),
+                                daemon=True),
                threading.Thread(target=pump, args=(server.stdout.fileno(), pipeline.output)),
-               threading.Thread(target=write, args=(to_server, server.stdin.fileno(), True)),
                threading.Thread(target=write, args=(to_client, 1, False))]
     for thread in threads:
         thread.start()
-    for thread in threads:
+    for thread in threads[2:]:
         thread.join()
     pipeline.close()
-    ops.close()
     return server.wait()
 
 
