@@ -278,7 +278,8 @@ def local_forward(session: ConnectionSession, dest_host: str, dest_port: int,
 async def _open(forward: Forward, host: str, port: int) -> UserSide:
     session = forward.session
     try:
-        upstream = await session.connect()  # authorizes the target and opens the recording
+        # Authorizes the target now (policy may have changed) and opens the recording.
+        upstream = await session.connect(session.request)
         if forward.grant.open_from == "target":
             chan, _ = await upstream.conn.create_connection(
                 lambda: TargetSide(forward), host, port)
