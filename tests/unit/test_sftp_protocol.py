@@ -200,3 +200,39 @@ def test_a_request_at_the_relay_limit_is_refused_not_buffered() -> None:
     pipeline.input.feed(huge, Stream.DATA)
     assert to_target == []
     assert struct.unpack_from(">IBII", b"".join(to_user))[2:] == (7, p.Status.FAILURE)
+
+
+def test_stages_hold_no_file_data_while_hundreds_of_mib_pass() -> None:
+    """Uploads and downloads through both stages: memory held stays at packet heads."""
+    import tracemalloc
+
+    pipeline, _ctx, to_target, to_user, ops = _pipeline(TransferPolicy([]))
+    block = b"\xab" * 32768
+    pipeline.input.feed(_open(1, b"/up", p.FXF_WRITE | p.FXF_CREAT | p.FXF_READ), Stream.DATA)
+    pipeline.output.feed(_handle(1, b"H"), Stream.DATA)
+    writes = b"".join(_write(rid, b"H", block) for rid in range(2, 66))  # 64 in flight
+    statuses = b"".join(_status(rid, 0) for rid in range(2, 66))
+    datas = b"".join(_packet(p.DATA, struct.pack(">I", rid) + _string(block))
+                     for rid in range(2, 66))
+    reads = b"".join(_packet(p.READ, struct.pack(">I", rid) + _string(b"H")
+                             + struct.pack(">QI", 0, 32768)) for rid in range(2, 66))
+    tracemalloc.start()
+    baseline = tracemalloc.get_traced_memory()[0]
+    for _ in range(100):  # 100 x 64 x 32 KiB = 200 MiB each way, in odd-sized chunks
+        for i in range(0, len(writes), 50_001):
+            pipeline.input.feed(writes[i:i + 50_001], Stream.DATA)
+            to_target.clear()  # the sink forgets what it was given, as a socket would
+        pipeline.output.feed(statuses, Stream.DATA)
+        pipeline.input.feed(reads, Stream.DATA)
+        for i in range(0, len(datas), 70_003):
+            pipeline.output.feed(datas[i:i + 70_003], Stream.DATA)
+            to_user.clear()
+        to_target.clear()
+        to_user.clear()
+    held = tracemalloc.get_traced_memory()[0] - baseline
+    tracemalloc.stop()
+    assert held < 256 * 1024, f"the stages hold {held} bytes after 400 MiB"
+    pipeline.input.feed(_packet(p.CLOSE, struct.pack(">I", 99) + _string(b"H")), Stream.DATA)
+    pipeline.output.feed(_status(99, 0), Stream.DATA)
+    [entry] = ops
+    assert entry["bytes_written"] == entry["bytes_read"] == 100 * 64 * 32768
