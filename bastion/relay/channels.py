@@ -191,7 +191,8 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             kind=self.kind, pty=pty, term=self._term, width=width, height=height,
             command=self._command, subsystem=self._subsystem, session_id=session.session_id,
             channel=number, user=session.identity.name, identity_key=session.identity.key,
-            groups=tuple(session.identity.groups), target=auth.target, login=auth.login)
+            groups=tuple(session.identity.groups), target=auth.target, login=auth.login,
+            email=session.identity.email)
         # Keystrokes on a pty are recorded unless the target's config says not to; an exec's
         # stdin always is (it is the program a piped script runs).
         record_input = auth.target.record_input or not pty

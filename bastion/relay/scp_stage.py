@@ -309,17 +309,26 @@ class AckStage(Stage):
             self.emit(message, Stream.DATA)
 
 
-class _RsyncGate(Stage):
-    """Refuses a denied rsync at its first byte (the target's rsync then sees the channel end)."""
+class _Refused(Stage):
+    """A refused transfer command: nothing passes either way; its first byte ends the channel.
 
-    def __init__(self, reason: str) -> None:
+    The command has started on the target (the relay opens it before data flows), but no byte
+    of it reaches the user and none of the user's reaches it.
+    """
+
+    def __init__(self, shared: list[bool], reason: str) -> None:
+        self._ended = shared  # one flag for both directions
         self._reason = reason
-        self._done = False
 
     def feed(self, data: bytes, stream: Stream) -> None:
-        if not self._done:
-            self._done = True
+        if not self._ended[0]:
+            self._ended[0] = True
             self.ctx.end_channel(self._reason)
+
+
+def _refused(reason: str) -> ChannelStages:
+    shared = [False]
+    return ChannelStages(input=[_Refused(shared, reason)], output=[_Refused(shared, reason)])
 
 
 class ExecTransferFactory:
@@ -331,8 +340,8 @@ class ExecTransferFactory:
     def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
         if info.kind != ChannelKind.EXEC or info.pty or info.command is None:
             return None
-        policy = TransferPolicy.for_session(self._config, (info.user,), info.groups,
-                                            info.target.name)
+        policy = TransferPolicy.for_session(self._config, (info.user, info.email or ""),
+                                            info.groups, info.target.name)
         scp = parse_scp(info.command)
         if scp is not None:
             return self._scp(scp, policy, ctx)
@@ -349,7 +358,7 @@ class ExecTransferFactory:
         if not verdict.allowed:
             path = shown(command.path.encode("utf-8", "surrogateescape"))
             log.record("read", path, "denied", reason=verdict.reason, rule=verdict.rule)
-            return ChannelStages(input=[_RsyncGate(f"scp: {path}: {verdict.reason}")])
+            return _refused(f"scp: {path}: {verdict.reason}")
         return ChannelStages(input=[watch.input], output=[watch.output])
 
     def _rsync(self, command: RsyncCommand, policy: TransferPolicy,
@@ -365,6 +374,6 @@ class ExecTransferFactory:
         if not verdict.allowed:
             ctx.audit("rsync.denied", mode=mode, paths=paths, reason=verdict.reason,
                       rule=verdict.rule)
-            return ChannelStages(input=[_RsyncGate(f"rsync: {verdict.reason}")])
+            return _refused(f"rsync: {verdict.reason}")
         ctx.audit("rsync.start", mode=mode, paths=paths)
         return None

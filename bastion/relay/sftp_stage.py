@@ -405,8 +405,8 @@ class SftpStageFactory:
     def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
         if info.kind != ChannelKind.SFTP:
             return None
-        policy = TransferPolicy.for_session(self._config, (info.user,), info.groups,
-                                            info.target.name)
+        policy = TransferPolicy.for_session(self._config, (info.user, info.email or ""),
+                                            info.groups, info.target.name)
         writer: JsonlOpsWriter | None = None
         if self._ops_sink_for is not None:
             sink = self._ops_sink_for(info)

@@ -193,6 +193,15 @@ def test_denied_upload_and_denied_path_leave_the_session_working(
     assert result.returncode != 0
     assert not (remote / "y.txt").exists()
     _wait_for_event(stack, "scp.denied", path=f"{remote}/y.txt")
+    # So is rsync: an upload to db01 is refused before a byte moves.
+    if shutil.which("rsync") is not None:
+        rsh = f"ssh -F {stack.ssh_config_path} -p {stack.bastion_port} -o BatchMode=yes"
+        result = _run(["rsync", "-e", rsh, str(tmp_path / "x.txt"),
+                       f"{_host(stack, 'db01')}:{remote}/r.txt"])
+        assert result.returncode != 0
+        assert "uploads are not allowed" in result.stderr
+        assert not (remote / "r.txt").exists()
+        _wait_for_event(stack, "rsync.denied", target="db01", mode="upload")
 
 
 def test_hostile_file_names_are_recorded_escaped(stack: DemoStack, tmp_path: Path,

@@ -64,3 +64,9 @@ def test_transfer_rules_apply_by_user_group_and_target(tmp_path: Path) -> None:
                    'download = false\n')
     assert TransferPolicy.for_session(config, ("alice",), (), "web01").restricted
     assert not TransferPolicy.for_session(config, ("bob",), ("ops",), "web01").restricted
+
+
+def test_rules_naming_an_email_apply_to_that_identity(tmp_path: Path) -> None:
+    config = _load(tmp_path, '[[transfers]]\nusers = ["alice@example.com"]\nupload = false\n')
+    policy = TransferPolicy.for_session(config, ("Alice", "alice@example.com"), (), "web01")
+    assert not policy.check("/x", write=True).allowed
