@@ -153,6 +153,17 @@ def head_need(ptype: int, length: int, head: bytes, *, from_client: bool) -> int
 
 
 Decide = Callable[[int, int, bytes], bool]  # (type, length, head) -> forward the packet?
+Piece = bytes | memoryview  # what a framer passes on: bytes, or a view into the fed chunk
+
+
+def join(pieces: list[Piece]) -> bytes | None:
+    """The pieces as one bytes object (the chunk itself when it passed whole); None if none."""
+    if not pieces:
+        return None
+    if len(pieces) == 1:
+        piece = pieces[0]
+        return piece if isinstance(piece, bytes) else piece.tobytes()
+    return b"".join(pieces)
 
 
 @dataclass
@@ -169,9 +180,12 @@ class Framer:
     packets into this direction between two packets, never inside one.
     """
 
-    def __init__(self, decide: Decide, *, from_client: bool) -> None:
+    def __init__(self, decide: Decide, *, from_client: bool, passive: bool = False) -> None:
         self._decide = decide
         self._from_client = from_client
+        # Passive: every packet goes on (``decide`` only reads), so chunks pass whole and heads
+        # are copied aside; a chunk is cut only to put an injected packet at a boundary.
+        self._passive = passive
         self._head = bytearray()  # the current packet's head, held until decided
         self._need = 5
         self._packet: _Packet | None = None
@@ -191,9 +205,15 @@ class Framer:
         self._injected.append(packet)
         return False
 
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """Parse ``chunk``; return the pieces to pass on now, in order."""
-        out: list[bytes] = []
+    def feed(self, chunk: bytes) -> list[Piece]:
+        """Parse ``chunk``; return the pieces to pass on now, in order.
+
+        Pieces of the chunk are memoryviews (no copy); ``join`` makes the bytes to send.
+        """
+        if self._passive:
+            return self._feed_passive(chunk)
+        view = memoryview(chunk)
+        out: list[Piece] = []
         pos, size = 0, len(chunk)
         start = 0  # start of the current run of bytes passed on as a slice of ``chunk``
         while pos < size:
@@ -204,7 +224,7 @@ class Framer:
                 pos += n
                 self._skip -= n
                 if self._skip == 0:
-                    self._packet_done(out, chunk, start, pos)
+                    self._packet_done(out, view, start, pos)
                     start = pos
                 continue
             take = min(self._need - len(self._head), size - pos)
@@ -215,10 +235,54 @@ class Framer:
                 break
             self._advance_head(out)
         if self._skip and self._forward and start < size:
-            out.append(chunk[start:] if start else chunk)
+            out.append(view[start:] if start else chunk)
         return out
 
-    def _advance_head(self, out: list[bytes]) -> None:
+    def _feed_passive(self, chunk: bytes) -> list[Piece]:
+        cut: int | None = None  # where the queued packets go in (the first boundary)
+        pos, size = 0, len(chunk)
+        while pos < size:
+            if self._skip:
+                n = min(self._skip, size - pos)
+                pos += n
+                self._skip -= n
+                ended = self._skip == 0
+            else:
+                take = min(self._need - len(self._head), size - pos)
+                self._head += chunk[pos:pos + take]
+                pos += take
+                if len(self._head) < self._need:
+                    break
+                ended = self._read_head()
+            if ended:
+                self._packet = None
+                if cut is None and self._injected:
+                    cut = pos
+        if cut is None:
+            return [chunk]
+        injected, self._injected = self._injected, []
+        return [chunk[:cut], *injected, chunk[cut:]] if cut < size else [chunk, *injected]
+
+    def _read_head(self) -> bool:
+        """Passive: read a complete head; True if the packet ends with it."""
+        head = bytes(self._head)
+        if self._packet is None:
+            length, ptype = struct.unpack_from(">IB", head, 0)
+            if length < 1 or length > MAX_PACKET:
+                raise ProtocolViolation(f"an SFTP packet of {length} bytes")
+            self._packet = _Packet(ptype, length)
+        packet = self._packet
+        need = head_need(packet.ptype, packet.length, head, from_client=self._from_client)
+        if need > len(head):
+            self._need = need
+            return False
+        self._decide(packet.ptype, packet.length, head)
+        self._head.clear()
+        self._need = 5
+        self._skip = packet.length + 4 - len(head)
+        return self._skip == 0
+
+    def _advance_head(self, out: list[Piece]) -> None:
         head = bytes(self._head)
         if self._packet is None:
             length, ptype = struct.unpack_from(">IB", head, 0)
@@ -240,14 +304,14 @@ class Framer:
             self._packet = None
             self._flush_injected(out)
 
-    def _packet_done(self, out: list[bytes], chunk: bytes, start: int, pos: int) -> None:
+    def _packet_done(self, out: list[Piece], view: memoryview, start: int, pos: int) -> None:
         if self._forward and pos > start:
-            out.append(chunk[start:pos])
+            out.append(view[start:pos])
         self._packet = None
         self._forward = True
         self._flush_injected(out)
 
-    def _flush_injected(self, out: list[bytes]) -> None:
+    def _flush_injected(self, out: list[Piece]) -> None:
         if self._injected:
             out.extend(self._injected)
             self._injected.clear()

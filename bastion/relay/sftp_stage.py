@@ -332,7 +332,7 @@ class SftpInputStage(Stage):
         except p.ProtocolViolation as exc:
             self._watch.fail(str(exc))
             return
-        _emit_pieces(self.emit, pieces, data)
+        _emit_pieces(self.emit, pieces)
 
     def close(self) -> None:
         self._watch.finish()
@@ -343,7 +343,7 @@ class SftpOutputStage(Stage):
 
     def __init__(self, watch: SftpWatch) -> None:
         self._watch = watch
-        self._framer = p.Framer(watch.reply, from_client=False)
+        self._framer = p.Framer(watch.reply, from_client=False, passive=True)
         self._ended = False
 
     def feed(self, data: bytes, stream: Stream) -> None:
@@ -355,7 +355,7 @@ class SftpOutputStage(Stage):
         except p.ProtocolViolation as exc:
             self._watch.fail(str(exc))
             return
-        _emit_pieces(self.emit, pieces, data)
+        _emit_pieces(self.emit, pieces)
 
     def inject(self, packet: bytes) -> None:
         """Send a whole packet to the user between two of the target's packets."""
@@ -368,14 +368,10 @@ class SftpOutputStage(Stage):
         self._watch.finish()  # the server is done: nothing more will be answered
 
 
-def _emit_pieces(emit: Callable[[bytes, Stream], None], pieces: list[bytes],
-                 chunk: bytes) -> None:
-    if not pieces:
-        return
-    if len(pieces) == 1:
-        emit(pieces[0], Stream.DATA)  # usually the chunk itself: no copy
-    else:
-        emit(b"".join(pieces), Stream.DATA)
+def _emit_pieces(emit: Callable[[bytes, Stream], None], pieces: list[p.Piece]) -> None:
+    data = p.join(pieces)  # usually the chunk itself: no copy
+    if data is not None:
+        emit(data, Stream.DATA)
 
 
 SummarySink = Callable[[ChannelInfo, dict[str, Any]], None]

@@ -63,6 +63,23 @@ def test_framer_passes_every_byte_whatever_the_chunking(chunk: int) -> None:
                     (p.CLOSE, 4 + 1 + 4 + 6)]
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 13, 4096, 100000])
+def test_passive_framer_passes_chunks_whole_and_reads_every_head(chunk: int) -> None:
+    stream = b"".join(_packet(p.DATA, struct.pack(">I", i) + _string(b"d" * (i * 7)))
+                      + _status(i, 1) for i in range(1, 40))
+    seen: list[tuple[int, bytes]] = []
+    framer = p.Framer(lambda t, n, h: bool(seen.append((t, h[5:9]))) or True,
+                      from_client=False, passive=True)
+    out = []
+    for i in range(0, len(stream), chunk):
+        piece = stream[i:i + chunk]
+        got = framer.feed(piece)
+        assert got == [piece]  # whole, untouched
+        out.extend(got)
+    assert b"".join(out) == stream
+    assert seen == [(t, struct.pack(">I", i)) for i in range(1, 40) for t in (p.DATA, p.STATUS)]
+
+
 @pytest.mark.parametrize("chunk", [1, 5, 4096])
 def test_framer_drops_refused_packets_whole(chunk: int) -> None:
     keep1, drop, keep2 = (_open(1, b"/a", p.FXF_READ), _write(2, b"h", b"y" * 3000),
@@ -71,8 +88,9 @@ def test_framer_drops_refused_packets_whole(chunk: int) -> None:
     assert _split_feed(framer, keep1 + drop + keep2, chunk) == keep1 + keep2
 
 
-def test_framer_injects_only_between_packets() -> None:
-    framer = p.Framer(lambda t, n, h: True, from_client=False)
+@pytest.mark.parametrize("passive", [False, True])
+def test_framer_injects_only_between_packets(passive: bool) -> None:
+    framer = p.Framer(lambda t, n, h: True, from_client=False, passive=passive)
     data = _packet(p.DATA, struct.pack(">I", 9) + _string(b"z" * 100))
     first = b"".join(framer.feed(data[:40]))
     assert not framer.inject(b"INJECTED")  # mid-packet: queued
