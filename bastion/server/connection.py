@@ -10,19 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import asyncssh
 
-from bastion.errors import BastionError
+from bastion.audit import AuditLog
+from bastion.config.model import Config
+from bastion.errors import AuditUnavailable, BastionError
+from bastion.identity.service import IdentityService
 from bastion.policy.access import TargetRequest, parse_username
 from bastion.relay import forwarding
 from bastion.relay.channels import UserChannel
-from bastion.relay.session import ClientInfo, ConnectionSession
-from bastion.server.auth import ConnectionAuth, KbdIntAnswer
-
-if TYPE_CHECKING:
-    from bastion.server.app import BastionServer
+from bastion.relay.session import ClientInfo, ConnectionSession, RelayServices
+from bastion.server.auth import ConnectionAuth, KbdIntAnswer, LocalKeyIndex
+from bastion.server.limits import SourceLimits
 
 log = logging.getLogger("bastion.server")
 
@@ -30,10 +31,38 @@ _CLOSE_GRACE = 5.0  # seconds a client gets to hang up after its channels were e
 DEVICE_LOGIN_MARGIN = 60.0  # seconds a device login's connection may outlast its polling
 
 
+class ConnectionHost(Protocol):
+    """What a connection needs from the server that owns it (app.BastionServer provides it).
+
+    A protocol rather than an import of app.py, which imports this module: no import cycle.
+    """
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def audit(self) -> AuditLog: ...
+    @property
+    def local_keys(self) -> LocalKeyIndex: ...
+    @property
+    def identity(self) -> IdentityService: ...
+    @property
+    def relay_services(self) -> RelayServices: ...
+    @property
+    def limits(self) -> SourceLimits: ...
+
+    def admit(self, connection: BastionConnection) -> bool:
+        """Register a new connection unless the global cap is reached."""
+        ...
+
+    def forget(self, connection: BastionConnection) -> None:
+        """Drop a closed connection."""
+        ...
+
+
 class BastionConnection(asyncssh.SSHServer):
     """asyncssh's per-connection server object; holds this connection's auth and session."""
 
-    def __init__(self, server: BastionServer, conn_id: str) -> None:
+    def __init__(self, server: ConnectionHost, conn_id: str) -> None:
         self._server = server
         self.conn_id = conn_id
         self.conn: asyncssh.SSHServerConnection | None = None
@@ -90,6 +119,8 @@ class BastionConnection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self._authenticated_or_gone()
         if self.session is not None:
+            if exc is not None:  # e.g. the client stopped answering keepalives
+                self.session.end_reason("closed", f"connection to the client lost: {exc}")
             self.session.close()
         elif self.auth is not None and self.auth.identity is None:
             if self.auth.username:
@@ -162,9 +193,14 @@ class BastionConnection(asyncssh.SSHServer):
         self._authenticated_or_gone()
         try:
             identity = self.auth.completed()
+            audit = self._server.audit
+            if not audit.healthy:
+                # No login without its audit line: fail closed until the log can be written.
+                raise AuditUnavailable(f"{audit.error}; logins are refused until it can be")
         except BastionError as exc:
             log.error("[conn=%s] %s", self.conn_id, exc)
-            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "bastion: denied")
+            said = f"bastion: {exc}" if isinstance(exc, AuditUnavailable) else "bastion: denied"
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, said)
             return  # no session: every channel request is refused
         request: TargetRequest | None = None
         refusal: BastionError | None = None
@@ -182,6 +218,13 @@ class BastionConnection(asyncssh.SSHServer):
     # -- channels ------------------------------------------------------------------------------
     def session_requested(self) -> UserChannel | bool:
         if self.session is None:
+            return False
+        self.channels = [c for c in self.channels if not c.closed]
+        limit = self._server.config.server.max_channels_per_connection
+        if len(self.channels) >= limit:
+            self._server.audit.emit("channel.refused", conn=self.conn_id,
+                                    user=self.session.identity.name, kind="session",
+                                    reason=f"more than {limit} channels open on one connection")
             return False
         channel = UserChannel(self.session)
         self.channels.append(channel)
