@@ -4,13 +4,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncssh
 import pytest
-from test_config_errors import BASE
 
 from bastion.config import load_config
 from bastion.config.model import Config, ForwardRule
 from bastion.errors import ConfigError
 from bastion.policy.transfers import TransferPolicy, forward_grant
+
+HOST_KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+BASE = f"""\
+[vault]
+key_file = "vault.key"
+
+[[targets]]
+name = "web01"
+host = "127.0.0.1"
+host_key = "{HOST_KEY}"
+
+[[targets]]
+name = "db01"
+host = "127.0.0.1"
+host_key = "{HOST_KEY}"
+
+[[access]]
+groups = ["ops"]
+targets = ["web01"]
+logins = ["deploy"]
+"""
 
 
 def _load(tmp_path: Path, extra: str) -> Config:
