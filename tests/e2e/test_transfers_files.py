@@ -222,3 +222,36 @@ def test_hostile_file_names_are_recorded_escaped(stack: DemoStack, tmp_path: Pat
         raw += log.read_bytes()
     assert b"\x1b" not in raw and b"\x07" not in raw
     assert b"\nsession.end {" not in raw
+
+
+def test_sealed_manifest_hashes_the_ops_log_naming_each_file(demo_stack: DemoStack,
+                                                            tmp_path: Path) -> None:
+    """On the full demo (signing key configured) the sftp session is sealed; its manifest lists
+    the ops log, whose entries name each file, with the hash of exactly those bytes."""
+    from bastion.evidence.manifest import parse_manifest
+
+    remote = tmp_path / "sealed"
+    remote.mkdir()
+    (tmp_path / "one.txt").write_text("1")
+    (tmp_path / "two.txt").write_text("22")
+    result = sftp(demo_stack, "web01", f"put one.txt {remote}/one.txt\n"
+                  f"put two.txt {remote}/two.txt\n", tmp_path)
+    assert result.returncode == 0, result.stderr
+    sealed: list[Path] = []
+
+    def manifest_written() -> bool:
+        sealed[:] = [log.parent for log in demo_stack.spool_dir.glob("*/1-sftp.ops.jsonl")
+                     if str(remote) in log.read_text(encoding="utf-8")
+                     and (log.parent / "manifest.json").exists()]
+        return bool(sealed)
+
+    wait_until(manifest_written, 60, "the sftp session sealed")
+    folder = sealed[0]
+    manifest = parse_manifest((folder / "manifest.json").read_bytes())
+    entries = {entry.name: entry for entry in manifest.recordings}
+    ops = entries["1-sftp.ops.jsonl"]
+    data = (folder / "1-sftp.ops.jsonl").read_bytes()
+    assert ops.sha256 == hashlib.sha256(data).hexdigest() and ops.size == len(data)
+    named = [json.loads(line)["path"] for line in data.decode().splitlines()]
+    assert named == [f"{remote}/one.txt", f"{remote}/two.txt"]
+    assert {"1-sftp.stdin", "1-sftp.stdout"} <= set(entries)
