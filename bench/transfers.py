@@ -124,6 +124,7 @@ def run(env: BenchEnv, workdir: Path, size: int, rounds: int,
             for direction in ("up", "down"):
                 seconds: dict[str, list[float]] = {p: [] for p in PATHS}
                 failures: dict[str, str] = {}
+                row_rss = 0
                 for round_no in range(rounds):
                     for path in PATHS if round_no % 2 == 0 else PATHS[::-1]:
                         if path not in env.paths or path in failures:
@@ -138,6 +139,7 @@ def run(env: BenchEnv, workdir: Path, size: int, rounds: int,
                             took, status, said = _run(argv, timeout)
                         if path == "bastion":
                             peak_rss = max(peak_rss, rss.peak)
+                            row_rss = max(row_rss, rss.peak)
                         got = _sha(remote if direction == "up" else back)
                         env.clear_recordings()
                         if status != 0 or got != expected:
@@ -151,7 +153,8 @@ def run(env: BenchEnv, workdir: Path, size: int, rounds: int,
                 figures[direction] = {
                     "seconds": med, "mb_per_s": {p: round(size / MB / s, 1)
                                                  for p, s in med.items()},
-                    "ratio_vs_jump": ratio, "failures": failures}
+                    "ratio_vs_jump": ratio, "failures": failures,
+                    "bastion_peak_rss_mib": round(row_rss / 2**20, 1)}
             out["methods"][method] = figures
     finally:
         for file in (local, remote, back):
@@ -180,8 +183,8 @@ def table(figure: dict[str, Any]) -> list[str]:
     """The figure as markdown lines."""
     lines = [f"\nfile transfers ({figure['bytes'] // MB} MB, median of {figure['rounds']}; "
              f"bastion peak RSS {figure['bastion_peak_rss_mib']} MiB)\n",
-             "| method | direction | jump s | bastion s | bastion MB/s | x jump |",
-             "|---|---|---|---|---|---|"]
+             "| method | direction | jump s | bastion s | bastion MB/s | x jump | RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
     for method, directions in figure["methods"].items():
         for direction, f in directions.items():
             secs = f["seconds"]
@@ -189,5 +192,6 @@ def table(figure: dict[str, Any]) -> list[str]:
             lines.append(f"| {method} | {direction} | {secs.get('jump', '-')} | "
                          f"{secs.get('bastion', failed or '-')} | "
                          f"{f['mb_per_s'].get('bastion', '-')} | "
-                         f"{f['ratio_vs_jump'] if f['ratio_vs_jump'] is not None else '-'} |")
+                         f"{f['ratio_vs_jump'] if f['ratio_vs_jump'] is not None else '-'} | "
+                         f"{f.get('bastion_peak_rss_mib', '-')} |")
     return lines
