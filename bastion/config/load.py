@@ -26,6 +26,7 @@ from bastion.config.model import (
     VaultConfig,
 )
 from bastion.config.reader import Source, Table
+from bastion.config.transfers import check_rule_targets, parse_forward_rule, parse_transfer_rule
 from bastion.errors import ConfigError
 
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
@@ -61,6 +62,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
     identity = (parse_identity(root.table("identity")) if root.has("identity")
                 else IdentityConfig())
+    transfers = tuple(parse_transfer_rule(t) for t in root.tables("transfers"))
+    forwarding = tuple(parse_forward_rule(t) for t in root.tables("forwarding"))
     commands = parse_command_control(root, {t.name for t in targets})
     root.done()
 
@@ -72,10 +75,14 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
             if name != "*" and name not in names:
                 raise Table({}, ("access", index), source).error(
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
+    for index, scoped in enumerate(transfers):
+        check_rule_targets(Table({}, ("transfers", index), source), names, scoped.targets)
+    for index, forward in enumerate(forwarding):
+        check_rule_targets(Table({}, ("forwarding", index), source), names, forward.targets)
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
                   evidence=evidence, storage=storage, identity=identity, commands=commands,
-                  masking=masking)
+                  masking=masking, transfers=transfers, forwarding=forwarding)
 
 
 def _paths(t: Table) -> PathsConfig:

@@ -154,6 +154,34 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class TransferRule:
+    """A restriction on file transfers (sftp, scp, rsync) for some people on some targets.
+
+    Transfers are allowed whenever the session is; every rule that applies only takes away
+    (``upload``/``download`` false, paths outside ``allow_paths`` or inside ``deny_paths``).
+    """
+
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ("*",)
+    upload: bool = True  # create, write, rename, remove, mkdir, rmdir, setstat, symlink
+    download: bool = True  # read file contents
+    allow_paths: tuple[str, ...] = ()  # globs; empty: every path (that deny_paths leaves)
+    deny_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ForwardRule:
+    """Port forwards (``ssh -L``) some people may open on some targets; none without a rule."""
+
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ("*",)
+    local: tuple[str, ...] = ()  # "host:port" patterns ("*" allowed in host or port)
+    open_from: str = "target"  # "target": through the target's sshd; "bastion": from here
+
+
+@dataclass(frozen=True)
 class CommandRule:
     """A command-control rule (``[[commands]]``): what it matches, where, and what it does.
 
@@ -203,6 +231,8 @@ class Config:
     identity: IdentityConfig = IdentityConfig()
     commands: CommandControl = CommandControl()
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    transfers: tuple[TransferRule, ...] = ()
+    forwarding: tuple[ForwardRule, ...] = ()
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -16,7 +16,9 @@ from bastion.config.model import Config, Target
 from bastion.masking import MaskingFactory
 from bastion.masking.seam import Stage as MaskingStage
 from bastion.relay.pipeline import ChannelInfo, ChannelStages, Stage, StageContext, StageFactory
+from bastion.relay.scp_stage import ExecTransferFactory
 from bastion.relay.session import MaskingService
+from bastion.relay.sftp_stage import SftpStageFactory
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class Features:
 def build_features(config: Config) -> Features:
     """The configured features, in the order data passes them."""
     factories: list[StageFactory] = []
+    # Transfers first: they read the file-transfer protocols as the user and target speak
+    # them; masking last, right before the recorder.
+    factories.append(SftpStageFactory(config))  # sftp channels: audit, ops log, [[transfers]]
+    factories.append(ExecTransferFactory(config))  # scp -t/-f and rsync --server execs
     masking: MaskingService | None = None
     if config.masking.enabled:
         factory = MaskingFactory(config.masking)
