@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncssh
 
+from bastion.config.approvals import ApprovalsConfig, parse_approvals
 from bastion.config.identity import IdentityConfig, fit_login_timeout, parse_identity
 from bastion.config.model import (
     GROUP_NAME,
@@ -58,6 +59,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
     identity = (parse_identity(root.table("identity")) if root.has("identity")
                 else IdentityConfig())
+    approvals = (parse_approvals(root.table("approvals")) if root.has("approvals")
+                 else ApprovalsConfig())
     root.done()
     server = fit_login_timeout(root, server, identity)
 
@@ -71,7 +74,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity)
+                  evidence=evidence, storage=storage, identity=identity, approvals=approvals)
 
 
 def _paths(t: Table) -> PathsConfig:

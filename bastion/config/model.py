@@ -144,6 +144,20 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class ApprovalsConfig:
+    """Approvers (groups or user names), the wait before a request expires, the webhook."""
+
+    approver_groups: tuple[str, ...] = ()
+    approver_users: tuple[str, ...] = ()  # identity names or e-mails, as in [[access]] users
+    timeout: float = 600.0
+    require_totp: bool = True  # approving asks for the approver's TOTP code
+    webhook_url: str | None = None
+    webhook_timeout: float = 5.0
+    webhook_attempts: int = 3
+    poll_interval: float = 0.3  # how often a waiting session looks for a decision
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, read from ``source``."""
 
@@ -157,6 +171,7 @@ class Config:
     evidence: EvidenceConfig | None = None
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,445 @@
+"""What command line a shell holds when the user presses Enter, read before the Enter goes on.
+
+Two sources, kept apart so that each can be checked against the other:
+
+- ``TypedLine``: a small line-editor model fed with the user's keystrokes (insert, backspace,
+  cursor keys, Ctrl-A/E/B/F/U/K/W/Y/D). It is exact while only such keys were used; a key whose
+  effect depends on the shell's state (Tab, history arrows, Ctrl-R, Alt-keys) makes it
+  *uncertain*. It is the only source when the terminal shows no echo (``stty -echo``).
+- the screen: the target's output since the line's prompt, rendered into a fresh pyte screen at
+  Enter time, read from where the prompt ended to the end of the input (wrapped rows joined).
+  This is what editing, history recall, Ctrl-R and completion really left in the shell.
+
+pyte costs about 0.3 MB/s, so it never sees the output stream: ``OutputTail.feed`` only appends
+the chunk to a bounded buffer (C-level work, O(1) Python per chunk) and notes whether a
+full-screen program switched to the alternate screen. Only when a line is judged is the tail
+from the prompt's row on rendered, capped at ``RENDER_CAP`` bytes.
+
+Limits: in the alternate screen (vim, less, top; ``ESC[?1049h``/``?47h``/``?1047h``) keystrokes
+are recorded but not taken as command lines; a prompt the screen cannot find again (a program
+that rewrites the whole screen) leaves the typed line as the only source.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyte
+
+TAIL_CAP = 64 * 1024  # output bytes kept since the last Enter (the prompt is in the last ones)
+RENDER_CAP = 16 * 1024  # at most this much output is rendered to read one line
+MIN_ROWS = 48  # rows of the reading screen: a wrapped line or a completion list fits
+PASTE_CAP = 64 * 1024  # a bracketed paste longer than this is refused as a whole
+_ALT_ON = (b"\x1b[?1049h", b"\x1b[?1047h", b"\x1b[?47h")
+_ALT_OFF = (b"\x1b[?1049l", b"\x1b[?1047l", b"\x1b[?47l")
+_SEARCH_PROMPT = re.compile(r"\((?:failed )?(?:reverse-)?i-search\)`.*?': ")
+_CSI_FINAL = re.compile(rb"[\x40-\x7e]")
+# Keys that make readline run the line: CR, LF (Ctrl-J) and Ctrl-O (operate-and-get-next).
+_ACCEPT = frozenset((0x0D, 0x0A, 0x0F))
+PASTE_START = b"\x1b[200~"
+PASTE_END = b"\x1b[201~"
+
+
+class KeyKind(enum.Enum):
+    """What one keystroke (or one paste) is to the line editor model."""
+
+    TEXT = "text"  # printable characters
+    ENTER = "enter"  # CR or LF: the shell runs the line
+    CONTROL = "control"  # a C0 control character (Ctrl-A ...)
+    ESCAPE = "escape"  # an escape sequence (cursor keys, Alt-x, ...)
+    PASTE = "paste"  # a whole bracketed paste (``text`` is its content)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One keystroke (or a run of printable characters, or a whole paste) and its bytes."""
+
+    kind: KeyKind
+    text: str
+    raw: bytes
+
+
+class KeyReader:
+    """Splits user input into keys; keeps an incomplete escape sequence or paste for the next chunk.
+
+    Per-byte Python work is fine here: this is keystroke input, and a paste is capped.
+    """
+
+    def __init__(self) -> None:
+        self._partial = b""  # bytes of an unfinished sequence from the previous chunk
+        self.paste_overflow = False  # set when a paste exceeded PASTE_CAP (it is dropped)
+
+    @property
+    def pending(self) -> bool:
+        """Whether an incomplete key waits for more input."""
+        return bool(self._partial)
+
+    def keys(self, data: bytes) -> Iterator[Key]:
+        """The complete keys in ``data`` (with any incomplete one left from before)."""
+        buf = self._partial + data
+        self._partial = b""
+        i, n = 0, len(buf)
+        while i < n:
+            b = buf[i]
+            if buf.startswith(PASTE_START, i) or (b == 0x1B and PASTE_START.startswith(buf[i:])):
+                close = buf.find(PASTE_END, i + len(PASTE_START))
+                if close < 0:
+                    if n - i > PASTE_CAP:
+                        self.paste_overflow = True
+                        return
+                    self._partial = buf[i:]
+                    return
+                text = buf[i + len(PASTE_START):close].decode("utf-8", "replace")
+                j = close + len(PASTE_END)
+                yield Key(KeyKind.PASTE, text, buf[i:j])
+                i = j
+            elif b == 0x1B:
+                end = _escape_end(buf, i)
+                if end is None:
+                    self._partial = buf[i:]
+                    return
+                yield Key(KeyKind.ESCAPE, buf[i:end].decode("latin-1"), buf[i:end])
+                i = end
+            elif b in _ACCEPT:
+                yield Key(KeyKind.ENTER, chr(b), buf[i:i + 1])
+                i += 1
+            elif b < 0x20 or b == 0x7F:
+                yield Key(KeyKind.CONTROL, chr(b), buf[i:i + 1])
+                i += 1
+            else:
+                j = i + 1
+                while j < n and buf[j] >= 0x20 and buf[j] != 0x7F and buf[j] != 0x1B:
+                    j += 1
+                raw = buf[i:j]
+                if j == n:  # keep an incomplete UTF-8 character for the next chunk
+                    cut = _utf8_complete(raw)
+                    self._partial, raw = raw[cut:], raw[:cut]
+                if raw:
+                    yield Key(KeyKind.TEXT, raw.decode("utf-8", "replace"), raw)
+                i = j
+
+    def take_partial(self) -> bytes:
+        """Hand back the bytes of an incomplete key (they go on with held input)."""
+        partial, self._partial = self._partial, b""
+        return partial
+
+    def drop_partial(self) -> None:
+        """Forget an incomplete key (the input it belonged to was dropped)."""
+        self._partial = b""
+        self.paste_overflow = False
+
+
+def _escape_end(buf: bytes, i: int) -> int | None:
+    """Where the escape sequence at ``buf[i]`` ends, or None if the chunk ends inside it."""
+    n = len(buf)
+    if i + 1 >= n:
+        return None
+    nxt = buf[i + 1]
+    if nxt == 0x5B:  # CSI: ESC [ params final
+        match = _CSI_FINAL.search(buf, i + 2)
+        return None if match is None else match.end()
+    if nxt == 0x4F:  # SS3: ESC O x
+        return None if i + 2 >= n else i + 3
+    return i + 2  # Alt-x (ESC x)
+
+
+def _utf8_complete(text: bytes) -> int:
+    """Length of ``text`` up to an incomplete trailing UTF-8 character."""
+    for back in range(1, min(4, len(text)) + 1):
+        byte = text[-back]
+        if byte & 0xC0 == 0x80:
+            continue
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else (
+            4 if byte & 0xF8 == 0xF0 else 1)
+        return len(text) - back if need > back else len(text)
+    return len(text)
+
+
+_HOME = {"\x1b[H", "\x1bOH", "\x1b[1~", "\x1b[7~"}
+_END = {"\x1b[F", "\x1bOF", "\x1b[4~", "\x1b[8~"}
+_LEFT = {"\x1b[D", "\x1bOD"}
+_RIGHT = {"\x1b[C", "\x1bOC"}
+
+
+class TypedLine:
+    """The line as the user's keystrokes built it (an emacs-mode readline subset)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.cursor = 0
+        self.certain = True  # False once a key with a shell-dependent effect was used
+        self.used = False  # any key typed since the line began
+        self._killed = ""
+
+    def reset(self) -> None:
+        """A new, empty line (after Enter or Ctrl-C)."""
+        self.text, self.cursor, self.certain, self.used, self._killed = "", 0, True, False, ""
+
+    def apply(self, key: Key) -> None:
+        """Update the model with one key (ENTER is the caller's business)."""
+        self.used = True
+        if key.kind is KeyKind.TEXT or key.kind is KeyKind.PASTE:
+            self._insert(key.text.replace("\r\n", "\n").replace("\r", "\n"))
+        elif key.kind is KeyKind.CONTROL:
+            self._control(key.text)
+        elif key.kind is KeyKind.ESCAPE:
+            self._escape(key.text)
+
+    def _insert(self, text: str) -> None:
+        self.text = self.text[:self.cursor] + text + self.text[self.cursor:]
+        self.cursor += len(text)
+
+    def _control(self, char: str) -> None:
+        t, c = self.text, self.cursor
+        match char:
+            case "\x7f" | "\x08":
+                if c:
+                    self.text, self.cursor = t[:c - 1] + t[c:], c - 1
+            case "\x01":
+                self.cursor = 0
+            case "\x05":
+                self.cursor = len(t)
+            case "\x02":
+                self.cursor = max(0, c - 1)
+            case "\x06":
+                self.cursor = min(len(t), c + 1)
+            case "\x04":
+                self.text = t[:c] + t[c + 1:]
+            case "\x15":
+                self._killed, self.text, self.cursor = t[:c], t[c:], 0
+            case "\x0b":
+                self._killed, self.text = t[c:], t[:c]
+            case "\x17":
+                start = len(t[:c].rstrip(" \t"))
+                while start and t[start - 1] not in " \t":
+                    start -= 1
+                self._killed, self.text, self.cursor = t[start:c], t[:start] + t[c:], start
+            case "\x19":
+                self._insert(self._killed)
+            case "\x03":
+                self.reset()
+            case "\x0c" | "\x07" | "\x00":
+                pass  # redraw, bell, set-mark: the line is unchanged
+            case _:
+                self.certain = False  # Tab, Ctrl-R/S/P/N/T, undo...: the shell decides
+
+    def _escape(self, seq: str) -> None:
+        if seq in _LEFT:
+            self.cursor = max(0, self.cursor - 1)
+        elif seq in _RIGHT:
+            self.cursor = min(len(self.text), self.cursor + 1)
+        elif seq in _HOME:
+            self.cursor = 0
+        elif seq in _END:
+            self.cursor = len(self.text)
+        elif seq == "\x1b[3~":
+            self.text = self.text[:self.cursor] + self.text[self.cursor + 1:]
+        else:
+            self.certain = False  # history, Alt-keys, anything else
+
+
+class OutputTail:
+    """The target's output since the last Enter, bounded; O(1) Python work per chunk."""
+
+    def __init__(self, cap: int = TAIL_CAP) -> None:
+        self._cap = cap
+        self.buf = bytearray()
+        self.start = 0  # absolute offset (bytes of output ever seen) of buf[0]
+        self.alternate = False  # a full-screen program holds the terminal
+        self.bracketed_paste = False  # the program asked for pastes in ESC[200~ ... ESC[201~
+
+    @property
+    def end(self) -> int:
+        """Absolute offset just past the newest output byte."""
+        return self.start + len(self.buf)
+
+    def feed(self, data: bytes) -> None:
+        """Keep ``data``; note alternate-screen switches (C-level searches only)."""
+        buf = self.buf
+        buf += data
+        if len(buf) > 2 * self._cap:
+            drop = len(buf) - self._cap
+            del buf[:drop]
+            self.start += drop
+        if b"\x1b[?" in data:
+            on = max(data.rfind(s) for s in _ALT_ON)
+            off = max(data.rfind(s) for s in _ALT_OFF)
+            if on != off:
+                self.alternate = on > off
+            on, off = data.rfind(b"\x1b[?2004h"), data.rfind(b"\x1b[?2004l")
+            if on != off:
+                self.bracketed_paste = on > off
+
+    def since(self, offset: int) -> bytes:
+        """Output from absolute ``offset`` on (from the oldest kept byte if it is gone)."""
+        return bytes(self.buf[max(0, offset - self.start):])
+
+    def forget_before(self, offset: int) -> None:
+        """Drop output older than absolute ``offset`` (kept: the line's prompt row onward)."""
+        drop = min(len(self.buf), max(0, offset - self.start))
+        if drop:
+            del self.buf[:drop]
+            self.start += drop
+
+    def row_start(self, offset: int) -> int:
+        """Absolute offset of the start of the output row holding ``offset`` (after its LF)."""
+        rel = max(0, offset - self.start)
+        lf = self.buf.rfind(b"\n", max(0, rel - RENDER_CAP), rel)
+        return self.start + (lf + 1 if lf >= 0 else max(0, rel - RENDER_CAP))
+
+
+@dataclass(frozen=True)
+class ScreenLine:
+    """What the rendered screen shows after the prompt; ``found`` is False if no prompt was seen."""
+
+    text: str
+    found: bool
+
+
+def read_screen_line(tail: OutputTail, row_offset: int, mark: int, width: int,
+                     height: int) -> ScreenLine:
+    """Render the output from ``row_offset`` (start of the prompt's row) and read the input line.
+
+    ``mark`` is the output offset when the line's first key was typed: the cursor there is where
+    the prompt ended. The prompt is looked for again at Enter (a completion list or Ctrl-L
+    redraws it lower or higher) by its text; Ctrl-R's search prompt is recognized too.
+    """
+    rows = max(height, MIN_ROWS)
+    screen = pyte.Screen(max(width, 2), rows)
+    stream = pyte.ByteStream(screen)
+    before = tail.since(row_offset)
+    split = max(0, min(len(before), mark - max(row_offset, tail.start)))
+    head, rest = before[:split], before[split:]
+    if len(rest) > RENDER_CAP:
+        head, rest = b"", rest[-RENDER_CAP:]
+    stream.feed(head)
+    prompt_row, prompt_col = screen.cursor.y, screen.cursor.x
+    prompt = _cells(screen, prompt_row, 0, prompt_col)
+    stream.feed(rest)
+    cy = screen.cursor.y
+    start: tuple[int, int] | None = None
+    # The newest row that still begins with the prompt: after Ctrl-C, a completion list or
+    # Ctrl-L the shell drew the prompt again lower (or higher) than where the line began.
+    for row in range(cy, -1, -1):
+        if _cells(screen, row, 0, prompt_col) == prompt and (prompt.strip() or row == prompt_row):
+            start = (row, prompt_col)
+            break
+    for row in range(cy, (start[0] if start else 0) - 1, -1):
+        match = _SEARCH_PROMPT.search(_cells(screen, row, 0, screen.columns))
+        if match:  # Ctrl-R replaced the prompt with its own; the line follows it
+            start = (row, match.end())
+            break
+    if start is None:
+        return ScreenLine("", False)
+    row, col = start
+    last = max(cy, row)
+    while last + 1 < rows and _cells(screen, last + 1, 0, screen.columns).strip():
+        last += 1
+    parts = [_cells(screen, row, col, screen.columns)]
+    parts += [_cells(screen, r, 0, screen.columns) for r in range(row + 1, last + 1)]
+    return ScreenLine("".join(parts).rstrip(), True)
+
+
+def _cells(screen: pyte.Screen, row: int, first: int, last: int) -> str:
+    """The characters of ``row`` in columns ``first`` to ``last`` (exclusive)."""
+    line = screen.buffer[row]
+    return "".join(line[x].data for x in range(first, min(last, screen.columns)))
+
+
+@dataclass(frozen=True)
+class LineReading:
+    """Both readings of the line at Enter; ``candidates`` are the texts to judge."""
+
+    screen: ScreenLine | None  # None: no prompt mark (nothing typed, or output lost)
+    typed: str
+    typed_certain: bool
+
+    @property
+    def echoed(self) -> bool:
+        """Whether the screen shows the line (False: no echo, as under ``stty -echo``)."""
+        return self.screen is not None and self.screen.found and bool(self.screen.text.strip())
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The distinct line texts to judge; the strictest verdict of them applies.
+
+        The screen's text when it shows the line; the typed text while the keystroke model is
+        exact, or when there is no echo to read (then it is all there is).
+        """
+        out: list[str] = []
+        if self.echoed and self.screen is not None:
+            out.append(self.screen.text)
+        if (self.typed_certain or not out) and self.typed not in out:
+            out.append(self.typed)
+        return tuple(out)
+
+    @property
+    def shown(self) -> str:
+        """The one text to record: what the screen shows, else what was typed."""
+        return self.candidates[0]
+
+
+class LineCatcher:
+    """Tracks one terminal's current command line from both directions (pure: no I/O, no time).
+
+    Input: ``keys()`` splits a chunk into keys; ``typed_key()`` is called for every key that is
+    forwarded (it remembers where the prompt ended at the line's first key). Output: ``output()``
+    for every chunk (O(1)). At Enter: ``read()``, then ``end_line()``.
+    """
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.tail = OutputTail()
+        self.reader = KeyReader()
+        self.typed = TypedLine()
+        self._mark: int | None = None  # output offset when the line's first key was typed
+        self._row: int = 0  # output offset where the prompt's row began
+
+    @property
+    def alternate(self) -> bool:
+        """A full-screen program holds the terminal: keys are not command lines."""
+        return self.tail.alternate
+
+    def output(self, data: bytes) -> None:
+        """The target sent ``data`` to the terminal."""
+        self.tail.feed(data)
+
+    def resize(self, width: int, height: int) -> None:
+        """The terminal changed size."""
+        self.width, self.height = width, height
+
+    def keys(self, data: bytes) -> list[Key]:
+        """The keys in an input chunk."""
+        return list(self.reader.keys(data))
+
+    def typed_key(self, key: Key) -> None:
+        """A key (not Enter) goes to the target: update the typed line; mark the prompt's end."""
+        if self._mark is None:
+            self._mark = self.tail.end
+            self._row = self.tail.row_start(self._mark)
+            self.tail.forget_before(self._row)
+        if key.kind is KeyKind.CONTROL and key.text == "\x03":
+            self.typed.reset()  # the screen mark stays: the shell decides what Ctrl-C did
+            self.typed.used = True
+        else:
+            self.typed.apply(key)
+
+    @property
+    def line_started(self) -> bool:
+        """Whether any key of the current line was typed."""
+        return self._mark is not None
+
+    def read(self) -> LineReading:
+        """Both readings of the current line (renders the tail once: call at Enter only)."""
+        screen = None
+        if self._mark is not None and self._row >= self.tail.start:
+            screen = read_screen_line(self.tail, self._row, self._mark, self.width, self.height)
+        return LineReading(screen, self.typed.text, self.typed.certain)
+
+    def end_line(self) -> None:
+        """The line was run or dropped: the next key starts a new one."""
+        self._mark = None
+        self.typed.reset()
