@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncssh
 
 from bastion.config.approvals import ApprovalsConfig, parse_approvals
+from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_command_control
 from bastion.config.identity import IdentityConfig, fit_login_timeout, parse_identity
 from bastion.config.model import (
     GROUP_NAME,
@@ -61,6 +62,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                 else IdentityConfig())
     approvals = (parse_approvals(root.table("approvals")) if root.has("approvals")
                  else ApprovalsConfig())
+    commands = parse_command_control(root, {t.name for t in targets})
     root.done()
     server = fit_login_timeout(root, server, identity)
 
@@ -74,7 +76,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity, approvals=approvals)
+                  evidence=evidence, storage=storage, identity=identity, approvals=approvals,
+                  commands=commands)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -163,6 +166,7 @@ def _target(t: Table) -> Target:
         known_hosts=known_hosts,
         default_login=t.string("default_login", None, pattern=LOGIN_NAME, what="a login name"),
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
+        unresolved=t.string("unresolved", None, pattern=UNRESOLVED_PATTERN, what=UNRESOLVED_WHAT),
     )
     t.done()
     return target

@@ -71,6 +71,7 @@ class Target:
     known_hosts: Path | None = None
     default_login: str | None = None
     connect_timeout: float = 10.0
+    unresolved: str | None = None  # command control: "deny", "approve" or "warn"; None: global
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,40 @@ class ApprovalsConfig:
 
 
 @dataclass(frozen=True)
+class CommandRule:
+    """A command-control rule (``[[commands]]``): what it matches, where, and what it does.
+
+    Exactly one of ``command`` (a basename glob, with optional required ``options`` and
+    ``args`` patterns) or ``regex`` (re2, searched in the normalized command text) is set.
+    Empty scope lists mean "everyone/everywhere".
+    """
+
+    name: str
+    action: str  # "deny", "approve", "warn" or "allow"
+    command: str | None = None
+    options: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    regex: str | None = None
+    targets: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    logins: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    message: str = ""
+    line: int | None = None  # where the rule starts in the config file
+
+
+@dataclass(frozen=True)
+class CommandControl:
+    """All command rules, and what happens to commands that cannot be resolved.
+
+    ``unresolved`` None means "not set": the default (``deny``) applies wherever rules apply.
+    """
+
+    rules: tuple[CommandRule, ...] = ()
+    unresolved: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, read from ``source``."""
 
@@ -172,6 +207,7 @@ class Config:
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
     approvals: ApprovalsConfig = ApprovalsConfig()
+    commands: CommandControl = CommandControl()
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

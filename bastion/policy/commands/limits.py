@@ -1,0 +1,19 @@
+"""Bounds that keep hostile input from hanging the bastion or filling its memory.
+
+Past any of them a line is "unparseable", which gets the strictest action of the rules in scope.
+The numbers are far above what a person types or pastes (bench/commands.py measures the cost).
+"""
+
+from __future__ import annotations
+
+MAX_LINE = 64 * 1024  # characters in one line or exec command (a paste of a small script fits)
+MAX_NODES = 100_000  # syntax-tree nodes visited for one line, all re-parses included
+MAX_REPARSE_DEPTH = 8  # bash -c "eval 'sh -c ...'": program texts parsed inside each other
+MAX_UNWRAP = 16  # wrappers looked through in one command (sudo env nice timeout ...)
+MAX_COMMANDS = 1000  # simple commands found in one line
+MAX_BRACE_WORDS = 1024  # words one brace expansion may make
+MAX_BRACE_DEPTH = 32  # braces nested inside each other (and brace groups in one word)
+
+
+class LimitExceeded(Exception):
+    """A bound was crossed: the line is treated as unparseable."""

@@ -1,0 +1,352 @@
+"""Split a command line as bash would into the simple commands it runs, each normalized.
+
+The line is parsed with tree-sitter's bash grammar (C, error-tolerant, linear time: about 10 us
+for a typical line and under 2 ms for 4 KB of hostile nesting, where bashlex, the pure-Python
+alternative, takes 350 us and fails on ``case``, ``[[`` and deep nesting with RecursionError).
+Every ``command`` node of the tree is a simple command, wherever it sits: after ``;``, ``&&``,
+``||``, ``|``, ``&`` or a newline, in a subshell, a ``{ ...; }`` group, a loop, a function
+body, a command or process substitution, an unquoted heredoc. Each one is then looked at the
+way bash and the commands themselves would:
+
+- its words lose quotes and backslashes, ``$'...'`` is decoded, braces are expanded;
+- wrappers (``sudo``, ``env``, ``nice``, ``xargs``, ``su -c`` ...) are looked through; the
+  wrapper and what it runs are both reported;
+- program texts are parsed again: ``bash -c TEXT``, ``eval WORDS``, here-strings and heredocs
+  fed to a shell, ``watch``/``ssh`` command words, ``alias`` values, ``trap`` actions,
+  ``find -exec ... ;``;
+- a command word that is not literal, a program text that is not literal, a shell or
+  interpreter reading its program from a pipe or a file (or, for exec requests, from the
+  channel), and ``source <(...)`` make the command "unresolved".
+
+A line with a syntax error, or past one of the bounds in ``limits``, is "unparseable".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import tree_sitter_bash
+from tree_sitter import Language, Node, Parser
+
+from bastion.policy.commands import limits
+from bastion.policy.commands.interpreters import (
+    SHELLS,
+    Source,
+    interpreter_program,
+    is_interpreter,
+    shell_program,
+)
+from bastion.policy.commands.limits import LimitExceeded
+from bastion.policy.commands.models import NormalizedCommand
+from bastion.policy.commands.options import canonical_options
+from bastion.policy.commands.words import Word, decode_node, join_words, to_word, words_of
+from bastion.policy.commands.wrappers import unwrap
+
+_LANGUAGE = Language(tree_sitter_bash.language())
+_INPUT_REDIRECTS = frozenset({"<", "<&", "<>", "&<"})
+_PROGRAM_BUILTINS = frozenset({"eval", "source", ".", "alias", "trap", "find"})
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    """The simple commands of one line, and whether the line could be read at all."""
+
+    commands: tuple[NormalizedCommand, ...]
+    unparseable: bool = False
+    reason: str = ""  # why it is unparseable
+
+
+class Stdin(enum.Enum):
+    """Where a command's standard input comes from, as far as the line shows."""
+
+    TERMINAL = "terminal"  # the user's terminal (an exec request: the SSH channel)
+    PIPE = "pipe"
+    FILE = "file"
+    TEXT = "text"  # a here-string or heredoc: its text is in the line
+
+
+@dataclass(frozen=True)
+class _Input:
+    kind: Stdin
+    text: Word | None = None  # for TEXT
+
+
+def normalize_line(line: str) -> ParsedLine:
+    """The simple commands of an interactive command line (stdin is the user's terminal)."""
+    return _Walker(exec_request=False).run(line)
+
+
+def normalize_exec(command: str) -> ParsedLine:
+    """The simple commands of an exec request (stdin is the SSH channel, not visible here)."""
+    return _Walker(exec_request=True).run(command)
+
+
+@dataclass
+class _Walker:
+    exec_request: bool
+    commands: list[NormalizedCommand] = field(default_factory=list)
+    nodes: int = 0
+    errors: list[str] = field(default_factory=list)
+    brace_budget: list[int] = field(default_factory=lambda: [limits.MAX_BRACE_WORDS])
+
+    def run(self, line: str) -> ParsedLine:
+        try:
+            self.parse_program(line, (), _Input(Stdin.TERMINAL), 0)
+        except LimitExceeded as exc:
+            return ParsedLine(tuple(self.commands), True, str(exc))
+        except RecursionError:  # cannot happen with the bounds above; fail closed if it does
+            return ParsedLine(tuple(self.commands), True, "nested too deeply")
+        reason = self.errors[0] if self.errors else ""
+        return ParsedLine(tuple(dict.fromkeys(self.commands)), bool(self.errors), reason)
+
+    # -- programs --------------------------------------------------------------------------
+    def parse_program(self, text: str, via: tuple[str, ...], stdin: _Input, depth: int) -> None:
+        """Parse a program text (the line, or a bash -c text) and visit every command in it."""
+        if depth > limits.MAX_REPARSE_DEPTH:
+            raise LimitExceeded("program texts nested too deeply")
+        if len(text) > limits.MAX_LINE:
+            raise LimitExceeded(f"longer than {limits.MAX_LINE} characters")
+        if "\x00" in text:
+            self.errors.append("contains a NUL character")
+        variants = [text]
+        if "\\\n" in text:
+            # bash joins backslash-newline everywhere except in comments and single quotes,
+            # which tree-sitter does not do inside words. Read it both ways; report both.
+            variants.append(text.replace("\\\n", ""))
+        for variant in variants:
+            tree = Parser(_LANGUAGE).parse(variant.encode("utf-8", "surrogatepass"))
+            root = tree.root_node
+            if root.has_error:
+                self.errors.append("not valid shell syntax")
+            self.visit_tree(root, via, stdin, depth)
+
+    def visit_tree(self, root: Node, via: tuple[str, ...], stdin: _Input, depth: int) -> None:
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            self.nodes += 1
+            if self.nodes > limits.MAX_NODES:
+                raise LimitExceeded(f"more than {limits.MAX_NODES} syntax nodes")
+            if node.type == "command":
+                self.visit_command(node, via, stdin, depth)
+            elif node.type == "variable_assignment":
+                self.visit_assignment(node, via, depth)
+            stack.extend(reversed(node.children))
+
+    def visit_assignment(self, node: Node, via: tuple[str, ...], depth: int) -> None:
+        """PROMPT_COMMAND=TEXT runs TEXT before every prompt: parse it as a program."""
+        name = node.child_by_field_name("name")
+        value = node.child_by_field_name("value")
+        if name is None or value is None or (name.text or b"") != b"PROMPT_COMMAND":
+            return
+        word = to_word(decode_node(value))
+        self.report([Word.of("PROMPT_COMMAND=" + word.text)], via, False)
+        self.run_program(word, "PROMPT_COMMAND", via, _Input(Stdin.TERMINAL), depth)
+
+    # -- one simple command ----------------------------------------------------------------
+    def visit_command(self, node: Node, via: tuple[str, ...], inherited: _Input,
+                      depth: int) -> None:
+        word_nodes: list[Node] = []
+        for index, child in enumerate(node.children):
+            field_name = node.field_name_for_child(index)
+            if field_name == "name":
+                word_nodes.extend(child.children or [child])
+            elif field_name == "argument":
+                word_nodes.append(child)
+        if not word_nodes:
+            return
+        words = words_of(word_nodes, self.brace_budget)
+        if not words:
+            return
+        self.simple_command(words, via, self.stdin_of(node, inherited), depth)
+
+    def simple_command(self, words: Sequence[Word], via: tuple[str, ...], stdin: _Input,
+                       depth: int, open_args: bool = False) -> None:
+        """Report one simple command and whatever it runs (wrapped commands, programs)."""
+        for _ in range(limits.MAX_UNWRAP):
+            command = self.report(words, via, open_args)
+            if command.unresolved:
+                return
+            name, args = command.name, words[1:]
+            inner = unwrap(name, args)
+            if inner is None:
+                self.look_inside(name, args, via, stdin, depth)
+                return
+            if inner.argv:  # the wrapper's own options are the words before what it runs
+                own = words[:len(words) - len(inner.argv)] if inner.argv[0] in words else words
+                options, operands, _, _ = canonical_options(name, own[1:])
+                self.commands[-1] = dataclasses.replace(command, options=options,
+                                                        operands=operands)
+            via = (*via, inner.label)
+            if inner.program is not None:
+                self.run_program(inner.program, inner.label, via[:-1], stdin, depth)
+                return
+            if inner.interactive_shell:
+                self.report([Word.of("sh")], via, False)
+                self.interpreter("sh", [], via, stdin, depth)
+                return
+            words, open_args = inner.argv, open_args or inner.open_args
+        raise LimitExceeded(f"more than {limits.MAX_UNWRAP} wrappers in one command")
+
+    def report(self, words: Sequence[Word], via: tuple[str, ...],
+               open_args: bool) -> NormalizedCommand:
+        if len(self.commands) >= limits.MAX_COMMANDS:
+            raise LimitExceeded(f"more than {limits.MAX_COMMANDS} commands")
+        first = words[0]
+        argv = tuple(w.text for w in words)
+        if not first.literal or first.glob:
+            command = NormalizedCommand(
+                name=first.text, argv=argv, via=via, unresolved=True, literal_name=False,
+                reason="the command name is not literal" if not first.literal
+                else "the command name is a pattern")
+        else:
+            name = command_basename(first.text)
+            options, operands, dyn_opts, dyn_ops = canonical_options(name, words[1:])
+            command = NormalizedCommand(
+                name=name, argv=argv, options=options, operands=operands, via=via,
+                dynamic_options=dyn_opts or open_args, dynamic_operands=dyn_ops or open_args)
+        self.commands.append(command)
+        return command
+
+    def unresolved(self, reason: str) -> None:
+        """Mark the command reported last (the one being looked into) as unresolved."""
+        last = self.commands[-1]
+        if not last.unresolved:
+            self.commands[-1] = dataclasses.replace(last, unresolved=True, reason=reason)
+
+    # -- commands that run programs --------------------------------------------------------
+    def look_inside(self, name: str, args: Sequence[Word], via: tuple[str, ...],
+                    stdin: _Input, depth: int) -> None:
+        if is_interpreter(name):
+            self.interpreter(name, args, via, stdin, depth)
+        elif name in _PROGRAM_BUILTINS:
+            self.builtin(name, args, via, stdin, depth)
+
+    def interpreter(self, name: str, args: Sequence[Word], via: tuple[str, ...],
+                    stdin: _Input, depth: int) -> None:
+        shell = name in SHELLS
+        program = shell_program(args) if shell else interpreter_program(name, args)
+        if program.source is Source.INLINE and shell and program.text is not None:
+            self.run_program(program.text, f"{name} -c", via, stdin, depth)
+        elif program.source is Source.SCRIPT and program.script is not None \
+                and not program.script.literal:
+            self.unresolved("its program comes from a substitution or variable")
+        elif program.source is Source.STDIN:
+            self.program_on_stdin(name, shell, via, stdin, depth)
+
+    def program_on_stdin(self, name: str, shell: bool, via: tuple[str, ...], stdin: _Input,
+                         depth: int) -> None:
+        if stdin.kind is Stdin.TEXT and stdin.text is not None:
+            if shell:
+                self.run_program(stdin.text, f"{name} <stdin text>", via,
+                                 _Input(Stdin.TERMINAL), depth)
+        elif stdin.kind is Stdin.PIPE:
+            self.unresolved("it reads its program from a pipe")
+        elif stdin.kind is Stdin.FILE:
+            self.unresolved("it reads its program from a file")
+        elif self.exec_request:
+            self.unresolved("it reads its program from the SSH channel")
+
+    def run_program(self, program: Word, label: str, via: tuple[str, ...], stdin: _Input,
+                    depth: int) -> None:
+        """Parse a program text a shell will run; not literal means not knowable."""
+        if not program.literal:
+            self.unresolved("the program text it runs is not literal")
+        self.parse_program(program.text, (*via, label), stdin, depth + 1)
+
+    def builtin(self, name: str, args: Sequence[Word], via: tuple[str, ...], stdin: _Input,
+                depth: int) -> None:
+        if name == "eval" and args:
+            self.run_program(join_words(args), "eval", via, stdin, depth)
+        elif name in ("source", ".") and args:
+            script = args[0]
+            if not script.literal:
+                self.unresolved("it sources a substitution or variable")
+            elif script.text in ("/dev/stdin", "/dev/fd/0", "/proc/self/fd/0", "-"):
+                self.program_on_stdin("bash", True, via, stdin, depth)
+        elif name == "alias":
+            for arg in args:
+                alias, eq, value = arg.text.partition("=")
+                if eq and alias:
+                    self.run_program(Word(value, literal=arg.literal), f"alias {alias}", via,
+                                     _Input(Stdin.TERMINAL), depth)
+        elif name == "trap" and args and args[0].text not in ("-", "") \
+                and not args[0].text.startswith("-"):
+            self.run_program(args[0], "trap", via, _Input(Stdin.TERMINAL), depth)
+        elif name == "find":
+            self.find_exec(args, via, depth)
+
+    def find_exec(self, args: Sequence[Word], via: tuple[str, ...], depth: int) -> None:
+        """find ... -exec CMD ARGS {} ; (or +): CMD runs once per file (checked; documented)."""
+        i = 0
+        while i < len(args):
+            if args[i].text in ("-exec", "-execdir", "-ok", "-okdir"):
+                end = i + 1
+                while end < len(args) and args[end].text not in (";", "+"):
+                    end += 1
+                if end > i + 1:
+                    self.simple_command(args[i + 1:end], (*via, f"find {args[i].text}"),
+                                        _Input(Stdin.TERMINAL), depth)
+                i = end
+            i += 1
+
+    # -- standard input ---------------------------------------------------------------------
+    def stdin_of(self, node: Node, inherited: _Input) -> _Input:
+        """Where the command at ``node`` reads stdin: its own redirects, then enclosing ones."""
+        child: Node = node
+        current: Node | None = node
+        while current is not None:
+            found = self.redirected_input(current, child if current is not node else None)
+            if found is not None:
+                return found
+            child = current
+            current = current.parent
+            if current is not None and current.type == "process_substitution" \
+                    and (current.text or b"").startswith(b">("):
+                return _Input(Stdin.PIPE)
+        return inherited
+
+    def redirected_input(self, node: Node, child: Node | None) -> _Input | None:
+        if node.type == "pipeline" and child is not None:
+            commands = [c for c in node.children if c.is_named]
+            if commands and commands[0].id != child.id:
+                return _Input(Stdin.PIPE)
+            return None
+        if node.type not in ("command", "redirected_statement"):
+            return None
+        for redirect in node.children:
+            kind = redirect.type
+            if kind == "herestring_redirect":
+                parts = [c for c in redirect.children if c.is_named]
+                return _Input(Stdin.TEXT, to_word([a for p in parts for a in decode_node(p)]))
+            if kind == "heredoc_redirect":
+                return _Input(Stdin.TEXT, _heredoc_text(redirect))
+            if kind == "file_redirect":
+                descriptor = redirect.child_by_field_name("descriptor")
+                operator = next((c.type for c in redirect.children if not c.is_named), "")
+                if operator in _INPUT_REDIRECTS and (
+                        descriptor is None or (descriptor.text or b"") == b"0"):
+                    return _Input(Stdin.FILE)
+        return None
+
+
+def _heredoc_text(redirect: Node) -> Word:
+    body = next((c for c in redirect.children if c.type == "heredoc_body"), None)
+    if body is None:
+        return Word.of("")
+    dynamic = any(c.type in ("simple_expansion", "expansion", "command_substitution",
+                             "arithmetic_expansion") for c in body.children)
+    return Word((body.text or b"").decode("utf-8", "replace"), literal=not dynamic)
+
+
+def command_basename(word: str) -> str:
+    """The command a path names: ``/usr/sbin/./shutdown`` and ``../bin/rm`` give the basename."""
+    if "/" not in word:
+        return word
+    normalized = posixpath.normpath(word)
+    base = posixpath.basename(normalized)
+    return base or normalized
