@@ -1,0 +1,537 @@
+"""Command control on a channel: every command line is judged before its Enter reaches the target.
+
+``CommandCatcher`` is the pipeline's ``StageFactory``. On a shell with a pty it adds an input
+stage that forwards keystrokes as they come but holds each Enter (CR, LF, Ctrl-O) until the
+line is judged, and an output stage that passes output through and keeps a bounded tail for the
+line catcher (O(1) work per chunk). On a shell without a pty (a script on stdin) whole lines are
+held and judged. Exec requests are judged before the exec is dialled: ``check_exec``.
+
+What happens to a judged line (the strictest verdict of the screen's and the keystrokes' line):
+
+- allow, warn: noted (marker, session.json, audit), then the Enter goes on;
+- deny: the Enter is never sent; the line on the target is cleared (Ctrl-E Ctrl-U; Ctrl-C when
+  continued lines are pending) and the screen is read again to confirm; the user sees one line;
+- approve: the user sees the request id; input typed meanwhile is held (Ctrl-C cancels); the
+  Enter goes on only when an approver approved; denial, timeout or cancel clear it as a deny.
+
+Several lines arriving at once (a paste, typeahead) are all checked on their typed text before
+any of them goes on: one denied line drops the whole chunk. A line ending in a backslash
+continues: the continuation's Enter goes on only if the joined text so far is not denied, and
+the joined command is judged as one at its last Enter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from bastion.approvals.store import ApprovalRequest, ApprovalState
+from bastion.errors import BastionError
+from bastion.policy.commands import CommandDecision, CommandPolicy, CommandScope, Verdict
+from bastion.relay.linecatcher import Key, KeyKind, KeyReader, LineCatcher, TypedLine
+from bastion.relay.pipeline import (
+    ChannelInfo,
+    ChannelKind,
+    ChannelStages,
+    Stage,
+    StageContext,
+    Stream,
+)
+
+log = logging.getLogger("bastion.relay")
+
+SETTLE_QUIET = 0.03  # output quiet this long after the last key's echo: the screen is settled
+SETTLE_MAX = 0.5  # never wait longer than this for an echo (none comes under ``stty -echo``)
+HOLD_CAP = 4096  # input held while a line is judged; beyond it the user's input is paused
+SCRIPT_LINE_CAP = 64 * 1024  # a script line longer than this cannot be judged: fail closed
+_CLEAR_LINE = b"\x05\x15"  # Ctrl-E Ctrl-U: end of line, kill to its start (readline, tty)
+_ABORT_LINE = b"\x03"  # Ctrl-C: also drops continued lines the shell already holds
+_RED, _YELLOW, _RESET = "\x1b[1;31m", "\x1b[33m", "\x1b[0m"
+
+
+def _masked(line: str) -> str:
+    """The command line as it may be written to disk (the masking helper plugs in here)."""
+    return line
+
+
+class Approvals(Protocol):
+    """What command control needs from bastion.approvals.ApprovalService."""
+
+    def open(self, *, session_id: str, channel: int, requester_key: str, requester_name: str,
+             target: str, login: str, command: str, rule: str | None) -> ApprovalRequest: ...
+
+    async def wait(self, request_id: str, cancelled: asyncio.Event) -> ApprovalRequest: ...
+
+
+def strictest(decisions: Sequence[CommandDecision]) -> CommandDecision:
+    """The decision with the strictest verdict (the first of equals)."""
+    best = decisions[0]
+    for decision in decisions[1:]:
+        if decision.verdict.rank > best.verdict.rank:
+            best = decision
+    return best
+
+
+def _continues(line: str) -> bool:
+    """Whether the line ends in an unescaped backslash (the shell reads another line)."""
+    stripped = line.rstrip("\n")
+    return (len(stripped) - len(stripped.rstrip("\\"))) % 2 == 1
+
+
+def _describe(decision: CommandDecision) -> str:
+    message = decision.message or "this command is not allowed here"
+    return f"{message} ({decision.reason})"
+
+
+class CommandCatcher:
+    """The command control ``StageFactory``; also judges exec requests (``check_exec``)."""
+
+    def __init__(self, policy: CommandPolicy, approvals: Approvals | None) -> None:
+        self.policy = policy
+        self.approvals = approvals
+
+    @staticmethod
+    def scope(info: ChannelInfo) -> CommandScope:
+        """Who runs commands where, as the rules see it."""
+        return CommandScope(target=info.target.name, login=info.login, user=info.user,
+                            groups=info.groups)
+
+    def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
+        scope = self.scope(info)
+        if info.kind is not ChannelKind.SHELL or not self.policy.active(scope):
+            return None
+        if not info.pty:
+            script = ScriptLineStage(LineJudge(self, info, ctx, scope))
+            return ChannelStages(input=[script])
+        control = ShellControl(LineJudge(self, info, ctx, scope), info)
+        return ChannelStages(input=[control.input_stage], output=[control.output_stage])
+
+    async def check_exec(self, info: ChannelInfo, ctx: StageContext) -> bool:
+        """Judge an exec request before it is dialled; True if it may run (after approval)."""
+        scope = self.scope(info)
+        if info.command is None or not self.policy.active(scope):
+            return True
+        judge = LineJudge(self, info, ctx, scope)
+        decision = self.policy.evaluate_exec(info.command, scope)
+        return await judge.enforce(decision, info.command, asyncio.Event())
+
+
+class LineJudge:
+    """Notes, refuses or waits for approval of one judged line; shared by the stages."""
+
+    def __init__(self, catcher: CommandCatcher, info: ChannelInfo, ctx: StageContext,
+                 scope: CommandScope) -> None:
+        self.catcher = catcher
+        self.info = info
+        self.ctx = ctx
+        self.scope = scope
+        self.waiting: ApprovalRequest | None = None
+
+    def evaluate(self, texts: Sequence[str]) -> CommandDecision:
+        """The strictest decision over the candidate texts of one line."""
+        return strictest([self.catcher.policy.evaluate(text, self.scope) for text in texts])
+
+    async def enforce(self, decision: CommandDecision, line: str,
+                      cancelled: asyncio.Event) -> bool:
+        """Record the verdict and, for approve, wait for it; True if the line may run."""
+        ctx, shown = self.ctx, _masked(line)
+        verdict = decision.verdict
+        if verdict is Verdict.ALLOW:
+            ctx.note_command(shown, "allow", decision.rule)
+            return True
+        if verdict is Verdict.WARN:
+            ctx.note_command(shown, "warn", decision.rule)
+            if decision.message:
+                ctx.notify_user(f"{_YELLOW}warning: {decision.message} ({decision.reason})"
+                                f"{_RESET}")
+            return True
+        if verdict is Verdict.DENY:
+            ctx.note_command(shown, "deny", decision.rule)
+            ctx.notify_user(f"{_RED}command denied: {_describe(decision)}{_RESET}")
+            return False
+        return await self._approval(decision, shown, cancelled)
+
+    async def _approval(self, decision: CommandDecision, shown: str,
+                        cancelled: asyncio.Event) -> bool:
+        ctx, approvals = self.ctx, self.catcher.approvals
+        ctx.note_command(shown, "approve", decision.rule)
+        if approvals is None:
+            ctx.note_command(shown, "refused", decision.rule)
+            ctx.notify_user(f"{_RED}command needs approval, and no approvals are configured: "
+                            f"{_describe(decision)}{_RESET}")
+            return False
+        info = self.info
+        try:
+            request = approvals.open(
+                session_id=info.session_id, channel=info.channel,
+                requester_key=info.identity_key, requester_name=info.user,
+                target=info.target.name, login=info.login, command=shown, rule=decision.rule)
+            self.waiting = request
+            ctx.notify_user(f"{_YELLOW}{_describe(decision)}: waiting for approval (request "
+                            f"{request.id}) ... Ctrl-C cancels{_RESET}")
+            outcome = await approvals.wait(request.id, cancelled)
+        except BastionError as exc:  # the state DB failed: the command does not run
+            ctx.note_command(shown, "refused", decision.rule)
+            ctx.notify_user(f"{_RED}approval failed: {exc}; the command was not run{_RESET}")
+            return False
+        finally:
+            self.waiting = None
+        who = outcome.decided_name or "bastion"
+        why = f": {outcome.reason}" if outcome.reason else ""
+        if outcome.state is ApprovalState.APPROVED:
+            ctx.note_command(shown, "approved", decision.rule)
+            ctx.marker(f"approved: request {request.id} by {who}{why}")
+            ctx.notify_user(f"approved by {who}{why}")
+            return True
+        ctx.note_command(shown, "refused", decision.rule)
+        ctx.marker(f"refused: request {request.id} {outcome.state.value} by {who}{why}")
+        ctx.notify_user(f"{_RED}request {request.id} {outcome.state.value}"
+                        f"{'' if outcome.state is ApprovalState.CANCELLED else ' by ' + who}"
+                        f"{why}; the command was not run{_RESET}")
+        return False
+
+
+class _Input(Stage):
+    def __init__(self, control: ShellControl) -> None:
+        self._control = control
+
+    def feed(self, data: bytes, stream: Stream) -> None:
+        self._control.on_input(data)
+
+    def end(self) -> None:
+        self._control.on_input_end()
+
+    def resize(self, width: int, height: int) -> None:
+        self._control.catcher.resize(width, height)
+
+    def close(self) -> None:
+        self._control.close()
+
+
+class _Output(Stage):
+    def __init__(self, control: ShellControl) -> None:
+        self._control = control
+        self._tail_feed = control.catcher.output
+        self._loop = asyncio.get_running_loop()
+
+    def feed(self, data: bytes, stream: Stream) -> None:
+        self._tail_feed(data)  # O(1): append to the bounded tail
+        self._control.last_output = self._loop.time()
+        self.emit(data, stream)
+
+
+class ShellControl:
+    """The shared state of a pty shell's input and output stages."""
+
+    def __init__(self, judge: LineJudge, info: ChannelInfo) -> None:
+        self.judge = judge
+        self.ctx = judge.ctx
+        self.catcher = LineCatcher(info.width, info.height)
+        self.input_stage = _Input(self)
+        self.output_stage = _Output(self)
+        self.loop = asyncio.get_running_loop()
+        self.last_output = 0.0
+        self.last_forward = 0.0
+        self.continued = ""  # joined text of lines continued with a trailing backslash
+        self._held: bytearray | None = None  # input after a held Enter (None: nothing held)
+        self._enter = b""
+        self._paused = False
+        self._ended = False
+        self._abort = False  # clear the refused line with Ctrl-C (continued lines pending)
+        self._cancelled = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- input ------------------------------------------------------------------------------
+    def forward(self, data: bytes) -> None:
+        """Send user input on to the target."""
+        if data:
+            self.last_forward = self.loop.time()
+            self.input_stage.emit(data, Stream.DATA)
+
+    def on_input(self, data: bytes) -> None:
+        """A chunk of the user's input."""
+        if self._held is not None:
+            self._hold(data)
+            return
+        if self.catcher.alternate:  # a full-screen program: recorded, not judged
+            if self.catcher.line_started:
+                self.catcher.end_line()
+            self.forward(self.catcher.reader.take_partial() + data)
+            return
+        self._process(data)
+
+    def on_input_end(self) -> None:
+        if self._held is not None:
+            self._ended = True  # ends after the held line is settled
+        else:
+            self.input_stage.emit_end()
+
+    def _hold(self, data: bytes) -> None:
+        assert self._held is not None
+        if self.judge.waiting is not None and b"\x03" in data:
+            self._cancelled.set()
+        self._held += data
+        if len(self._held) > HOLD_CAP and not self._paused:
+            self._paused = True
+            self.ctx.pause_input()
+
+    def _process(self, data: bytes) -> None:
+        catcher = self.catcher
+        keys = self._expand_pastes(catcher.keys(data))
+        if catcher.reader.paste_overflow:
+            catcher.reader.drop_partial()
+            self.ctx.notify_user(f"{_RED}a paste this long cannot be checked; it was not sent"
+                                 f"{_RESET}")
+            self.ctx.audit("command.paste_dropped")
+            return
+        if self._several_lines(keys) and not self._precheck(keys):
+            return
+        out: list[bytes] = []
+        for index, key in enumerate(keys):
+            if key.kind is KeyKind.ENTER:
+                self.forward(b"".join(out))
+                rest = b"".join(k.raw for k in keys[index + 1:]) + catcher.reader.take_partial()
+                self._hold_line(key, rest)
+                return
+            catcher.typed_key(key)
+            out.append(key.raw)
+        self.forward(b"".join(out))
+
+    def _expand_pastes(self, keys: list[Key]) -> list[Key]:
+        """A paste the program did not ask for is typing: its newlines are Enters."""
+        if self.catcher.tail.bracketed_paste or not any(k.kind is KeyKind.PASTE for k in keys):
+            return keys
+        out: list[Key] = []
+        for key in keys:
+            if key.kind is KeyKind.PASTE:
+                inner = key.raw[len(b"\x1b[200~"):-len(b"\x1b[201~")]
+                out += KeyReader().keys(inner)
+            else:
+                out.append(key)
+        return out
+
+    @staticmethod
+    def _several_lines(keys: list[Key]) -> bool:
+        enters = sum(1 for k in keys if k.kind is KeyKind.ENTER)
+        pasted = any(k.kind is KeyKind.PASTE and ("\n" in k.text or "\r" in k.text)
+                     for k in keys)
+        return pasted or enters > 1 or (enters == 1 and keys[-1].kind is not KeyKind.ENTER)
+
+    def _precheck(self, keys: list[Key]) -> bool:
+        """Judge every line of a multi-line chunk on its typed text; False if one is denied."""
+        model = TypedLine()
+        current = self.catcher.typed
+        model.text, model.cursor = current.text, current.cursor
+        lines: list[str] = []
+        for key in keys:
+            if key.kind is KeyKind.ENTER:
+                lines.append(model.text)
+                model.reset()
+            else:
+                model.apply(key)
+                if key.kind is KeyKind.PASTE:
+                    lines.append(model.text)  # the pasted lines, judged as one script
+        decisions = [(line, self.judge.evaluate([self.continued + line])) for line in lines
+                     if line.strip()]
+        denied = [(line, d) for line, d in decisions if d.verdict is Verdict.DENY]
+        if not denied:
+            return True
+        line, decision = denied[0]
+        self.ctx.note_command(_masked(self.continued + line), "deny", decision.rule)
+        self.ctx.notify_user(f"{_RED}command denied: {_describe(decision)}; none of the "
+                             f"{len(lines)} lines sent together was sent{_RESET}")
+        self.catcher.reader.drop_partial()
+        if self.catcher.line_started or self.continued:
+            self._abort = bool(self.continued)
+            self._held = bytearray()
+            self._task = self.loop.create_task(self._clear_then_release(run=False))
+        return False
+
+    # -- judging one line -------------------------------------------------------------------
+    def _hold_line(self, enter: Key, rest: bytes) -> None:
+        self._held = bytearray(rest)
+        self._enter = enter.raw
+        self._cancelled = asyncio.Event()
+        self._task = self.loop.create_task(self._judge())
+
+    async def _settle(self) -> None:
+        """Wait until the target has echoed what was typed (bounded)."""
+        deadline = self.loop.time() + SETTLE_MAX
+        while True:
+            now = self.loop.time()
+            if self.last_output > self.last_forward and now - self.last_output >= SETTLE_QUIET:
+                return
+            if now >= deadline:
+                return
+            await asyncio.sleep(SETTLE_QUIET / 3)
+
+    async def _judge(self) -> None:
+        try:
+            run = await self._judge_line()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not let the line through: end the channel instead
+            log.exception("command check failed")
+            self.ctx.end_channel("the command check failed; the session was ended")
+            return
+        if run:
+            self._release(run=True)
+        else:
+            await self._clear_then_release(run=False)
+
+    async def _judge_line(self) -> bool:
+        catcher = self.catcher
+        prefix = self.continued
+        if not catcher.line_started and not prefix:
+            return True  # Enter on an empty line
+        await self._settle()
+        reading = catcher.read()
+        texts = [prefix + text for text in reading.candidates]
+        if not any(text.strip() for text in texts):
+            return True
+        shown = prefix + reading.shown
+        continues = _continues(reading.shown)
+        # The shell already holds continued lines: only Ctrl-C drops them all.
+        self._abort = bool(prefix) or continues
+        if continues:
+            decision = self.judge.evaluate([t[:-1] if _continues(t) else t for t in texts])
+            if decision.verdict is Verdict.DENY:
+                return await self.judge.enforce(decision, shown, self._cancelled)
+            self.continued = shown[:-1]  # judged as a whole at its last line
+            return True
+        self.continued = ""
+        return await self.judge.enforce(self.judge.evaluate(texts), shown, self._cancelled)
+
+    async def _clear_then_release(self, *, run: bool) -> None:
+        """Clear the refused line on the target, check the screen shows it empty, go on."""
+        abort, self._abort = self._abort, False
+        self.continued = ""
+        self.forward_control(_ABORT_LINE if abort else _CLEAR_LINE)
+        await self._settle()
+        reading = self.catcher.read()
+        if reading.screen is not None and reading.screen.found and reading.screen.text.strip():
+            self.forward_control(_ABORT_LINE)  # not empty: interrupt the line instead
+            self.ctx.marker("line not cleared by Ctrl-U; sent Ctrl-C")
+        self._release(run=run)
+
+    def forward_control(self, data: bytes) -> None:
+        """Send keys the user did not type (recorded as a marker by the relay)."""
+        self.last_forward = self.loop.time()
+        self.ctx.send_to_target(data)
+
+    def _release(self, *, run: bool) -> None:
+        """The judged line is done: send its Enter (if it may run) and what was typed after."""
+        held = bytes(self._held or b"")
+        self._held = None
+        self.catcher.end_line()
+        if run:
+            self.forward(self._enter)
+        elif held:
+            held = b""  # typed after a refused line: meant to follow it, so dropped too
+            self.ctx.notify_user("input typed after the refused line was dropped")
+        if self._paused:
+            self._paused = False
+            self.ctx.resume_input()
+        if held:
+            self.on_input(held)
+        if self._ended and self._held is None:
+            self.input_stage.emit_end()
+
+    def close(self) -> None:
+        self._cancelled.set()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
+class ScriptLineStage(Stage):
+    """A shell without a pty reads a script on stdin: each whole line is judged before it goes.
+
+    Lines continued with a backslash are judged joined; the last line is judged at EOF.
+    """
+
+    def __init__(self, judge: LineJudge) -> None:
+        self.judge = judge
+        self._buf = bytearray()
+        self._pending: list[bytes] = []  # lines judged fine, waiting behind an approval
+        self._busy = False
+        self._ended = False
+        self._cancelled = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def feed(self, data: bytes, stream: Stream) -> None:
+        self._buf += data
+        if len(self._buf) > SCRIPT_LINE_CAP and b"\n" not in self._buf:
+            self.ctx.end_channel("a line this long cannot be checked; the session was ended")
+            self._buf.clear()
+            return
+        self._pump()
+
+    def end(self) -> None:
+        self._ended = True
+        self._pump()
+
+    def close(self) -> None:
+        self._cancelled.set()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def _next_command(self) -> bytes | None:
+        """The next complete command's bytes (continued lines joined), or None."""
+        start = 0
+        while True:
+            nl = self._buf.find(b"\n", start)
+            if nl < 0:
+                if self._ended and self._buf:
+                    return bytes(self._buf)
+                return None
+            text = self._buf[:nl].decode("utf-8", "replace")
+            if not _continues(text):
+                return bytes(self._buf[:nl + 1])
+            start = nl + 1
+
+    def _pump(self) -> None:
+        while not self._busy:
+            raw = self._next_command()
+            if raw is None:
+                if self._ended and not self._buf:
+                    self._ended = False
+                    self.emit_end()
+                return
+            del self._buf[:len(raw)]
+            text = raw.decode("utf-8", "replace").replace("\\\n", "").rstrip("\n")
+            if not text.strip():
+                self.emit(raw, Stream.DATA)
+                continue
+            decision = self.judge.evaluate([text])
+            if decision.verdict is Verdict.APPROVE:
+                self._busy = True
+                self._task = asyncio.get_running_loop().create_task(self._wait(decision, raw,
+                                                                               text))
+                return
+            if self._judged(decision, text):
+                self.emit(raw, Stream.DATA)
+
+    def _judged(self, decision: CommandDecision, text: str) -> bool:
+        ctx, shown = self.ctx, _masked(text)
+        if decision.verdict is Verdict.DENY:
+            ctx.note_command(shown, "deny", decision.rule)
+            ctx.notify_user(f"command denied: {_describe(decision)}")
+            return False
+        ctx.note_command(shown, decision.verdict.value, decision.rule)
+        return True
+
+    async def _wait(self, decision: CommandDecision, raw: bytes, text: str) -> None:
+        try:
+            run = await self.judge.enforce(decision, text, self._cancelled)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("command check failed")
+            self.ctx.end_channel("the command check failed; the session was ended")
+            return
+        if run:
+            self.emit(raw, Stream.DATA)
+        self._busy = False
+        self._pump()
