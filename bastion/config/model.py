@@ -72,6 +72,7 @@ class Target:
     default_login: str | None = None
     connect_timeout: float = 10.0
     unresolved: str | None = None  # command control: "deny", "approve" or "warn"; None: global
+    record_input: bool = True  # keystrokes of pty channels into the recording
 
 
 @dataclass(frozen=True)

@@ -268,3 +268,6 @@ class ChannelRecorder(Protocol):
 
     def exited(self, status: int | None, signal: str | None) -> None:
         """Record how the channel's command ended (exit status or signal name)."""
+
+    def close_deferred(self, submit: Callable[[Callable[[], None]], object]) -> None:
+        """Flush now and hand the fsync and close to ``submit`` (the spool's worker)."""

@@ -11,8 +11,8 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bastion.audit import AuditLog
@@ -22,6 +22,7 @@ from bastion.errors import AccessDenied, BastionError, RecordingError, SessionLi
 from bastion.identity.model import Identity
 from bastion.policy.access import Authorization, TargetRequest, authorize
 from bastion.recording import CastWriter, SessionRecording, Spool
+from bastion.relay.pipeline import ChannelKind, ChannelRecorder, StageFactory
 from bastion.relay.upstream import Upstream, dial
 
 log = logging.getLogger("bastion.relay")
@@ -44,6 +45,8 @@ class RelayServices:
     credential_for: Callable[[Authorization], Credential]
     counter: SessionCounter
     on_finished: Callable[[SessionRecording], None]
+    # The features on the channel pipeline (command control, masking, transfers), in order.
+    stage_factories: Sequence[StageFactory] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -156,16 +159,35 @@ class ConnectionSession:
                        client=self.client.address, **auth.audit_fields())
             return self.upstream
 
-    async def open_writer(self, kind: str, width: int, height: int, term: str | None,
-                          command: str | None,
-                          on_failure: Callable[[RecordingError], None]) -> CastWriter:
-        """Open the recording file for a new channel; ``on_failure`` ends that channel."""
-        assert self.recording is not None and self.authorization is not None
+    @property
+    def session_id(self) -> str:
+        """The recording's session id (once ``connect`` opened it)."""
+        assert self.recording is not None
+        return self.recording.session_id
+
+    async def open_recorder(self, kind: ChannelKind, *, pty: bool, width: int, height: int,
+                            term: str | None, command: str | None,
+                            on_failure: Callable[[RecordingError], None],
+                            ) -> tuple[int, ChannelRecorder]:
+        """Open the recording of a new channel: (its number, its recorder).
+
+        ``on_failure`` ends that channel when a background flush of the session fails.
+        """
+        recording = self.recording
+        if recording is None or self.authorization is None:
+            raise AccessDenied("the session is closing")
         self._failure_handlers.append(on_failure)
-        return await self.recording.open_channel_async(
-            kind, width=width, height=height, term=term, command=command,
+        writer = await recording.open_channel_async(
+            kind.value, width=width, height=height, term=term, command=command,
             user=self.identity.name, target=self.authorization.target.name,
             login=self.authorization.login)
+        return len(recording.writers), _CastRecorder(writer)
+
+    def note_command(self, channel: int, line: str, verdict: str, rule: str | None) -> None:
+        """Add a command line read on ``channel`` to session.json's ``commands``."""
+        if self.recording is not None:
+            self.recording.append_field("commands", {
+                "channel": channel, "line": line, "verdict": verdict, "rule": rule})
 
     def _recording_failed(self, exc: RecordingError) -> None:
         # A flush of an idle channel failed in the background: fail closed on every channel.
@@ -225,3 +247,21 @@ class ConnectionSession:
                        "port": auth.target.port, "login": auth.login,
                        "host_key_fingerprint": None},
         }
+
+
+class _CastRecorder:
+    """Adapts the asciicast writer to ``ChannelRecorder`` until it records input itself."""
+
+    def __init__(self, writer: CastWriter) -> None:
+        self._writer = writer
+        self.output = writer.output
+        self.stderr = writer.output
+        self.resize = writer.resize
+        self.marker = writer.marker
+        self.close_deferred = writer.close_deferred
+
+    def input(self, data: bytes) -> None:
+        return None
+
+    def exited(self, status: int | None, signal: str | None) -> None:
+        self._writer.marker(f"exit: signal {signal}" if signal else f"exit: {status}")

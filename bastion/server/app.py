@@ -26,6 +26,7 @@ from bastion.recording.seal import Sealer
 from bastion.relay.session import RelayServices
 from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import BastionConnection
+from bastion.server.features import stage_factories
 from bastion.server.hardening import algorithm_options
 
 log = logging.getLogger("bastion.server")
@@ -59,7 +60,8 @@ class BastionServer:
             self.finished_hooks.append(self._seal_finished)
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
-            counter=self, on_finished=self._recording_finished)
+            counter=self, on_finished=self._recording_finished,
+            stage_factories=stage_factories(config))
 
     # -- shared services -------------------------------------------------------------------
     def credential_for(self, authorization: Authorization) -> Credential:

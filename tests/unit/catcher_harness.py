@@ -101,7 +101,7 @@ class BashPty:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", self.height, self.width, 0, 0))
         env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "TERM": "xterm", "HOME": str(self.workdir),
                "PS1": "$ ", "PS2": "> ", "INPUTRC": "/dev/null", "LANG": "C.UTF-8"}
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             ["/bin/bash", "--norc", "--noprofile", "-i"], stdin=slave, stdout=slave,
             stderr=slave, cwd=self.workdir, env=env, start_new_session=True,
             preexec_fn=lambda: _ctty(0))

@@ -1,4 +1,4 @@
-"""The command catcher against a real bash in a local pty: what the shell holds is what is judged."""
+"""The command catcher against a real bash in a local pty: the line the shell holds is judged."""
 
 from __future__ import annotations
 
