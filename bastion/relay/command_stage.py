@@ -48,7 +48,6 @@ HOLD_CAP = 4096  # input held while a line is judged; beyond it the user's input
 SCRIPT_LINE_CAP = 64 * 1024  # a script line longer than this cannot be judged: fail closed
 _CLEAR_LINE = b"\x05\x15"  # Ctrl-E Ctrl-U: end of line, kill to its start (readline, tty)
 _ABORT_LINE = b"\x03"  # Ctrl-C: also drops continued lines the shell already holds
-_RED, _YELLOW, _RESET = "\x1b[1;31m", "\x1b[33m", "\x1b[0m"
 
 
 def _masked(line: str) -> str:
@@ -144,12 +143,11 @@ class LineJudge:
         if verdict is Verdict.WARN:
             ctx.note_command(shown, "warn", decision.rule)
             if decision.message:
-                ctx.notify_user(f"{_YELLOW}warning: {decision.message} ({decision.reason})"
-                                f"{_RESET}")
+                ctx.notify_user(f"warning: {decision.message} ({decision.reason})")
             return True
         if verdict is Verdict.DENY:
             ctx.note_command(shown, "deny", decision.rule)
-            ctx.notify_user(f"{_RED}command denied: {_describe(decision)}{_RESET}")
+            ctx.notify_user(f"command denied: {_describe(decision)}")
             return False
         return await self._approval(decision, shown, cancelled)
 
@@ -159,8 +157,8 @@ class LineJudge:
         ctx.note_command(shown, "approve", decision.rule)
         if approvals is None:
             ctx.note_command(shown, "refused", decision.rule)
-            ctx.notify_user(f"{_RED}command needs approval, and no approvals are configured: "
-                            f"{_describe(decision)}{_RESET}")
+            ctx.notify_user(f"command needs approval, and no approvals are configured: "
+                            f"{_describe(decision)}")
             return False
         info = self.info
         try:
@@ -169,12 +167,12 @@ class LineJudge:
                 requester_key=info.identity_key, requester_name=info.user,
                 target=info.target.name, login=info.login, command=shown, rule=decision.rule)
             self.waiting = request
-            ctx.notify_user(f"{_YELLOW}{_describe(decision)}: waiting for approval (request "
-                            f"{request.id}) ... Ctrl-C cancels{_RESET}")
+            ctx.notify_user(f"{_describe(decision)}: waiting for approval (request "
+                            f"{request.id}) ... Ctrl-C cancels")
             outcome = await approvals.wait(request.id, cancelled)
         except BastionError as exc:  # the state DB failed: the command does not run
             ctx.note_command(shown, "refused", decision.rule)
-            ctx.notify_user(f"{_RED}approval failed: {exc}; the command was not run{_RESET}")
+            ctx.notify_user(f"approval failed: {exc}; the command was not run")
             return False
         finally:
             self.waiting = None
@@ -187,9 +185,9 @@ class LineJudge:
             return True
         ctx.note_command(shown, "refused", decision.rule)
         ctx.marker(f"refused: request {request.id} {outcome.state.value} by {who}{why}")
-        ctx.notify_user(f"{_RED}request {request.id} {outcome.state.value}"
+        ctx.notify_user(f"request {request.id} {outcome.state.value}"
                         f"{'' if outcome.state is ApprovalState.CANCELLED else ' by ' + who}"
-                        f"{why}; the command was not run{_RESET}")
+                        f"{why}; the command was not run")
         return False
 
 
@@ -282,8 +280,7 @@ class ShellControl:
         keys = self._expand_pastes(catcher.keys(data))
         if catcher.reader.paste_overflow:
             catcher.reader.drop_partial()
-            self.ctx.notify_user(f"{_RED}a paste this long cannot be checked; it was not sent"
-                                 f"{_RESET}")
+            self.ctx.notify_user("a paste this long cannot be checked; it was not sent")
             self.ctx.audit("command.paste_dropped")
             return
         if self._several_lines(keys) and not self._precheck(keys):
@@ -340,8 +337,8 @@ class ShellControl:
             return True
         line, decision = denied[0]
         self.ctx.note_command(_masked(self.continued + line), "deny", decision.rule)
-        self.ctx.notify_user(f"{_RED}command denied: {_describe(decision)}; none of the "
-                             f"{len(lines)} lines sent together was sent{_RESET}")
+        self.ctx.notify_user(f"command denied: {_describe(decision)}; none of the "
+                             f"{len(lines)} lines sent together was sent")
         self.catcher.reader.drop_partial()
         if self.catcher.line_started or self.continued:
             self._abort = bool(self.continued)

@@ -26,7 +26,7 @@ from bastion.recording.seal import Sealer
 from bastion.relay.session import RelayServices
 from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import BastionConnection
-from bastion.server.features import stage_factories
+from bastion.server.features import approval_service, stage_factories
 from bastion.server.hardening import algorithm_options
 
 log = logging.getLogger("bastion.server")
@@ -45,6 +45,7 @@ class BastionServer:
         self.spool = Spool(config.paths.spool_dir, config.server.node_id)
         self._vault_key = load_vault_key(config.vault)
         self.identity = IdentityService.open(config, audit, self._vault_key)
+        self.approvals = approval_service(config, audit, self.identity)
         self.connections: dict[str, BastionConnection] = {}
         self._no_connections = asyncio.Event()
         self._conn_ids = itertools.count(1)
@@ -61,7 +62,7 @@ class BastionServer:
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
             counter=self, on_finished=self._recording_finished,
-            stage_factories=stage_factories(config))
+            stage_factories=stage_factories(config, self.approvals))
 
     # -- shared services -------------------------------------------------------------------
     def credential_for(self, authorization: Authorization) -> Credential:

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
+from bastion.approvals.service import Approver
 from bastion.errors import BastionError
 from bastion.policy.access import TargetRequest, parse_username
+from bastion.relay.approver_menu import APPROVER_USER, ApproverSession
 from bastion.relay.channels import UserChannel
 from bastion.relay.session import ClientInfo, ConnectionSession
 from bastion.server.auth import ConnectionAuth, KbdIntAnswer
@@ -110,7 +112,9 @@ class BastionConnection(asyncssh.SSHServer):
         request: TargetRequest | None = None
         refusal: BastionError | None = None
         try:
-            request = parse_username(self.auth.username, self._server.config)
+            # "approvals" opens the approver menu (session_requested), not a target.
+            if self.auth.username != APPROVER_USER:
+                request = parse_username(self.auth.username, self._server.config)
         except BastionError as exc:
             refusal = exc
             self._server.audit.emit("session.refused", conn=self.conn_id, user=identity.name,
@@ -121,9 +125,11 @@ class BastionConnection(asyncssh.SSHServer):
                                          request, refusal)
 
     # -- channels ------------------------------------------------------------------------------
-    def session_requested(self) -> UserChannel | bool:
+    def session_requested(self) -> UserChannel | ApproverSession | bool:
         if self.session is None:
             return False
+        if self.auth is not None and self.auth.username == APPROVER_USER:
+            return ApproverSession(self._server.approvals, Approver.of(self.session.identity))
         channel = UserChannel(self.session)
         self.channels.append(channel)
         return channel
