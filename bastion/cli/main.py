@@ -66,6 +66,8 @@ def _register() -> None:
     cli.add_command(identity_cmd.totp)
     from bastion.cli import approvals as approvals_cmd
     cli.add_command(approvals_cmd.approvals)
+    from bastion.cli import commands as commands_cmd
+    cli.add_command(commands_cmd.check_command)
 
 
 def main() -> None:

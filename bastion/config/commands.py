@@ -21,7 +21,7 @@ UNRESOLVED_ACTIONS = ("deny", "approve", "warn")
 UNRESOLVED_PATTERN = "deny|approve|warn"
 UNRESOLVED_WHAT = '"deny", "approve" or "warn"'
 RULE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
-_COMMAND_GLOB = r"[^/\s]{1,128}"
+_COMMAND_GLOB = r"[^/\s|]{1,128}(\|[^/\s|]{1,128}){0,31}"
 _MAX_REGEX_MEMORY = 8 * 1024 * 1024  # RE2 refuses patterns whose program would need more
 _MAX_MESSAGE = 300
 
@@ -65,7 +65,8 @@ def _rule_body(t: Table, name: str, target_names: set[str]) -> CommandRule:
     action = t.string("action", pattern="|".join(ACTIONS),
                       what='"deny", "approve", "warn" or "allow"')
     command = t.string("command", None, pattern=_COMMAND_GLOB,
-                       what='a command name such as "rm" (a basename, no "/"; * ? [] allowed)')
+                       what='a command name such as "rm" or "reboot|halt" (basenames, no "/"; '
+                            'glob characters * ? [] allowed)')
     regex = t.string("regex", None, what="a regular expression (RE2 syntax)")
     options = t.strings("options", (), pattern=r"--?[A-Za-z0-9?][A-Za-z0-9_-]*",
                         what='a list of options such as ["-r", "-f"] or ["--force"]')

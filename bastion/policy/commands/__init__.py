@@ -12,7 +12,12 @@ from bastion.policy.commands.models import (
     RuleMatch,
     Verdict,
 )
-from bastion.policy.commands.normalize import ParsedLine, normalize_exec, normalize_line
+from bastion.policy.commands.normalize import (
+    ParsedLine,
+    line_is_incomplete,
+    normalize_exec,
+    normalize_line,
+)
 from bastion.policy.commands.policy import DEFAULT_UNRESOLVED, CommandPolicy, evaluate_rules
 
 classify_exec = normalize_exec  # the exec request as sent, stdin taken as not visible
@@ -28,6 +33,7 @@ __all__ = [
     "Verdict",
     "classify_exec",
     "evaluate_rules",
+    "line_is_incomplete",
     "normalize_exec",
     "normalize_line",
 ]

@@ -350,3 +350,38 @@ def command_basename(word: str) -> str:
     normalized = posixpath.normpath(word)
     base = posixpath.basename(normalized)
     return base or normalized
+
+
+def line_is_incomplete(text: str) -> bool:
+    """Whether bash would ask for more input (PS2) after this text, rather than run it.
+
+    True for a trailing backslash, an open quote, ``$(``, ``{``, ``if`` without ``fi``, a
+    trailing ``|``/``&&``/``||``, a heredoc without its end marker. Bash runs nothing of such a
+    text until it is complete, so a line catcher can forward the Enter and check the whole
+    text once it is. A heuristic over the syntax tree: a syntax error that does not reach the
+    end of the text (``rm x )``) counts as complete (and unparseable).
+    """
+    if len(text) > limits.MAX_LINE:
+        return False
+    stripped = text.rstrip(" \t\r\n")
+    trailing = len(text.rstrip("\n")) - len(text.rstrip("\n").rstrip("\\"))
+    if trailing % 2 == 1:
+        return True
+    root = Parser(_LANGUAGE).parse(text.encode("utf-8", "surrogatepass")).root_node
+    if not root.has_error:
+        return False
+    end = len(stripped.encode("utf-8", "surrogatepass"))
+    stack, errors = [root], 0
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR" or node.is_missing:
+            errors += 1
+            if node.end_byte < end:
+                return False
+            if node.type == "ERROR" and (node.text or b"").strip() in (b")", b"}", b";;"):
+                return False
+        elif node.has_error:
+            stack.extend(node.children)
+        if errors > limits.MAX_NODES:
+            return False
+    return errors > 0

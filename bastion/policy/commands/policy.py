@@ -42,7 +42,8 @@ DEFAULT_UNRESOLVED = Verdict.DENY
 class _CompiledRule:
     rule: CommandRule
     action: Verdict
-    options: frozenset[str]
+    names: tuple[str, ...]  # command name patterns ("shutdown|reboot" -> two)
+    options: tuple[frozenset[str], ...]  # required options, canonical for each name
     args: tuple[tuple[str, ...], ...]  # each pattern's alternatives ("stop|restart")
     regex: Any  # a compiled re2 pattern, or None
 
@@ -57,10 +58,13 @@ class _CompiledRule:
         """(matches, could match): the second when an unknown argument decides it."""
         if self.regex is not None:
             return self.regex.search(command.text) is not None, False
-        if not command.literal_name or not fnmatch.fnmatchcase(command.name,
-                                                                self.rule.command or ""):
+        if not command.literal_name:
             return False, False
-        options_ok = self.options <= set(command.options)
+        index = next((i for i, name in enumerate(self.names)
+                      if fnmatch.fnmatchcase(command.name, name)), -1)
+        if index < 0:
+            return False, False
+        options_ok = self.options[index] <= set(command.options)
         args_ok = all(any(fnmatch.fnmatchcase(operand, alt) for operand in command.operands
                           for alt in alternatives) for alternatives in self.args)
         if options_ok and args_ok:
@@ -165,9 +169,11 @@ def _rule_message(verdict: Verdict, match: RuleMatch) -> str:
 
 
 def _compile(rule: CommandRule) -> _CompiledRule:
-    options = canonical_rule_options(rule.command or "", rule.options)
+    names = tuple((rule.command or "").split("|"))
+    # Options are canonical per command: "--recursive" is -r for rm but -R for chmod.
+    options = tuple(canonical_rule_options(name, rule.options) for name in names)
     return _CompiledRule(
-        rule=rule, action=Verdict(rule.action), options=options,
+        rule=rule, action=Verdict(rule.action), names=names, options=options,
         args=tuple(tuple(pattern.split("|")) for pattern in rule.args),
         regex=compile_rule_regex(rule.regex) if rule.regex is not None else None)
 

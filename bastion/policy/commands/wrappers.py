@@ -100,6 +100,18 @@ WRAPPERS: dict[str, WrapperSpec] = {
     "systemd-run": _spec("pEuM", ("--property", "--setenv", "--unit", "--machine",
                                   "--description", "--slice", "--uid", "--gid",
                                   "--working-directory", "--on-calendar")),
+    "coproc": _spec(),
+    "pkexec": _spec("", ("--user",)),
+    "fakeroot": _spec("ils", ("--lib", "--faked", "-s", "-i")),
+    "eatmydata": _spec(),
+    "catchsegv": _spec(),
+    "faketime": _spec("", (), positionals=1),
+    "proxychains": _spec("f"), "proxychains4": _spec("f"),
+    "torsocks": _spec("uapP"),
+    "firejail": _spec(),
+    "cgexec": _spec("g"),
+    "dbus-run-session": _spec(),
+    "screen": _spec("SceHhLpRrTtXx", ("--",)),
 }
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
