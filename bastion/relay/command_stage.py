@@ -29,7 +29,13 @@ from typing import Protocol
 
 from bastion.approvals.store import ApprovalRequest, ApprovalState
 from bastion.errors import BastionError
-from bastion.policy.commands import CommandDecision, CommandPolicy, CommandScope, Verdict
+from bastion.policy.commands import (
+    CommandDecision,
+    CommandPolicy,
+    CommandScope,
+    Verdict,
+    line_is_incomplete,
+)
 from bastion.relay.linecatcher import Key, KeyKind, KeyReader, LineCatcher, TypedLine
 from bastion.relay.pipeline import (
     ChannelInfo,
@@ -389,14 +395,22 @@ class ShellControl:
         if not any(text.strip() for text in texts):
             return True
         shown = prefix + reading.shown
-        continues = _continues(reading.shown)
+        # The shell asks for more (PS2) and runs nothing yet: a trailing backslash, an open
+        # quote, an unclosed ``if``/``$(``/heredoc... The whole text is judged at its last line.
+        incomplete = line_is_incomplete(shown)
         # The shell already holds continued lines: only Ctrl-C drops them all.
-        self._abort = bool(prefix) or continues
-        if continues:
-            decision = self.judge.evaluate([t[:-1] if _continues(t) else t for t in texts])
-            if decision.verdict is Verdict.DENY:
-                return await self.judge.enforce(decision, shown, self._cancelled)
-            self.continued = shown[:-1]  # judged as a whole at its last line
+        self._abort = bool(prefix) or incomplete
+        if incomplete:
+            if _continues(shown):
+                # Judged early too: a denied prefix is refused now rather than lines later.
+                joined = [t[:-1] if _continues(t) else t for t in texts]
+                decision = self.judge.evaluate(joined)
+                if decision.verdict is Verdict.DENY:
+                    self.continued = ""
+                    return await self.judge.enforce(decision, shown[:-1], self._cancelled)
+                self.continued = shown[:-1]  # bash drops the backslash and the newline
+            else:
+                self.continued = shown + "\n"
             return True
         self.continued = ""
         return await self.judge.enforce(self.judge.evaluate(texts), shown, self._cancelled)

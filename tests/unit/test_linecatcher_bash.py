@@ -174,3 +174,16 @@ def test_typeahead_after_a_denied_line_is_dropped(tmp_path: Path) -> None:
     assert victim.exists()
     assert not (tmp_path / "typed-ahead").exists()
     assert any("dropped" in n for n in sh.ctx.notices)
+
+
+def test_open_quote_continues_and_is_judged_whole(tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    sh = run(tmp_path, b"echo 'a\r", b"b'; rm -rf victim\r", pause=0.2)
+    assert victim.exists()
+    assert any(c[1] == "deny" for c in sh.ctx.commands), sh.ctx.commands
+
+
+def test_open_quote_harmless_runs(tmp_path: Path) -> None:
+    sh = run(tmp_path, b"echo 'a\r", b"b' > two-lines\r", pause=0.2)
+    assert (tmp_path / "two-lines").read_text() == "a\nb\n"
+    assert ("echo 'a\nb' > two-lines", "allow", None) in sh.ctx.commands
