@@ -86,8 +86,8 @@ def _continues(line: str) -> bool:
 
 
 def _describe(decision: CommandDecision) -> str:
-    message = decision.message or "this command is not allowed here"
-    return f"{message} ({decision.reason})"
+    """The policy's one line for the user (it names the rule, or why the line is unchecked)."""
+    return decision.message or f"{decision.verdict.value} ({decision.reason})"
 
 
 class CommandCatcher:
@@ -149,11 +149,11 @@ class LineJudge:
         if verdict is Verdict.WARN:
             ctx.note_command(shown, "warn", decision.rule)
             if decision.message:
-                ctx.notify_user(f"warning: {decision.message} ({decision.reason})")
+                ctx.notify_user(decision.message)
             return True
         if verdict is Verdict.DENY:
             ctx.note_command(shown, "deny", decision.rule)
-            ctx.notify_user(f"command denied: {_describe(decision)}")
+            ctx.notify_user(_describe(decision))
             return False
         return await self._approval(decision, shown, cancelled)
 
@@ -173,7 +173,7 @@ class LineJudge:
                 requester_key=info.identity_key, requester_name=info.user,
                 target=info.target.name, login=info.login, command=shown, rule=decision.rule)
             self.waiting = request
-            ctx.notify_user(f"{_describe(decision)}: waiting for approval (request "
+            ctx.notify_user(f"{_describe(decision)}; waiting for approval (request "
                             f"{request.id}) ... Ctrl-C cancels")
             outcome = await approvals.wait(request.id, cancelled)
         except BastionError as exc:  # the state DB failed: the command does not run
@@ -275,7 +275,8 @@ class ShellControl:
     def _hold(self, data: bytes) -> None:
         assert self._held is not None
         if self.judge.waiting is not None and b"\x03" in data:
-            self._cancelled.set()
+            self._cancelled.set()  # Ctrl-C cancels the request; it goes no further itself
+            return
         self._held += data
         if len(self._held) > HOLD_CAP and not self._paused:
             self._paused = True
@@ -343,13 +344,12 @@ class ShellControl:
             return True
         line, decision = denied[0]
         self.ctx.note_command(_masked(self.continued + line), "deny", decision.rule)
-        self.ctx.notify_user(f"command denied: {_describe(decision)}; none of the "
-                             f"{len(lines)} lines sent together was sent")
+        self.ctx.notify_user(f"{_describe(decision)}; nothing of this input was sent")
         self.catcher.reader.drop_partial()
         if self.catcher.line_started or self.continued:
             self._abort = bool(self.continued)
             self._held = bytearray()
-            self._task = self.loop.create_task(self._clear_then_release(run=False))
+            self._task = self.loop.create_task(self._clear_then_release())
         return False
 
     # -- judging one line -------------------------------------------------------------------
@@ -380,9 +380,18 @@ class ShellControl:
             self.ctx.end_channel("the command check failed; the session was ended")
             return
         if run:
-            self._release(run=True)
-        else:
-            await self._clear_then_release(run=False)
+            self.forward(self._enter)
+            if self._held:
+                # Keys typed meanwhile belong to the next line: let the command's output and
+                # the next prompt arrive first, so the next line starts after its prompt.
+                await self._settle()
+            self._release()
+            return
+        if self._held:
+            # Typed before the user saw the refusal, so meant to follow the refused line.
+            self._held = bytearray()
+            self.ctx.notify_user("input typed after the refused line was dropped")
+        await self._clear_then_release()
 
     async def _judge_line(self) -> bool:
         catcher = self.catcher
@@ -397,7 +406,8 @@ class ShellControl:
         shown = prefix + reading.shown
         # The shell asks for more (PS2) and runs nothing yet: a trailing backslash, an open
         # quote, an unclosed ``if``/``$(``/heredoc... The whole text is judged at its last line.
-        incomplete = line_is_incomplete(shown)
+        # Only when every reading says so: if one is complete, the shell may run it now.
+        incomplete = all(line_is_incomplete(text) for text in texts)
         # The shell already holds continued lines: only Ctrl-C drops them all.
         self._abort = bool(prefix) or incomplete
         if incomplete:
@@ -415,7 +425,7 @@ class ShellControl:
         self.continued = ""
         return await self.judge.enforce(self.judge.evaluate(texts), shown, self._cancelled)
 
-    async def _clear_then_release(self, *, run: bool) -> None:
+    async def _clear_then_release(self) -> None:
         """Clear the refused line on the target, check the screen shows it empty, go on."""
         abort, self._abort = self._abort, False
         self.continued = ""
@@ -425,23 +435,19 @@ class ShellControl:
         if reading.screen is not None and reading.screen.found and reading.screen.text.strip():
             self.forward_control(_ABORT_LINE)  # not empty: interrupt the line instead
             self.ctx.marker("line not cleared by Ctrl-U; sent Ctrl-C")
-        self._release(run=run)
+            await self._settle()  # the new prompt is drawn before the next line begins
+        self._release()
 
     def forward_control(self, data: bytes) -> None:
         """Send keys the user did not type (recorded as a marker by the relay)."""
         self.last_forward = self.loop.time()
         self.ctx.send_to_target(data)
 
-    def _release(self, *, run: bool) -> None:
-        """The judged line is done: send its Enter (if it may run) and what was typed after."""
+    def _release(self) -> None:
+        """The judged line is done: go on with what was typed after it."""
         held = bytes(self._held or b"")
         self._held = None
         self.catcher.end_line()
-        if run:
-            self.forward(self._enter)
-        elif held:
-            held = b""  # typed after a refused line: meant to follow it, so dropped too
-            self.ctx.notify_user("input typed after the refused line was dropped")
         if self._paused:
             self._paused = False
             self.ctx.resume_input()
@@ -528,7 +534,7 @@ class ScriptLineStage(Stage):
         ctx, shown = self.ctx, _masked(text)
         if decision.verdict is Verdict.DENY:
             ctx.note_command(shown, "deny", decision.rule)
-            ctx.notify_user(f"command denied: {_describe(decision)}")
+            ctx.notify_user(_describe(decision))
             return False
         ctx.note_command(shown, decision.verdict.value, decision.rule)
         return True

@@ -35,6 +35,7 @@ MIN_ROWS = 48  # rows of the reading screen: a wrapped line or a completion list
 PASTE_CAP = 64 * 1024  # a bracketed paste longer than this is refused as a whole
 _ALT_ON = (b"\x1b[?1049h", b"\x1b[?1047h", b"\x1b[?47h")
 _ALT_OFF = (b"\x1b[?1049l", b"\x1b[?1047l", b"\x1b[?47l")
+_PROMPT_END = re.compile(r"[$#>%] ?\Z")  # how shell prompts end
 _SEARCH_PROMPT = re.compile(r"\((?:failed )?(?:reverse-)?i-search\)`.*?': ")
 _CSI_FINAL = re.compile(rb"[\x40-\x7e]")
 # Keys that make readline run the line: CR, LF (Ctrl-J) and Ctrl-O (operate-and-get-next).
@@ -218,7 +219,10 @@ class TypedLine:
                     start -= 1
                 self._killed, self.text, self.cursor = t[start:c], t[:start] + t[c:], start
             case "\x19":
+                # Ctrl-Y yanks the shell's newest kill, which may be from an earlier line (even
+                # the bastion's own Ctrl-U of a refused line): only the screen knows.
                 self._insert(self._killed)
+                self.certain = False
             case "\x03":
                 self.reset()
             case "\x0c" | "\x07" | "\x00":
@@ -371,7 +375,13 @@ class LineReading:
         """
         out: list[str] = []
         if self.echoed and self.screen is not None:
-            out.append(self.screen.text)
+            text = self.screen.text
+            # Keys typed before the prompt was drawn make the reading start before the prompt:
+            # "$ ls" where the exact keystrokes say "ls". Only then is the prompt dropped.
+            if (self.typed_certain and text != self.typed and text.endswith(self.typed)
+                    and _PROMPT_END.search(text[:len(text) - len(self.typed)])):
+                text = self.typed
+            out.append(text)
         if (self.typed_certain or not out) and self.typed not in out:
             out.append(self.typed)
         return tuple(out)

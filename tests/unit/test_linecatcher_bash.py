@@ -187,3 +187,20 @@ def test_open_quote_harmless_runs(tmp_path: Path) -> None:
     sh = run(tmp_path, b"echo 'a\r", b"b' > two-lines\r", pause=0.2)
     assert (tmp_path / "two-lines").read_text() == "a\nb\n"
     assert ("echo 'a\nb' > two-lines", "allow", None) in sh.ctx.commands
+
+
+def test_line_typed_ahead_without_echo_is_judged(tmp_path: Path) -> None:
+    # The keys arrive before the previous command's prompt: the screen reading is junk, the
+    # keystrokes are exact; a junk reading that looks incomplete must not let the line through.
+    victim = _victim(tmp_path)
+
+    async def scenario() -> BashPty:
+        async with BashPty(tmp_path) as sh:
+            for chunk in (b"stty -echo", b"\r", b"rm -rf victim", b"\r"):
+                sh.type(chunk)
+            await sh.sync()
+            return sh
+
+    sh = asyncio.run(scenario())
+    assert victim.exists()
+    assert ("rm -rf victim", "deny", "no-rm-rf") in sh.ctx.commands
