@@ -12,10 +12,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness.ssh import ssh_base_argv
 from harness.tmux import TmuxSession
+from harness.wait import wait_until
 
 from bastion.demo.stack import DemoStack
 
@@ -182,8 +184,18 @@ def test_harmless_mentions_run_and_stty_echo_hides_nothing(stack: DemoStack,
 def test_commands_are_in_the_record(stack: DemoStack, shell: TmuxSession) -> None:
     shell.type_line("echo recorded-line")
     went_on(shell)
-    sessions = [json.loads(p.read_text()) for p in stack.spool_dir.glob("*/session.json")]
-    commands = [c for s in sessions for c in s.get("commands", [])]
+    assert enter_blocked(shell, "reboot") == "deny"
+    went_on(shell)
+    shell.type_line("exit")
+    assert shell.wait_exit() == 0
+
+    def closed_sessions() -> list[dict[str, Any]]:
+        sessions = [json.loads(p.read_text()) for p in stack.spool_dir.glob("*/session.json")]
+        return [s for s in sessions if s.get("state") == "closed"]
+
+    wait_until(lambda: bool(closed_sessions()), timeout=20,
+               what="the shell's session.json to be closed")
+    commands = [c for s in closed_sessions() for c in s.get("commands", [])]
     verdicts = {c["verdict"] for c in commands}
     assert {"allow", "deny"} <= verdicts
     assert any(c["line"] == "echo recorded-line" for c in commands)
