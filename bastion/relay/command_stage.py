@@ -259,6 +259,7 @@ class ShellControl:
         if self._held is not None:
             self._hold(data)
             return
+        self.catcher.scan_output()
         if self.catcher.alternate:  # a full-screen program: recorded, not judged
             if self.catcher.line_started:
                 self.catcher.end_line()

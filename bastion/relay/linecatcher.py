@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import enum
 import re
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyte
 
-TAIL_CAP = 64 * 1024  # output bytes kept since the last Enter (the prompt is in the last ones)
+TAIL_CAP = 32 * 1024  # newest output bytes kept (the prompt and the line are in the last ones)
+SMALL_CHUNK = 256  # echo-sized chunks are joined so that the tail holds few objects
 RENDER_CAP = 16 * 1024  # at most this much output is rendered to read one line
 MIN_ROWS = 48  # rows of the reading screen: a wrapped line or a completion list fits
 PASTE_CAP = 64 * 1024  # a bracketed paste longer than this is refused as a whole
@@ -246,53 +248,92 @@ class TypedLine:
 
 
 class OutputTail:
-    """The target's output since the last Enter, bounded; O(1) Python work per chunk."""
+    """The target's newest output, bounded; O(1) Python work and no copying per chunk.
+
+    Chunks are kept by reference in a deque (bytes are immutable) until ``cap`` bytes newer
+    than them arrived. Mode switches (alternate screen, bracketed paste) are looked for only
+    when a key is typed (``scan``), over the output since the last scan, with C-level searches.
+    """
 
     def __init__(self, cap: int = TAIL_CAP) -> None:
         self._cap = cap
-        self.buf = bytearray()
-        self.start = 0  # absolute offset (bytes of output ever seen) of buf[0]
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self.end = 0  # absolute offset (bytes of output ever seen) just past the newest byte
+        self._scanned = 0  # output before this offset was searched for mode switches
         self.alternate = False  # a full-screen program holds the terminal
         self.bracketed_paste = False  # the program asked for pastes in ESC[200~ ... ESC[201~
 
     @property
-    def end(self) -> int:
-        """Absolute offset just past the newest output byte."""
-        return self.start + len(self.buf)
+    def start(self) -> int:
+        """Absolute offset of the oldest output byte kept."""
+        return self.end - self._size
 
     def feed(self, data: bytes) -> None:
-        """Keep ``data``; note alternate-screen switches (C-level searches only)."""
-        buf = self.buf
-        buf += data
-        if len(buf) > 2 * self._cap:
-            drop = len(buf) - self._cap
-            del buf[:drop]
-            self.start += drop
-        if b"\x1b[?" in data:
-            on = max(data.rfind(s) for s in _ALT_ON)
-            off = max(data.rfind(s) for s in _ALT_OFF)
-            if on != off:
-                self.alternate = on > off
-            on, off = data.rfind(b"\x1b[?2004h"), data.rfind(b"\x1b[?2004l")
-            if on != off:
-                self.bracketed_paste = on > off
+        """Keep ``data`` (by reference); drop chunks older than the newest ``cap`` bytes."""
+        chunks = self._chunks
+        if len(data) < SMALL_CHUNK and chunks and len(chunks[-1]) < SMALL_CHUNK:
+            chunks[-1] += data  # keystroke echo: a few bytes at a time, kept as one object
+        else:
+            chunks.append(data)
+        self._size += len(data)
+        self.end += len(data)
+        while self._size - len(chunks[0]) >= self._cap:
+            self._size -= len(chunks.popleft())
+
+    def scan(self) -> None:
+        """Note mode switches in the output since the last scan (called when a key is typed).
+
+        If output went unseen (more than ``cap`` bytes since the last key), a switch in it is
+        unknown: then the modes fall back to off (keys judged as lines, pastes as typing), the
+        safe side, unless the kept output shows a newer switch.
+        """
+        lost = self._scanned < self.start
+        data = self.since(self._scanned)
+        self._scanned = self.end
+        if b"\x1b[?" not in data:
+            if lost:
+                self.alternate = self.bracketed_paste = False
+            return
+        on = max(data.rfind(s) for s in _ALT_ON)
+        off = max(data.rfind(s) for s in _ALT_OFF)
+        if on != off:
+            self.alternate = on > off
+        elif lost:
+            self.alternate = False
+        on, off = data.rfind(b"\x1b[?2004h"), data.rfind(b"\x1b[?2004l")
+        if on != off:
+            self.bracketed_paste = on > off
+        elif lost:
+            self.bracketed_paste = False
 
     def since(self, offset: int) -> bytes:
         """Output from absolute ``offset`` on (from the oldest kept byte if it is gone)."""
-        return bytes(self.buf[max(0, offset - self.start):])
+        want = self.end - max(offset, self.start)
+        if want <= 0:
+            return b""
+        # Only the newest chunks that hold output from ``offset`` on are joined.
+        parts, got = [], 0
+        for chunk in reversed(self._chunks):
+            parts.append(chunk)
+            got += len(chunk)
+            if got >= want:
+                break
+        data = b"".join(reversed(parts))
+        return data[len(data) - want:]
 
     def forget_before(self, offset: int) -> None:
-        """Drop output older than absolute ``offset`` (kept: the line's prompt row onward)."""
-        drop = min(len(self.buf), max(0, offset - self.start))
-        if drop:
-            del self.buf[:drop]
-            self.start += drop
+        """Drop whole chunks older than absolute ``offset`` (the line's prompt row onward)."""
+        chunks = self._chunks
+        while chunks and self.start + len(chunks[0]) <= offset:
+            self._size -= len(chunks.popleft())
 
     def row_start(self, offset: int) -> int:
         """Absolute offset of the start of the output row holding ``offset`` (after its LF)."""
-        rel = max(0, offset - self.start)
-        lf = self.buf.rfind(b"\n", max(0, rel - RENDER_CAP), rel)
-        return self.start + (lf + 1 if lf >= 0 else max(0, rel - RENDER_CAP))
+        first = max(self.start, offset - RENDER_CAP)
+        window = self.since(first)[:offset - first]
+        lf = window.rfind(b"\n")
+        return first + lf + 1 if lf >= 0 else first
 
 
 @dataclass(frozen=True)
@@ -410,8 +451,15 @@ class LineCatcher:
 
     @property
     def alternate(self) -> bool:
-        """A full-screen program holds the terminal: keys are not command lines."""
+        """A full-screen program holds the terminal: keys are not command lines.
+
+        Call ``scan_output`` first: the modes are read from the output only when keys come.
+        """
         return self.tail.alternate
+
+    def scan_output(self) -> None:
+        """Read mode switches from the output since the last key (once per input chunk)."""
+        self.tail.scan()
 
     def output(self, data: bytes) -> None:
         """The target sent ``data`` to the terminal."""
