@@ -3,8 +3,8 @@
 Run: ``python3 -m bench.command_catcher [--mb 200]``. Prints, each against the same pipeline
 without command control in the same run:
 
-- bulk output: MB/s through the output chain (64 KiB chunks, the size a pty read gives at most),
-  and the ratio filtered / unfiltered;
+- bulk output: the time the output stage adds per 64 KiB chunk, and what that makes of the
+  relay's own rate (``--relay-mbps``, text through a pty from bench/RESULTS.md);
 - keystroke echo: the added time per key (one input byte forwarded, one echo chunk passed back),
   p50 and p99 in microseconds;
 - Enter: the time to read the line (render the tail with pyte) and judge it with the demo rules,
@@ -46,9 +46,12 @@ def _info() -> ChannelInfo:
 
 
 def _policy() -> CommandPolicy:
-    rules = tuple(CommandRule(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in rule.items()}) for rule in DEMO_COMMAND_RULES)
-    return CommandPolicy(CommandControl(rules=rules, unresolved="approve"))
+    rules = []
+    for rule in DEMO_COMMAND_RULES:
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in rule.items()}
+        rules.append(CommandRule(**fields))
+    return CommandPolicy(CommandControl(rules=tuple(rules), unresolved="approve"))
 
 
 def _pipeline(factories: list[StageFactory]) -> tuple[Pipeline, list[int]]:
@@ -117,12 +120,16 @@ def _p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1]
 
 
-async def main(megabytes: int) -> None:
+async def main(megabytes: int, relay_mbps: float) -> None:
     catcher = CommandCatcher(_policy(), None)
     plain = bulk([], megabytes)
     filtered = bulk([catcher], megabytes)
-    print(f"bulk output: unfiltered {plain:,.0f} MB/s, filtered {filtered:,.0f} MB/s, "
-          f"ratio {filtered / plain:.3f}")
+    added = 65536 / 1e6 * (1 / filtered - 1 / plain)  # seconds per 64 KiB chunk
+    # The stage's cost set against the relay's own (bench/RESULTS.md: text through a pty).
+    ratio = 1 / (1 + added * relay_mbps * 1e6 / 65536)
+    print(f"bulk output: +{added * 1e6:.2f} us per 64 KiB chunk (pipeline alone: unfiltered "
+          f"{plain:,.0f} MB/s, filtered {filtered:,.0f} MB/s); at a relay of {relay_mbps} MB/s "
+          f"that is a throughput ratio of {ratio:.4f}")
     base = echo([])
     with_catcher = echo([CommandCatcher(_policy(), None)])
     added50 = (_p(with_catcher, 50) - _p(base, 50)) * 1e6
@@ -137,4 +144,7 @@ async def main(megabytes: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=200, help="MB of bulk output per run")
-    asyncio.run(main(parser.parse_args().mb))
+    parser.add_argument("--relay-mbps", type=float, default=160.0,
+                        help="the relay's pty text rate to set the cost against (bench/run)")
+    args = parser.parse_args()
+    asyncio.run(main(args.mb, args.relay_mbps))
