@@ -244,6 +244,7 @@ class ShellControl:
         self._paused = False
         self._ended = False
         self._abort = False  # clear the refused line with Ctrl-C (continued lines pending)
+        self._ctrl_x = False  # the last key was Ctrl-X (a prefix of edit-and-execute)
         self._cancelled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -300,6 +301,13 @@ class ShellControl:
                 rest = b"".join(k.raw for k in keys[index + 1:]) + catcher.reader.take_partial()
                 self._hold_line(key, rest)
                 return
+            if key.kind is KeyKind.CONTROL and key.text == "\x05" and self._ctrl_x:
+                # Ctrl-X Ctrl-E: readline runs what an editor leaves, unseen by the catcher.
+                self._ctrl_x = False
+                self.ctx.notify_user("Ctrl-X Ctrl-E (edit and run) is not available through "
+                                     "the bastion")
+                continue
+            self._ctrl_x = key.kind is KeyKind.CONTROL and key.text == "\x18"
             catcher.typed_key(key)
             out.append(key.raw)
         self.forward(b"".join(out))

@@ -204,3 +204,8 @@ def test_line_typed_ahead_without_echo_is_judged(tmp_path: Path) -> None:
     sh = asyncio.run(scenario())
     assert victim.exists()
     assert ("rm -rf victim", "deny", "no-rm-rf") in sh.ctx.commands
+
+
+def test_edit_and_execute_is_refused(tmp_path: Path) -> None:
+    sh = run(tmp_path, b"echo hi", b"\x18\x05", pause=0.1)
+    assert any("Ctrl-X Ctrl-E" in n for n in sh.ctx.notices)
