@@ -6,8 +6,9 @@ The numbers are far above what a person types or pastes (bench/commands.py measu
 
 from __future__ import annotations
 
-MAX_LINE = 64 * 1024  # characters in one line or exec command (a paste of a small script fits)
-MAX_NODES = 100_000  # syntax-tree nodes visited for one line, all re-parses included
+MAX_LINE = 16 * 1024  # characters in one line or exec command (a pasted 300-line script fits)
+MAX_PARSED = 4 * MAX_LINE  # characters parsed for one line, re-parsed program texts included
+MAX_NODES = 50_000  # syntax-tree nodes visited for one line, all re-parses included
 MAX_REPARSE_DEPTH = 8  # bash -c "eval 'sh -c ...'": program texts parsed inside each other
 MAX_UNWRAP = 16  # wrappers looked through in one command (sudo env nice timeout ...)
 MAX_COMMANDS = 1000  # simple commands found in one line

@@ -43,7 +43,15 @@ from bastion.policy.commands.interpreters import (
 from bastion.policy.commands.limits import LimitExceeded
 from bastion.policy.commands.models import NormalizedCommand
 from bastion.policy.commands.options import canonical_options
-from bastion.policy.commands.words import Word, decode_node, join_words, to_word, words_of
+from bastion.policy.commands.words import (
+    Word,
+    ascii_view,
+    decode_node,
+    join_words,
+    node_text,
+    to_word,
+    words_of,
+)
 from bastion.policy.commands.wrappers import unwrap
 
 _LANGUAGE = Language(tree_sitter_bash.language())
@@ -90,6 +98,7 @@ class _Walker:
     exec_request: bool
     commands: list[NormalizedCommand] = field(default_factory=list)
     nodes: int = 0
+    parsed: int = 0  # characters parsed so far (the line and program texts in it)
     errors: list[str] = field(default_factory=list)
     brace_budget: list[int] = field(default_factory=lambda: [limits.MAX_BRACE_WORDS])
 
@@ -110,6 +119,9 @@ class _Walker:
             raise LimitExceeded("program texts nested too deeply")
         if len(text) > limits.MAX_LINE:
             raise LimitExceeded(f"longer than {limits.MAX_LINE} characters")
+        self.parsed += len(text)
+        if self.parsed > limits.MAX_PARSED:
+            raise LimitExceeded(f"more than {limits.MAX_PARSED} characters of program text")
         if "\x00" in text:
             self.errors.append("contains a NUL character")
         variants = [text]
@@ -118,37 +130,57 @@ class _Walker:
             # which tree-sitter does not do inside words. Read it both ways; report both.
             variants.append(text.replace("\\\n", ""))
         for variant in variants:
-            tree = Parser(_LANGUAGE).parse(variant.encode("utf-8", "surrogatepass"))
+            tree = Parser(_LANGUAGE).parse(ascii_view(variant))
             root = tree.root_node
             if root.has_error:
                 self.errors.append("not valid shell syntax")
-            self.visit_tree(root, via, stdin, depth)
+            self.visit_tree(root, variant, via, stdin, depth)
 
-    def visit_tree(self, root: Node, via: tuple[str, ...], stdin: _Input, depth: int) -> None:
-        stack = [root]
+    def visit_tree(self, root: Node, src: str, via: tuple[str, ...], stdin: _Input,
+                   depth: int) -> None:
+        """Visit every node once, iteratively (trees can be thousands of levels deep).
+
+        Where each command's stdin comes from is passed down with the node: tree-sitter's
+        ``Node.parent`` walks from the root, so looking upwards would cost depth squared.
+        """
+        stack: list[tuple[Node, _Input]] = [(root, stdin)]
         while stack:
-            node = stack.pop()
+            node, node_stdin = stack.pop()
             self.nodes += 1
             if self.nodes > limits.MAX_NODES:
                 raise LimitExceeded(f"more than {limits.MAX_NODES} syntax nodes")
-            if node.type == "command":
-                self.visit_command(node, via, stdin, depth)
-            elif node.type == "variable_assignment":
-                self.visit_assignment(node, via, depth)
-            stack.extend(reversed(node.children))
+            kind = node.type
+            children_stdin = node_stdin
+            if kind == "command":
+                self.visit_command(node, src, via, redirected_input(node, src) or node_stdin,
+                                   depth)
+            elif kind == "variable_assignment":
+                self.visit_assignment(node, src, via, depth)
+            elif kind == "redirected_statement":
+                children_stdin = redirected_input(node, src) or node_stdin
+            elif kind == "process_substitution" and src.startswith(">(", node.start_byte):
+                children_stdin = _Input(Stdin.PIPE)
+            children = node.children
+            if kind == "pipeline":
+                named = [c for c in children if c.is_named]
+                pairs = [(c, node_stdin if i == 0 else _Input(Stdin.PIPE))
+                         for i, c in enumerate(named)]
+            else:
+                pairs = [(c, children_stdin) for c in children]
+            stack.extend(reversed(pairs))
 
-    def visit_assignment(self, node: Node, via: tuple[str, ...], depth: int) -> None:
+    def visit_assignment(self, node: Node, src: str, via: tuple[str, ...], depth: int) -> None:
         """PROMPT_COMMAND=TEXT runs TEXT before every prompt: parse it as a program."""
         name = node.child_by_field_name("name")
         value = node.child_by_field_name("value")
-        if name is None or value is None or (name.text or b"") != b"PROMPT_COMMAND":
+        if name is None or value is None or node_text(name, src) != "PROMPT_COMMAND":
             return
-        word = to_word(decode_node(value))
+        word = to_word(decode_node(value, src))
         self.report([Word.of("PROMPT_COMMAND=" + word.text)], via, False)
         self.run_program(word, "PROMPT_COMMAND", via, _Input(Stdin.TERMINAL), depth)
 
     # -- one simple command ----------------------------------------------------------------
-    def visit_command(self, node: Node, via: tuple[str, ...], inherited: _Input,
+    def visit_command(self, node: Node, src: str, via: tuple[str, ...], inherited: _Input,
                       depth: int) -> None:
         word_nodes: list[Node] = []
         for index, child in enumerate(node.children):
@@ -159,10 +191,10 @@ class _Walker:
                 word_nodes.append(child)
         if not word_nodes:
             return
-        words = words_of(word_nodes, self.brace_budget)
+        words = words_of(word_nodes, src, self.brace_budget)
         if not words:
             return
-        self.simple_command(words, via, self.stdin_of(node, inherited), depth)
+        self.simple_command(words, via, inherited, depth)
 
     def simple_command(self, words: Sequence[Word], via: tuple[str, ...], stdin: _Input,
                        depth: int, open_args: bool = False) -> None:
@@ -294,53 +326,33 @@ class _Walker:
                 i = end
             i += 1
 
-    # -- standard input ---------------------------------------------------------------------
-    def stdin_of(self, node: Node, inherited: _Input) -> _Input:
-        """Where the command at ``node`` reads stdin: its own redirects, then enclosing ones."""
-        child: Node = node
-        current: Node | None = node
-        while current is not None:
-            found = self.redirected_input(current, child if current is not node else None)
-            if found is not None:
-                return found
-            child = current
-            current = current.parent
-            if current is not None and current.type == "process_substitution" \
-                    and (current.text or b"").startswith(b">("):
-                return _Input(Stdin.PIPE)
-        return inherited
 
-    def redirected_input(self, node: Node, child: Node | None) -> _Input | None:
-        if node.type == "pipeline" and child is not None:
-            commands = [c for c in node.children if c.is_named]
-            if commands and commands[0].id != child.id:
-                return _Input(Stdin.PIPE)
-            return None
-        if node.type not in ("command", "redirected_statement"):
-            return None
-        for redirect in node.children:
-            kind = redirect.type
-            if kind == "herestring_redirect":
-                parts = [c for c in redirect.children if c.is_named]
-                return _Input(Stdin.TEXT, to_word([a for p in parts for a in decode_node(p)]))
-            if kind == "heredoc_redirect":
-                return _Input(Stdin.TEXT, _heredoc_text(redirect))
-            if kind == "file_redirect":
-                descriptor = redirect.child_by_field_name("descriptor")
-                operator = next((c.type for c in redirect.children if not c.is_named), "")
-                if operator in _INPUT_REDIRECTS and (
-                        descriptor is None or (descriptor.text or b"") == b"0"):
-                    return _Input(Stdin.FILE)
-        return None
+def redirected_input(node: Node, src: str) -> _Input | None:
+    """The stdin a command or redirected statement's own redirects give it, if any."""
+    for redirect in node.children:
+        kind = redirect.type
+        if kind == "herestring_redirect":
+            parts = [c for c in redirect.children if c.is_named]
+            return _Input(Stdin.TEXT,
+                          to_word([a for p in parts for a in decode_node(p, src)]))
+        if kind == "heredoc_redirect":
+            return _Input(Stdin.TEXT, _heredoc_text(redirect, src))
+        if kind == "file_redirect":
+            descriptor = redirect.child_by_field_name("descriptor")
+            operator = next((c.type for c in redirect.children if not c.is_named), "")
+            if operator in _INPUT_REDIRECTS and (
+                    descriptor is None or node_text(descriptor, src) == "0"):
+                return _Input(Stdin.FILE)
+    return None
 
 
-def _heredoc_text(redirect: Node) -> Word:
+def _heredoc_text(redirect: Node, src: str) -> Word:
     body = next((c for c in redirect.children if c.type == "heredoc_body"), None)
     if body is None:
         return Word.of("")
     dynamic = any(c.type in ("simple_expansion", "expansion", "command_substitution",
                              "arithmetic_expansion") for c in body.children)
-    return Word((body.text or b"").decode("utf-8", "replace"), literal=not dynamic)
+    return Word(node_text(body, src), literal=not dynamic)
 
 
 def command_basename(word: str) -> str:
@@ -367,10 +379,10 @@ def line_is_incomplete(text: str) -> bool:
     trailing = len(text.rstrip("\n")) - len(text.rstrip("\n").rstrip("\\"))
     if trailing % 2 == 1:
         return True
-    root = Parser(_LANGUAGE).parse(text.encode("utf-8", "surrogatepass")).root_node
+    root = Parser(_LANGUAGE).parse(ascii_view(text)).root_node
     if not root.has_error:
         return False
-    end = len(stripped.encode("utf-8", "surrogatepass"))
+    end = len(stripped)
     stack, errors = [root], 0
     while stack:
         node = stack.pop()
@@ -378,7 +390,7 @@ def line_is_incomplete(text: str) -> bool:
             errors += 1
             if node.end_byte < end:
                 return False
-            if node.type == "ERROR" and (node.text or b"").strip() in (b")", b"}", b";;"):
+            if node.type == "ERROR" and node_text(node, text).strip() in (")", "}", ";;"):
                 return False
         elif node.has_error:
             stack.extend(node.children)

@@ -1,15 +1,17 @@
 """Shell words as bash hands them to a command: quotes and backslashes removed, $'...' decoded,
 brace expansion applied (bounded), and what cannot be known before run time kept as written.
 
-A word is first decoded from its syntax-tree nodes into *atoms*, one per character, each marked
+A word is first decoded from its syntax-tree nodes into *atoms*, runs of text each marked
 unquoted, quoted or dynamic (an expansion or substitution, kept as its source text). Brace
-expansion then works on unquoted atoms only, exactly as bash does before any other expansion,
+expansion then works on unquoted characters only, exactly as bash does before any other
+expansion (atoms are split into single characters only for a word with an unquoted ``{``),
 and each resulting atom list becomes a ``Word``.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,9 @@ class Kind(enum.Enum):
 
 Atom = tuple[str, Kind]
 GLOB_CHARS = frozenset("*?[")
+_UNQUOTED_PARTS = re.compile(r"\\(.)|([^\\]+)|\\", re.DOTALL)
+_PLAIN_SPECIALS = re.compile(r"[\\{*?\[]")
+_DOUBLE_QUOTED_PARTS = re.compile(r'\\([$`"\\\n])|([^\\]+)|\\')
 _DYNAMIC_TYPES = frozenset({"simple_expansion", "expansion", "command_substitution",
                             "process_substitution", "arithmetic_expansion"})
 
@@ -49,82 +54,96 @@ class Word:
         return cls(text)
 
 
-def decode_node(node: Node) -> list[Atom]:
-    """The atoms of one word-like syntax node (a word, string, concatenation...)."""
+def decode_node(node: Node, src: str) -> list[Atom]:
+    """The atoms of one word-like syntax node (a word, string, concatenation...).
+
+    ``src`` is the parsed text; node offsets index it by character (see ``ascii_view``).
+    """
     kind = node.type
-    text = _text(node)
+    text = node_text(node, src)
     if kind in ("word", "number"):
         return _unquoted(text)
     if kind == "raw_string":
-        return [(c, Kind.QUOTED) for c in text[1:-1]]
+        return [(text[1:-1], Kind.QUOTED)]
     if kind == "ansi_c_string":
-        return [(c, Kind.QUOTED) for c in decode_ansi_c(text[2:-1])]
+        return [(decode_ansi_c(text[2:-1]), Kind.QUOTED)]
     if kind in ("string", "translated_string"):
-        return _double_quoted(node)
+        return _double_quoted(node, src)
     if kind == "concatenation":
         atoms: list[Atom] = []
         for child in node.children:
-            atoms.extend(decode_node(child))
+            atoms.extend(decode_node(child, src))
         return atoms
     if kind == "brace_expression":
-        return [(c, Kind.PLAIN) for c in text]
+        return [(text, Kind.PLAIN)]
     if kind == "$":  # the "$" of a $"..." translated string: bash drops it
         return []
     # Expansions, substitutions and anything this module does not know: value unknown.
     return [(text, Kind.DYNAMIC)]
 
 
-def _text(node: Node) -> str:
-    return (node.text or b"").decode("utf-8", "replace")
+def node_text(node: Node, src: str) -> str:
+    """The source text of ``node``."""
+    return src[node.start_byte:node.end_byte]
+
+
+def ascii_view(text: str) -> bytes:
+    """What tree-sitter parses: ``text`` with every non-ASCII character replaced by ``%``.
+
+    tree-sitter-bash 0.25's scanner can crash the process (a segfault, found by the property
+    tests) on some non-ASCII input. Bash's grammar gives meaning only to ASCII characters
+    (others are word characters, and so is ``%``), so the tree's shape is the same, and with
+    one byte per character the node offsets index ``text`` itself: words are read from there.
+    """
+    if text.isascii() and "\x00" not in text:
+        return text.encode("ascii")
+    return bytes(ord(c) if 0 < ord(c) < 128 else 0x25 for c in text)
 
 
 def _unquoted(text: str) -> list[Atom]:
+    if "\\" not in text:
+        return [(text, Kind.PLAIN)]
     atoms: list[Atom] = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            if text[i + 1] != "\n":  # backslash-newline is a line continuation: both vanish
-                atoms.append((text[i + 1], Kind.QUOTED))
-            i += 2
-            continue
-        atoms.append((c, Kind.PLAIN))
-        i += 1
+    for match in _UNQUOTED_PARTS.finditer(text):
+        escaped, run = match.group(1), match.group(2)
+        if run is not None:
+            atoms.append((run, Kind.PLAIN))
+        elif escaped is not None:
+            if escaped != "\n":  # backslash-newline is a line continuation: both vanish
+                atoms.append((escaped, Kind.QUOTED))
+        else:
+            atoms.append(("\\", Kind.PLAIN))  # a lone backslash at the end stays
     return atoms
 
 
-def _double_quoted(node: Node) -> list[Atom]:
+def _double_quoted(node: Node, src: str) -> list[Atom]:
     """A "..." string: its plain text between the expansions, escapes as bash removes them."""
     atoms: list[Atom] = []
-    source = node.text or b""
-    base = node.start_byte
-    pos = base + (2 if source.startswith(b'$"') else 1)
-    end = node.end_byte - 1
+    pos = node.start_byte + (2 if src.startswith('$"', node.start_byte) else 1)
+    end = max(pos, node.end_byte - 1)
     for child in node.children:
         if child.type not in _DYNAMIC_TYPES:
             continue  # string_content and quote tokens are read from the gaps below
         if child.start_byte > pos:
-            atoms.extend(_in_double_quotes(source[pos - base:child.start_byte - base]))
-        atoms.append((_text(child), Kind.DYNAMIC_QUOTED))
+            atoms.extend(_in_double_quotes(src[pos:child.start_byte]))
+        atoms.append((node_text(child, src), Kind.DYNAMIC_QUOTED))
         pos = child.end_byte
     if end > pos:
-        atoms.extend(_in_double_quotes(source[pos - base:end - base]))
+        atoms.extend(_in_double_quotes(src[pos:end]))
     return atoms
 
 
-def _in_double_quotes(raw: bytes) -> list[Atom]:
-    text = raw.decode("utf-8", "replace")
+def _in_double_quotes(text: str) -> list[Atom]:
     atoms: list[Atom] = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text) and text[i + 1] in '$`"\\\n':
-            if text[i + 1] != "\n":
-                atoms.append((text[i + 1], Kind.QUOTED))
-            i += 2
-            continue
-        atoms.append((c, Kind.QUOTED))
-        i += 1
+    for match in _DOUBLE_QUOTED_PARTS.finditer(text):
+        escaped, run = match.group(1), match.group(2)
+        if run is not None:
+            atoms.append((run, Kind.QUOTED))
+        elif escaped is not None:
+            if escaped != "\n":
+                atoms.append((escaped, Kind.QUOTED))
+        else:
+            atoms.append(("\\", Kind.QUOTED))  # other backslashes stay in double quotes
     return atoms
 
 
@@ -179,6 +198,10 @@ def expand_braces(atoms: list[Atom], budget: list[int], depth: int = 0) -> list[
     """Bash brace expansion of one word; ``budget`` holds how many more words may be made."""
     if depth > MAX_BRACE_DEPTH:
         raise LimitExceeded("too many brace expressions in one word")
+    if not any(kind is Kind.PLAIN and "{" in text for text, kind in atoms):
+        return [atoms]
+    atoms = [(c, kind) for text, kind in atoms
+             for c in (text if kind in (Kind.PLAIN, Kind.QUOTED) else (text,))]
     for start in range(len(atoms)):
         if atoms[start] != ("{", Kind.PLAIN):
             continue
@@ -269,24 +292,31 @@ def _is_int(text: str) -> bool:
 
 def to_word(atoms: Sequence[Atom]) -> Word:
     """Build the ``Word`` of one (already brace-expanded) atom list."""
-    text = "".join(c for c, _ in atoms)
-    dynamic = [k for _, k in atoms if k in (Kind.DYNAMIC, Kind.DYNAMIC_QUOTED)]
-    glob = any(k is Kind.PLAIN and c in GLOB_CHARS for c, k in atoms)
-    first = atoms[0] if atoms else ("", Kind.QUOTED)
-    unquoted_dynamic = Kind.DYNAMIC in dynamic
-    maybe_option = (unquoted_dynamic or first[1] is Kind.DYNAMIC_QUOTED
-                    or (first[1] is Kind.PLAIN and first[0] in GLOB_CHARS))
+    atoms = [atom for atom in atoms if atom[0]]
+    text = "".join(t for t, _ in atoms)
+    kinds = {k for _, k in atoms}
+    dynamic = Kind.DYNAMIC in kinds or Kind.DYNAMIC_QUOTED in kinds
+    glob = any(k is Kind.PLAIN and not GLOB_CHARS.isdisjoint(t) for t, k in atoms)
+    first_text, first_kind = atoms[0] if atoms else ("", Kind.QUOTED)
+    unquoted_dynamic = Kind.DYNAMIC in kinds
+    maybe_option = (unquoted_dynamic or first_kind is Kind.DYNAMIC_QUOTED
+                    or (first_kind is Kind.PLAIN and first_text[0] in GLOB_CHARS))
     return Word(text=text, literal=not dynamic, glob=glob, maybe_option=maybe_option,
                 maybe_many=unquoted_dynamic or glob)
 
 
-def words_of(nodes: Sequence[Node], budget: list[int]) -> list[Word]:
+def words_of(nodes: Sequence[Node], src: str, budget: list[int]) -> list[Word]:
     """The words of a command's word nodes (already grouped one group per shell word)."""
     words: list[Word] = []
     for group in group_touching(nodes):
+        if len(group) == 1 and group[0].type in ("word", "number"):
+            text = node_text(group[0], src)
+            if not _PLAIN_SPECIALS.search(text):  # the common case: nothing to remove/expand
+                words.append(Word(text))
+                continue
         atoms: list[Atom] = []
         for node in group:
-            atoms.extend(decode_node(node))
+            atoms.extend(decode_node(node, src))
         had_quotes = any(k is not Kind.PLAIN for _, k in atoms)
         for expanded in expand_braces(atoms, budget):
             if expanded or had_quotes:  # bash drops words that brace expansion left empty
