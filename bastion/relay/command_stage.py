@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Protocol
 
-from bastion.approvals.store import ApprovalRequest, ApprovalState
-from bastion.errors import BastionError
 from bastion.policy.commands import (
-    CommandDecision,
     CommandPolicy,
     CommandScope,
     Verdict,
     line_is_incomplete,
 )
+from bastion.relay.command_judge import Approvals, LineJudge, continues_line, describe, masked_line
+from bastion.relay.command_script import ScriptLineStage
 from bastion.relay.linecatcher import Key, KeyKind, KeyReader, LineCatcher, TypedLine
 from bastion.relay.pipeline import (
     ChannelInfo,
@@ -51,43 +48,8 @@ log = logging.getLogger("bastion.relay")
 SETTLE_QUIET = 0.03  # output quiet this long after the last key's echo: the screen is settled
 SETTLE_MAX = 0.5  # never wait longer than this for an echo (none comes under ``stty -echo``)
 HOLD_CAP = 4096  # input held while a line is judged; beyond it the user's input is paused
-SCRIPT_LINE_CAP = 64 * 1024  # a script line longer than this cannot be judged: fail closed
 _CLEAR_LINE = b"\x05\x15"  # Ctrl-E Ctrl-U: end of line, kill to its start (readline, tty)
 _ABORT_LINE = b"\x03"  # Ctrl-C: also drops continued lines the shell already holds
-
-
-def _masked(line: str) -> str:
-    """The command line as it may be written to disk (the masking helper plugs in here)."""
-    return line
-
-
-class Approvals(Protocol):
-    """What command control needs from bastion.approvals.ApprovalService."""
-
-    def open(self, *, session_id: str, channel: int, requester_key: str, requester_name: str,
-             target: str, login: str, command: str, rule: str | None) -> ApprovalRequest: ...
-
-    async def wait(self, request_id: str, cancelled: asyncio.Event) -> ApprovalRequest: ...
-
-
-def strictest(decisions: Sequence[CommandDecision]) -> CommandDecision:
-    """The decision with the strictest verdict (the first of equals)."""
-    best = decisions[0]
-    for decision in decisions[1:]:
-        if decision.verdict.rank > best.verdict.rank:
-            best = decision
-    return best
-
-
-def _continues(line: str) -> bool:
-    """Whether the line ends in an unescaped backslash (the shell reads another line)."""
-    stripped = line.rstrip("\n")
-    return (len(stripped) - len(stripped.rstrip("\\"))) % 2 == 1
-
-
-def _describe(decision: CommandDecision) -> str:
-    """The policy's one line for the user (it names the rule, or why the line is unchecked)."""
-    return decision.message or f"{decision.verdict.value} ({decision.reason})"
 
 
 class CommandCatcher:
@@ -121,80 +83,6 @@ class CommandCatcher:
         judge = LineJudge(self, info, ctx, scope)
         decision = self.policy.evaluate_exec(info.command, scope)
         return await judge.enforce(decision, info.command, asyncio.Event())
-
-
-class LineJudge:
-    """Notes, refuses or waits for approval of one judged line; shared by the stages."""
-
-    def __init__(self, catcher: CommandCatcher, info: ChannelInfo, ctx: StageContext,
-                 scope: CommandScope) -> None:
-        self.catcher = catcher
-        self.info = info
-        self.ctx = ctx
-        self.scope = scope
-        self.waiting: ApprovalRequest | None = None
-
-    def evaluate(self, texts: Sequence[str]) -> CommandDecision:
-        """The strictest decision over the candidate texts of one line."""
-        return strictest([self.catcher.policy.evaluate(text, self.scope) for text in texts])
-
-    async def enforce(self, decision: CommandDecision, line: str,
-                      cancelled: asyncio.Event) -> bool:
-        """Record the verdict and, for approve, wait for it; True if the line may run."""
-        ctx, shown = self.ctx, _masked(line)
-        verdict = decision.verdict
-        if verdict is Verdict.ALLOW:
-            ctx.note_command(shown, "allow", decision.rule)
-            return True
-        if verdict is Verdict.WARN:
-            ctx.note_command(shown, "warn", decision.rule)
-            if decision.message:
-                ctx.notify_user(decision.message)
-            return True
-        if verdict is Verdict.DENY:
-            ctx.note_command(shown, "deny", decision.rule)
-            ctx.notify_user(_describe(decision))
-            return False
-        return await self._approval(decision, shown, cancelled)
-
-    async def _approval(self, decision: CommandDecision, shown: str,
-                        cancelled: asyncio.Event) -> bool:
-        ctx, approvals = self.ctx, self.catcher.approvals
-        ctx.note_command(shown, "approve", decision.rule)
-        if approvals is None:
-            ctx.note_command(shown, "refused", decision.rule)
-            ctx.notify_user(f"command needs approval, and no approvals are configured: "
-                            f"{_describe(decision)}")
-            return False
-        info = self.info
-        try:
-            request = approvals.open(
-                session_id=info.session_id, channel=info.channel,
-                requester_key=info.identity_key, requester_name=info.user,
-                target=info.target.name, login=info.login, command=shown, rule=decision.rule)
-            self.waiting = request
-            ctx.notify_user(f"{_describe(decision)}; waiting for approval (request "
-                            f"{request.id}) ... Ctrl-C cancels")
-            outcome = await approvals.wait(request.id, cancelled)
-        except BastionError as exc:  # the state DB failed: the command does not run
-            ctx.note_command(shown, "refused", decision.rule)
-            ctx.notify_user(f"approval failed: {exc}; the command was not run")
-            return False
-        finally:
-            self.waiting = None
-        who = outcome.decided_name or "bastion"
-        why = f": {outcome.reason}" if outcome.reason else ""
-        if outcome.state is ApprovalState.APPROVED:
-            ctx.note_command(shown, "approved", decision.rule)
-            ctx.marker(f"approved: request {request.id} by {who}{why}")
-            ctx.notify_user(f"approved by {who}{why}")
-            return True
-        ctx.note_command(shown, "refused", decision.rule)
-        ctx.marker(f"refused: request {request.id} {outcome.state.value} by {who}{why}")
-        ctx.notify_user(f"request {request.id} {outcome.state.value}"
-                        f"{'' if outcome.state is ApprovalState.CANCELLED else ' by ' + who}"
-                        f"{why}; the command was not run")
-        return False
 
 
 class _Input(Stage):
@@ -352,8 +240,8 @@ class ShellControl:
         if not denied:
             return True
         line, decision = denied[0]
-        self.ctx.note_command(_masked(self.continued + line), "deny", decision.rule)
-        self.ctx.notify_user(f"{_describe(decision)}; nothing of this input was sent")
+        self.ctx.note_command(masked_line(self.continued + line), "deny", decision.rule)
+        self.ctx.notify_user(f"{describe(decision)}; nothing of this input was sent")
         self.catcher.reader.drop_partial()
         if self.catcher.line_started or self.continued:
             self._abort = bool(self.continued)
@@ -420,9 +308,9 @@ class ShellControl:
         # The shell already holds continued lines: only Ctrl-C drops them all.
         self._abort = bool(prefix) or incomplete
         if incomplete:
-            if _continues(shown):
+            if continues_line(shown):
                 # Judged early too: a denied prefix is refused now rather than lines later.
-                joined = [t[:-1] if _continues(t) else t for t in texts]
+                joined = [t[:-1] if continues_line(t) else t for t in texts]
                 decision = self.judge.evaluate(joined)
                 if decision.verdict is Verdict.DENY:
                     self.continued = ""
@@ -469,95 +357,3 @@ class ShellControl:
         self._cancelled.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-
-
-class ScriptLineStage(Stage):
-    """A shell without a pty reads a script on stdin: each whole line is judged before it goes.
-
-    Lines continued with a backslash are judged joined; the last line is judged at EOF.
-    """
-
-    def __init__(self, judge: LineJudge) -> None:
-        self.judge = judge
-        self._buf = bytearray()
-        self._pending: list[bytes] = []  # lines judged fine, waiting behind an approval
-        self._busy = False
-        self._ended = False
-        self._cancelled = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def feed(self, data: bytes, stream: Stream) -> None:
-        self._buf += data
-        if len(self._buf) > SCRIPT_LINE_CAP and b"\n" not in self._buf:
-            self.ctx.end_channel("a line this long cannot be checked; the session was ended")
-            self._buf.clear()
-            return
-        self._pump()
-
-    def end(self) -> None:
-        self._ended = True
-        self._pump()
-
-    def close(self) -> None:
-        self._cancelled.set()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-
-    def _next_command(self) -> bytes | None:
-        """The next complete command's bytes (continued lines joined), or None."""
-        start = 0
-        while True:
-            nl = self._buf.find(b"\n", start)
-            if nl < 0:
-                if self._ended and self._buf:
-                    return bytes(self._buf)
-                return None
-            text = self._buf[:nl].decode("utf-8", "replace")
-            if not _continues(text):
-                return bytes(self._buf[:nl + 1])
-            start = nl + 1
-
-    def _pump(self) -> None:
-        while not self._busy:
-            raw = self._next_command()
-            if raw is None:
-                if self._ended and not self._buf:
-                    self._ended = False
-                    self.emit_end()
-                return
-            del self._buf[:len(raw)]
-            text = raw.decode("utf-8", "replace").replace("\\\n", "").rstrip("\n")
-            if not text.strip():
-                self.emit(raw, Stream.DATA)
-                continue
-            decision = self.judge.evaluate([text])
-            if decision.verdict is Verdict.APPROVE:
-                self._busy = True
-                self._task = asyncio.get_running_loop().create_task(self._wait(decision, raw,
-                                                                               text))
-                return
-            if self._judged(decision, text):
-                self.emit(raw, Stream.DATA)
-
-    def _judged(self, decision: CommandDecision, text: str) -> bool:
-        ctx, shown = self.ctx, _masked(text)
-        if decision.verdict is Verdict.DENY:
-            ctx.note_command(shown, "deny", decision.rule)
-            ctx.notify_user(_describe(decision))
-            return False
-        ctx.note_command(shown, decision.verdict.value, decision.rule)
-        return True
-
-    async def _wait(self, decision: CommandDecision, raw: bytes, text: str) -> None:
-        try:
-            run = await self.judge.enforce(decision, text, self._cancelled)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("command check failed")
-            self.ctx.end_channel("the command check failed; the session was ended")
-            return
-        if run:
-            self.emit(raw, Stream.DATA)
-        self._busy = False
-        self._pump()
