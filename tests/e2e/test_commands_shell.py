@@ -181,6 +181,31 @@ def test_harmless_mentions_run_and_stty_echo_hides_nothing(stack: DemoStack,
     assert target.exists()
 
 
+def _b64(text: str) -> str:
+    return subprocess.run(["base64", "-w0"], input=text, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_warned_command_runs(stack: DemoStack, shell: TmuxSession) -> None:
+    marker = stack.workdir / "warned-ran"
+    shell.type_line(f"sudo -n true 2>/dev/null; touch {marker}")
+    shell.wait_for("warning by rule warn-sudo")
+    went_on(shell)
+    assert marker.exists()
+
+
+def test_script_into_a_shell_without_pty(stack: DemoStack) -> None:
+    target = victim(stack)
+    before, after = stack.workdir / "script-before", stack.workdir / "script-after"
+    script = f"touch {before}\nrm -rf {target}\ntouch {after}\n"
+    result = subprocess.run([*ssh_base_argv(stack), "-T", f"{stack.login}@web01@127.0.0.1"],
+                            input=script, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert "denied by rule no-recursive-force-rm" in result.stderr
+    assert target.exists()
+    assert before.exists() and after.exists()
+
+
 def test_commands_are_in_the_record(stack: DemoStack, shell: TmuxSession) -> None:
     shell.type_line("echo recorded-line")
     went_on(shell)
@@ -201,8 +226,3 @@ def test_commands_are_in_the_record(stack: DemoStack, shell: TmuxSession) -> Non
     assert any(c["line"] == "echo recorded-line" for c in commands)
     audit = (stack.state_dir / "audit.jsonl").read_text()
     assert '"verdict":"deny"' in audit
-
-
-def _b64(text: str) -> str:
-    return subprocess.run(["base64", "-w0"], input=text, capture_output=True, text=True,
-                          check=True).stdout
