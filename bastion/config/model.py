@@ -23,10 +23,12 @@ class ServerConfig:
     port: int = 2222
     host_keys: tuple[Path, ...] = ()
     node_id: str = "bastion"
-    login_timeout: float = 120.0
+    login_timeout: float = 30.0  # before authentication; a device login in progress gets longer
     max_auth_attempts: int = 6
     max_sessions_per_user: int = 10
     max_connections: int = 1000
+    max_unauthenticated_per_source: int = 10  # connections from one address not yet signed in
+    device_logins_per_source: int = 10  # device logins one address may start per minute
     idle_timeout: float = 900.0
     keepalive_interval: float = 30.0
     keepalive_count_max: int = 3

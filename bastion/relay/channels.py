@@ -41,6 +41,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         self._modes: dict[int, int] = {}
         self._command: str | None = None
         self._menu: TargetMenu | None = None
+        self._request = session.request  # this channel's target: the user name's, or the menu's
         self._pending: list[bytes] = []
         self._pending_eof = False
         self._task: asyncio.Task[None] | None = None
@@ -137,11 +138,11 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
 
     async def _start(self) -> None:
         try:
-            request = self.session.request
+            request = self._request
             no_target = request is None or request.target is None
             if self.session.refusal is None and no_target and not await self._choose_target():
                 return
-            upstream = await self.session.connect()
+            upstream = await self.session.connect(self._request)
             relay = await self._open_relay()
             for factory in self.session.services.stage_factories:
                 # An exec is judged (and may wait for approval) before it is dialled.
@@ -224,7 +225,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         if request is None:
             self.chan.exit(0)
             return False
-        session.choose_target(request)
+        self._request = request
         return True
 
     # -- endings -------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class RelayServices:
     credential_for: Callable[[Authorization], Credential]
     counter: SessionCounter
     on_finished: Callable[[SessionRecording], None]
+    # Whether policy asks this identity for a TOTP code on this target (step-up).
+    totp_required: Callable[[Identity, str], bool]
     # The features on the channel pipeline (command control, masking, transfers), in order.
     stage_factories: Sequence[StageFactory] = field(default_factory=tuple)
 
@@ -63,11 +65,13 @@ class ConnectionSession:
     """State of one user connection after authentication; owned by that connection."""
 
     def __init__(self, services: RelayServices, identity: Identity, client: ClientInfo,
-                 request: TargetRequest | None, refusal: BastionError | None) -> None:
+                 request: TargetRequest | None, refusal: BastionError | None, *,
+                 totp_passed: bool = False) -> None:
         self.services = services
         self.identity = identity
         self.client = client
-        self.request = request
+        self.request = request  # what the SSH user name asked for (None: the menu)
+        self.totp_passed = totp_passed  # a TOTP code was given while authenticating
         self.refusal = refusal  # a request that could not even be parsed: refused on first use
         self.authorization: Authorization | None = None
         self.upstream: Upstream | None = None
@@ -93,38 +97,61 @@ class ConnectionSession:
         """Note activity (for the idle timeout)."""
         self.last_activity = time.monotonic()
 
-    def choose_target(self, request: TargetRequest) -> None:
-        """Set the target picked from the menu (before ``connect``)."""
-        self.request = request
+    def _authorize(self, request: TargetRequest) -> Authorization:
+        """Decide this channel's request against current policy (every channel, every time)."""
+        cfg = self.services.config
+        try:
+            auth = authorize(cfg, self.identity, request)
+            if self.services.totp_required(self.identity, auth.target.name) \
+                    and not self.totp_passed:
+                # The code is asked while authenticating, for the target in the user name; a
+                # target chosen otherwise (the menu) must not skip it.
+                raise AccessDenied(
+                    f"target {auth.target.name} needs a TOTP code; connect as "
+                    f"{auth.login}@{auth.target.name}@bastion to give it")
+        except AccessDenied as exc:
+            self.services.audit.emit("session.refused", conn=self.client.conn_id,
+                                     user=self.identity.name, request=request.describe(),
+                                     reason=str(exc))
+            raise
+        return auth
 
-    async def connect(self) -> Upstream:
-        """Authorize, open the recording, then dial the target; once per connection."""
+    async def connect(self, request: TargetRequest | None) -> Upstream:
+        """Authorize this channel's request; the first one also opens the recording and dials.
+
+        A connection has one target: later channels are authorized again (policy may have
+        changed) and must ask for the same target and login, or they are refused.
+        """
         async with self._lock:
-            if self.upstream is not None:
-                return self.upstream
             if self._closed:
                 raise AccessDenied("the session is closing")
             if self.refusal is not None:
                 raise self.refusal
-            if self.request is None or self.request.target is None:
+            if request is None or request.target is None:
                 raise AccessDenied("no target given")
+            auth = self._authorize(request)
+            if self.upstream is not None and self.authorization is not None:
+                first = self.authorization
+                if (auth.target.name, auth.login) != (first.target.name, first.login):
+                    raise AccessDenied(
+                        f"this connection is on {first.login}@{first.target.name}; open a new "
+                        f"connection for {auth.login}@{auth.target.name}")
+                return self.upstream
             cfg = self.services.config
             audit = self.services.audit
-            try:
-                self.authorization = authorize(cfg, self.identity, self.request)
-            except AccessDenied as exc:
-                audit.emit("session.refused", conn=self.client.conn_id,
-                           user=self.identity.name, request=self.request.describe(),
-                           reason=str(exc))
-                raise
-            auth = self.authorization
-            if not self.services.counter.acquire(self.identity.key,
-                                                 cfg.server.max_sessions_per_user):
-                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
-                           request=self.request.describe(), reason="session limit")
-                raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
-                                   "sessions open, the most allowed")
-            self._counted = True
+            self.request = request
+            self.authorization = auth
+            # One count per connection, taken once and released once at close, whatever
+            # happens to its channels (a refused set-up is retried by the next channel).
+            if not self._counted:
+                if not self.services.counter.acquire(self.identity.key,
+                                                     cfg.server.max_sessions_per_user):
+                    audit.emit("session.refused", conn=self.client.conn_id,
+                               user=self.identity.name, request=request.describe(),
+                               reason="session limit")
+                    raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
+                                       "sessions open, the most allowed")
+                self._counted = True
             credential = self.services.credential_for(auth)
             spool = self.services.spool
             recording = await asyncio.wrap_future(

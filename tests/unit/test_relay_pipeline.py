@@ -4,21 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import dataclasses
 import json
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
+from harness.inprocess import Bed, relay_bed
 
-from bastion.audit import AuditLog
-from bastion.config import load_config
-from bastion.credentials.vault import Vault, password_credential
-from bastion.credentials.vaultkey import read_vault_key_file
+from bastion.errors import AccessDenied
+from bastion.identity.model import LOCAL_ISSUER, Identity
+from bastion.policy.access import TargetRequest
 from bastion.relay.pipeline import (
     ChannelInfo,
     ChannelStages,
@@ -27,7 +23,7 @@ from bastion.relay.pipeline import (
     StageContext,
     Stream,
 )
-from bastion.server.app import BastionServer
+from bastion.relay.session import ClientInfo, ConnectionSession
 
 # -- composition -------------------------------------------------------------------------------
 
@@ -122,76 +118,11 @@ def test_a_factory_may_stay_out_and_stages_hear_resize_and_close() -> None:
 # -- the whole relay, in-process ---------------------------------------------------------------
 
 
-class TargetServer(asyncssh.SSHServer):
-    def password_auth_supported(self) -> bool:
-        return True
-
-    def validate_password(self, username: str, password: str) -> bool:
-        return username == "svc" and password == "pw"
+def test_exec_passes_through_the_stages_and_ends_with_its_exit_status(tmp_path: Path) -> None:
+    asyncio.run(_exec_through_stages(tmp_path))
 
 
-async def _target_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
-    """Echoes stdin back on stdout, says which command ran on stderr, exits 3."""
-    data = await process.stdin.read()
-    process.stdout.write(data)
-    process.stderr.write(f"ran {process.command}\n".encode())
-    process.exit(3)
-
-
-@dataclasses.dataclass
-class Bed:
-    server: BastionServer
-    client_key: asyncssh.SSHKey
-    spool: Path
-    audit: Path
-    inputs: list[bytes]
-
-
-@contextlib.asynccontextmanager
-async def relay_bed(tmp_path: Path) -> AsyncIterator[Bed]:
-    target_key = asyncssh.generate_private_key("ssh-ed25519")
-    target = await asyncssh.create_server(
-        TargetServer, "127.0.0.1", 0, server_host_keys=[target_key],
-        process_factory=_target_process, encoding=None)
-    target_port = target.sockets[0].getsockname()[1]
-    client_key = asyncssh.generate_private_key("ssh-ed25519")
-    key_file = tmp_path / "vault.key"
-    key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-    key_file.chmod(0o600)
-    vault = Vault.open(tmp_path / "vault.json", read_vault_key_file(key_file), create=True)
-    vault.set("app01", "svc", password_credential("pw"))
-    vault.save()
-    config_path = tmp_path / "bastion.toml"
-    config_path.write_text(f"""
-[server]
-listen = "127.0.0.1"
-port = 0
-host_keys = ["{tmp_path}/host_key"]
-[paths]
-state_dir = "{tmp_path}/state"
-spool_dir = "{tmp_path}/spool"
-audit_log = "{tmp_path}/audit.jsonl"
-[vault]
-path = "{tmp_path}/vault.json"
-key_file = "{key_file}"
-[[users]]
-name = "alice"
-keys = ["{client_key.export_public_key().decode().strip()}"]
-groups = ["ops"]
-[[targets]]
-name = "app01"
-host = "127.0.0.1"
-port = {target_port}
-host_key = "{target_key.export_public_key().decode().strip()}"
-default_login = "svc"
-[[access]]
-groups = ["ops"]
-targets = ["app01"]
-logins = ["svc"]
-""")
-    config = load_config(config_path)
-    audit = AuditLog(config.paths.audit_log, "test", stream=None)
-    server = BastionServer(config, audit)
+async def _exec_through_stages(tmp_path: Path) -> None:
     inputs: list[bytes] = []
 
     class Tap(Stage):
@@ -202,28 +133,11 @@ logins = ["svc"]
     def test_factory(info: ChannelInfo, ctx: StageContext) -> ChannelStages:
         return ChannelStages(input=[Tap()], output=[Upper()])
 
-    server.relay_services = dataclasses.replace(server.relay_services,
-                                                stage_factories=(test_factory,))
-    await server.start()
-    try:
-        yield Bed(server, client_key, tmp_path / "spool", tmp_path / "audit.jsonl", inputs)
-    finally:
-        await server.stop()
-        audit.close()
-        target.close()
-        await target.wait_closed()
+    async with relay_bed(tmp_path, [test_factory]) as bed:
+        await _exec_checks(bed, inputs)
 
 
-def test_exec_passes_through_the_stages_and_ends_with_its_exit_status(tmp_path: Path) -> None:
-    asyncio.run(_exec_through_stages(tmp_path))
-
-
-async def _exec_through_stages(tmp_path: Path) -> None:
-    async with relay_bed(tmp_path) as bed:
-        await _exec_checks(bed)
-
-
-async def _exec_checks(bed: Bed) -> None:
+async def _exec_checks(bed: Bed, inputs: list[bytes]) -> None:
     async with asyncssh.connect(
             "127.0.0.1", bed.server.port, username="app01", client_keys=[bed.client_key],
             known_hosts=None) as conn:
@@ -231,7 +145,7 @@ async def _exec_checks(bed: Bed) -> None:
     assert result.exit_status == 3
     assert result.stdout == b"HELLO THROUGH THE PIPELINE\n"  # the output stage ran
     assert result.stderr == b"RAN CAT\n"  # stderr too, as stderr
-    assert b"".join(bed.inputs) == b"hello through the pipeline\n"  # the input stage saw it
+    assert b"".join(inputs) == b"hello through the pipeline\n"  # the input stage saw it
 
     async def finished() -> dict[str, Any]:
         while True:
@@ -246,3 +160,27 @@ async def _exec_checks(bed: Bed) -> None:
     events = [json.loads(line) for line in bed.audit.read_text().splitlines()]
     [exit_event] = [e for e in events if e["event"] == "channel.exit"]
     assert exit_event["exit_status"] == 3 and exit_event["channel"] == 1
+
+
+def test_a_connection_stays_on_its_first_target_and_counts_one_session(tmp_path: Path) -> None:
+    asyncio.run(_one_target_per_connection(tmp_path))
+
+
+async def _one_target_per_connection(tmp_path: Path) -> None:
+    async with relay_bed(tmp_path) as bed:
+        services = bed.server.relay_services
+        alice = Identity(issuer=LOCAL_ISSUER, subject="alice", name="alice", groups=("ops",))
+        session = ConnectionSession(services, alice, ClientInfo("t1", "127.0.0.1", 1, None),
+                                    None, None)
+        app01 = TargetRequest(target="app01", login=None, username="alice")
+        app02 = TargetRequest(target="app02", login=None, username="alice")
+        try:
+            first = await session.connect(app01)
+            assert await session.connect(app01) is first  # the same target: the same upstream
+            for _ in range(3):  # refused channels do not count sessions
+                with pytest.raises(AccessDenied, match="this connection is on svc@app01"):
+                    await session.connect(app02)
+            assert bed.server._per_identity[alice.key] == 1
+        finally:
+            session.close()
+        assert bed.server._per_identity[alice.key] == 0
