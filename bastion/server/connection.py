@@ -89,6 +89,8 @@ class BastionConnection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self._authenticated_or_gone()
         if self.session is not None:
+            if exc is not None:  # e.g. the client stopped answering keepalives
+                self.session.end_reason("closed", f"connection to the client lost: {exc}")
             self.session.close()
         elif self.auth is not None and self.auth.identity is None:
             if self.auth.username:
@@ -183,6 +185,13 @@ class BastionConnection(asyncssh.SSHServer):
     # -- channels ------------------------------------------------------------------------------
     def session_requested(self) -> UserChannel | ApproverSession | bool:
         if self.session is None:
+            return False
+        self.channels = [c for c in self.channels if not c.closed]
+        limit = self._server.config.server.max_channels_per_connection
+        if len(self.channels) >= limit:
+            self._server.audit.emit("channel.refused", conn=self.conn_id,
+                                    user=self.session.identity.name, kind="session",
+                                    reason=f"more than {limit} channels open on one connection")
             return False
         if self.auth is not None and self.auth.username == APPROVER_USER:
             return ApproverSession(self._server.approvals, Approver.of(self.session.identity))
