@@ -123,6 +123,15 @@ class ApprovalService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cancelled.wait(), self.config.poll_interval)
 
+    def withdraw(self, request_id: str, reason: str) -> None:
+        """Cancel a request whose session is gone (never raises: the session is closing)."""
+        try:
+            decided = self.store.decide(request_id, ApprovalState.CANCELLED, "bastion",
+                                        "bastion", self._clock(), reason)
+        except BastionError:
+            return  # already decided, or the state DB failed: nothing waits for it any more
+        self._audit.emit("approval.cancelled", **self._fields(decided), reason=reason)
+
     # -- the deciding side (CLI or approver menu) ------------------------------------------
     def may_decide(self, approver: Approver) -> bool:
         """Whether this person is a configured approver."""

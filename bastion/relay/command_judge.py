@@ -32,6 +32,8 @@ class Approvals(Protocol):
 
     async def wait(self, request_id: str, cancelled: asyncio.Event) -> ApprovalRequest: ...
 
+    def withdraw(self, request_id: str, reason: str) -> None: ...
+
 
 def strictest(decisions: Sequence[CommandDecision]) -> CommandDecision:
     """The decision with the strictest verdict (the first of equals)."""
@@ -105,7 +107,11 @@ class LineJudge:
             self.waiting = request
             ctx.notify_user(f"{describe(decision)}; waiting for approval (request "
                             f"{request.id}) ... Ctrl-C cancels")
-            outcome = await approvals.wait(request.id, cancelled)
+            try:
+                outcome = await approvals.wait(request.id, cancelled)
+            except asyncio.CancelledError:  # the channel went away: nobody may approve it now
+                approvals.withdraw(request.id, "the user's channel closed")
+                raise
         except BastionError as exc:  # the state DB failed: the command does not run
             ctx.note_command(shown, "refused", decision.rule)
             ctx.notify_user(f"approval failed: {exc}; the command was not run")

@@ -223,3 +223,13 @@ def test_config_section(tmp_path: Path) -> None:
         _config('[approvals]\nwebhook_url = "ftp://x"\n', tmp_path)
     with pytest.raises(ConfigError, match="unknown option"):
         _config('[approvals]\napprovers = ["x"]\n', tmp_path)
+
+
+def test_a_closed_channel_withdraws_its_request(env: Any) -> None:
+    service, _, _, _ = env
+    request = _open(service)
+    service.withdraw(request, "the user's channel closed")
+    assert service.store.get(request).state is ApprovalState.CANCELLED  # type: ignore[union-attr]
+    service.withdraw(request, "again")  # already decided: nothing happens
+    with pytest.raises(ApprovalError, match="already cancelled"):
+        service.decide(request, ALICE, True, None, "123456")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from catcher_harness import BashPty
 
@@ -209,3 +210,44 @@ def test_line_typed_ahead_without_echo_is_judged(tmp_path: Path) -> None:
 def test_edit_and_execute_is_refused(tmp_path: Path) -> None:
     sh = run(tmp_path, b"echo hi", b"\x18\x05", pause=0.1)
     assert any("Ctrl-X Ctrl-E" in n for n in sh.ctx.notices)
+
+
+def _service(tmp_path: Path) -> Any:
+    from bastion.approvals.service import ApprovalService
+    from bastion.approvals.store import ApprovalStore
+    from bastion.audit import AuditLog
+    from bastion.config.model import ApprovalsConfig
+    from bastion.state.db import StateDB
+
+    return ApprovalService(ApprovalStore(StateDB(tmp_path / "state.db")),
+                           ApprovalsConfig(approver_groups=("sre",), require_totp=False,
+                                           poll_interval=0.02),
+                           AuditLog(None, "n", stream=None), "n")
+
+
+def test_approved_line_runs_and_a_closed_channel_withdraws(tmp_path: Path) -> None:
+    from bastion.approvals.service import Approver
+    from bastion.approvals.store import ApprovalState
+
+    service = _service(tmp_path)
+    approver = Approver("idp|alice", "alice", ("sre",))
+
+    async def scenario() -> tuple[BashPty, str]:
+        async with BashPty(tmp_path, approvals=service) as sh:
+            sh.type(b"systemctl restart x 2>/dev/null; touch ran-1\r")
+            while not service.store.pending(0):
+                await asyncio.sleep(0.02)
+            first = service.store.pending(0)[0].id
+            assert not (tmp_path / "ran-1").exists()
+            service.decide(first, approver, True, "ok", None)
+            await sh.sync()
+            sh.type(b"systemctl stop x 2>/dev/null; touch ran-2\r")
+            while len(service.store.pending(0)) < 1:
+                await asyncio.sleep(0.02)
+            second = service.store.pending(0)[0].id
+        return sh, second  # the channel closed while the second waited
+
+    sh, second = asyncio.run(scenario())
+    assert (tmp_path / "ran-1").exists() and not (tmp_path / "ran-2").exists()
+    assert [c[1] for c in sh.ctx.commands if "ran-1" in c[0]] == ["approve", "approved"]
+    assert service.store.get(second).state is ApprovalState.CANCELLED
