@@ -67,7 +67,10 @@ class CommandCatcher:
 
     def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
         scope = self.scope(info)
-        if info.kind is not ChannelKind.SHELL or not self.policy.active(scope):
+        # An exec with a pty (``ssh -t host bash``) is a terminal too: its command was judged by
+        # check_exec, and the lines typed into it are judged like a shell's.
+        terminal_exec = info.kind is ChannelKind.EXEC and info.pty
+        if not (info.kind is ChannelKind.SHELL or terminal_exec) or not self.policy.active(scope):
             return None
         if not info.pty:
             script = ScriptLineStage(LineJudge(self, info, ctx, scope))

@@ -212,6 +212,27 @@ def test_exec_denied_and_exec_approved(stack: DemoStack, alice: Codes) -> None:
         ssh.stop()
 
 
+def test_an_approved_interactive_exec_still_has_its_lines_judged(stack: DemoStack,
+                                                                  alice: Codes) -> None:
+    # `ssh -t host bash -i`: bash reading the channel cannot be checked, so the exec waits for
+    # approval; once approved, each line typed into it is judged like a shell's.
+    victim = stack.workdir / "pty-exec-victim"
+    (victim / "sub").mkdir(parents=True)
+    argv = [*ssh_base_argv(stack), "-tt", f"{stack.login}@web01@127.0.0.1", "--",
+            "bash", "--norc", "-i"]
+    with TmuxSession.start(argv, 200, 40) as term:
+        request = term.wait_for(WAITING, timeout=20).group(1)
+        out = bastion(stack, "approvals", "approve", request, "--as", alice_key(stack),
+                      "--totp", alice.next())
+        assert out.returncode == 0, out.stderr
+        term.wait_for(PROMPT)
+        term.type_line(f"cd {stack.workdir}; rm -rf {victim.name}")
+        term.wait_for("denied by rule no-recursive-force-rm")
+        term.type_line("echo still-''here")
+        term.wait_for("still-here")
+    assert victim.exists()
+
+
 def test_script_on_stdin_follows_the_unresolved_policy(stack: DemoStack,
                                                        alice: Codes) -> None:
     # `bash` reading its program from stdin cannot be checked: the demo's unresolved action
