@@ -286,7 +286,7 @@ class DemoStack:
 
     def setup_evidence(self) -> None:
         """Signing key, SeaweedFS with an Object Lock bucket, [evidence] and [storage]."""
-        from bastion.recording.seal import generate_signing_key
+        from bastion.evidence.signing import generate_signing_key
 
         self.keys_dir.mkdir(parents=True, exist_ok=True)
         generate_signing_key(self.signing_key_path)

@@ -19,11 +19,11 @@ from bastion.config.model import Config
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Credential, Vault, load_vault_key
 from bastion.errors import BastionError, UpstreamError
+from bastion.evidence.seal import Sealer
 from bastion.identity.model import Identity
 from bastion.identity.service import IdentityService
 from bastion.policy.access import Authorization
 from bastion.recording import SessionRecording, Spool
-from bastion.recording.seal import Sealer
 from bastion.relay.session import RelayServices
 from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
@@ -167,8 +167,10 @@ class BastionServer:
         cfg = self.config
         Vault.open(cfg.vault.path, self._vault_key, create=True)  # fail fast on key or file
         self.spool.lock()
-        for path in self.spool.recover():
-            self.audit.emit("recording.recovered", session=path.name, state="interrupted")
+        self.spool.recover()
+        for result in self.spool.recovery_results:
+            self.audit.emit("recording.recovered", session=result.path.name,
+                            state=result.state.value, problems=result.problems[:20])
         if self.sealer is not None:
             self._seal_leftovers()
         host_keys, notes = load_host_keys(cfg.server.host_keys, create=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import asyncssh
 
 from bastion.approvals.service import Approver
-from bastion.errors import BastionError
+from bastion.errors import AuditUnavailable, BastionError
 from bastion.policy.access import TargetRequest, parse_username
 from bastion.relay.approver_menu import APPROVER_USER, ApproverSession
 from bastion.relay.channels import UserChannel
@@ -163,9 +163,14 @@ class BastionConnection(asyncssh.SSHServer):
         self._authenticated_or_gone()
         try:
             identity = self.auth.completed()
+            audit = self._server.audit
+            if not audit.healthy:
+                # No login without its audit line: fail closed until the log can be written.
+                raise AuditUnavailable(f"{audit.error}; logins are refused until it can be")
         except BastionError as exc:
             log.error("[conn=%s] %s", self.conn_id, exc)
-            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "bastion: denied")
+            said = f"bastion: {exc}" if isinstance(exc, AuditUnavailable) else "bastion: denied"
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, said)
             return  # no session: every channel request is refused
         request: TargetRequest | None = None
         refusal: BastionError | None = None
