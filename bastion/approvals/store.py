@@ -1,4 +1,4 @@
-"""Approval requests in the state database (table ``approvals``, schema 3 in state/db.py).
+"""Approval requests in the state database (table ``approvals``, schema 4 in state/db.py).
 
 Every change is one short immediate transaction, and a decision only moves a request out of
 ``pending`` (compare-and-set), so two approvers, or an approver and the expiry, cannot both win.

@@ -17,7 +17,7 @@ import click
 from bastion.approvals.service import ApprovalService, Approver
 from bastion.approvals.store import ApprovalRequest, ApprovalStore
 from bastion.audit import AuditLog
-from bastion.cli.main import config_option
+from bastion.cli.options import config_option
 from bastion.config import Config, load_config
 from bastion.credentials.vaultkey import load_vault_key
 from bastion.errors import UsageError

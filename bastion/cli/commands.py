@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from bastion.cli.main import config_option
+from bastion.cli.options import config_option
 from bastion.config import load_config
 from bastion.config.model import Config
 from bastion.policy.commands import CommandDecision, CommandPolicy, CommandScope, Verdict

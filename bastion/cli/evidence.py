@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from bastion.audit import AuditLog
-from bastion.cli.main import config_option
+from bastion.cli.options import config_option
 from bastion.config.load import load_config, parse_evidence, parse_storage
 from bastion.config.model import EvidenceConfig, StorageConfig
 from bastion.config.reader import Source as ConfigSource
