@@ -40,7 +40,6 @@ RENDER_CAP = 16 * 1024  # at most this much output is rendered to read one line
 MIN_ROWS = 48  # rows of the reading screen: a wrapped line or a completion list fits
 _ALT_ON = (b"\x1b[?1049h", b"\x1b[?1047h", b"\x1b[?47h")
 _ALT_OFF = (b"\x1b[?1049l", b"\x1b[?1047l", b"\x1b[?47l")
-_PROMPT_END = re.compile(r"[$#>%] ?\Z")  # how shell prompts end
 _SEARCH_PROMPT = re.compile(r"\((?:failed )?(?:reverse-)?i-search\)`.*?': ")
 
 
@@ -215,11 +214,10 @@ class LineReading:
         if self.echoed and self.screen is not None:
             text = self.screen.text
             # Keys typed before the prompt was drawn make the reading start before the prompt:
-            # "$ ls" where the exact keystrokes say "ls". Only then is the prompt dropped.
-            if (self.typed_certain and text != self.typed and text.endswith(self.typed)
-                    and _PROMPT_END.search(text[:len(text) - len(self.typed)])):
-                text = self.typed
-            out.append(text)
+            # "$ ls" (or just "$ " under ``stty -echo``) where the exact keystrokes say "ls".
+            # Only then, and only while the keystroke model is exact, is the screen set aside.
+            if not (self.typed_certain and _prompt_then_typed(text, self.typed)):
+                out.append(text)
         if (self.typed_certain or not out) and self.typed not in out:
             out.append(self.typed)
         return tuple(out)
@@ -228,6 +226,14 @@ class LineReading:
     def shown(self) -> str:
         """The one text to record: what the screen shows, else what was typed."""
         return self.candidates[0]
+
+
+def _prompt_then_typed(text: str, typed: str) -> bool:
+    """Whether ``text`` is a prompt followed by (the start of) ``typed``: "$ ", "$ rm -r"..."""
+    for index, char in enumerate(text[:200]):
+        if char in "$#>%" and typed.startswith(text[index + 1:].lstrip(" ")):
+            return True
+    return False
 
 
 class LineCatcher:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+import tomli_w
 
-from bastion.demo import toml_writer
 from bastion.demo.command_rules import demo_command_sections
 
 KEY = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
@@ -25,7 +25,7 @@ def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "users": [{"name": "demo", "keys": [KEY], "groups": ["ops"]}],
         **demo_command_sections(),
     }
-    path.write_text(toml_writer.dumps(document), encoding="utf-8")
+    path.write_text(tomli_w.dumps(document), encoding="utf-8")
     return path
 
 

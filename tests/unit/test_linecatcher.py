@@ -153,3 +153,13 @@ def test_typed_line_editing() -> None:
     tab = TypedLine()
     tab.apply(Key(KeyKind.CONTROL, "\t", b"\t"))
     assert not tab.certain
+
+
+def test_a_prompt_drawn_after_blind_keys_is_not_a_line() -> None:
+    # ``stty -echo``: keys typed before the prompt; the screen shows only "$ ".
+    catcher = LineCatcher(40, 24)
+    catcher.output(b"stty -echo\r\n")
+    for key in catcher.keys(b"stty echo"):
+        catcher.typed_key(key)
+    catcher.output(b"\x1b[?2004l\r" + PROMPT)
+    assert catcher.read().candidates == ("stty echo",)
