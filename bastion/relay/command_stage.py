@@ -47,6 +47,7 @@ log = logging.getLogger("bastion.relay")
 
 SETTLE_QUIET = 0.03  # output quiet this long after the last key's echo: the screen is settled
 SETTLE_MAX = 0.5  # never wait longer than this for an echo (none comes under ``stty -echo``)
+INTERRUPT_MAX = 1.0  # keys after Ctrl-C wait at most this long for the shell's new prompt
 HOLD_CAP = 4096  # input held while a line is judged; beyond it the user's input is paused
 _CLEAR_LINE = b"\x05\x15"  # Ctrl-E Ctrl-U: end of line, kill to its start (readline, tty)
 _ABORT_LINE = b"\x03"  # Ctrl-C: also drops continued lines the shell already holds
@@ -201,7 +202,22 @@ class ShellControl:
             self._ctrl_x = key.kind is KeyKind.CONTROL and key.text == "\x18"
             catcher.typed_key(key)
             out.append(key.raw)
+            if key.kind is KeyKind.CONTROL and key.text == "\x03":
+                # After Ctrl-C bash drops a key or two typed before it redraws its prompt (the
+                # tty echoed them, readline never got them): "Xrm -rf" shown, "rm -rf" run. So
+                # what follows waits until the prompt is back. The line's mark stays: if the
+                # shell ignored Ctrl-C, the text before it still counts.
+                self.forward(b"".join(out))
+                rest = b"".join(k.raw for k in keys[index + 1:]) + catcher.reader.take_partial()
+                self._held = bytearray(rest)
+                self.continued = ""
+                self._task = self.loop.create_task(self._after_interrupt(catcher.tail.end))
+                return
         self.forward(b"".join(out))
+
+    async def _after_interrupt(self, output_at: int) -> None:
+        await self._settle(new_row_after=output_at)
+        self._release(new_line=False)
 
     def _expand_pastes(self, keys: list[Key]) -> list[Key]:
         """A paste the program did not ask for is typing: its newlines are Enters."""
@@ -259,12 +275,18 @@ class ShellControl:
         self._cancelled = asyncio.Event()
         self._task = self.loop.create_task(self._judge())
 
-    async def _settle(self) -> None:
-        """Wait until the target has echoed what was typed (bounded)."""
-        deadline = self.loop.time() + SETTLE_MAX
+    async def _settle(self, new_row_after: int | None = None) -> None:
+        """Wait until the target has echoed what was typed (bounded).
+
+        With ``new_row_after`` (an output offset), also until a newline came after it: the
+        shell's fresh prompt after Ctrl-C.
+        """
+        deadline = self.loop.time() + (SETTLE_MAX if new_row_after is None else INTERRUPT_MAX)
         while True:
             now = self.loop.time()
-            if self.last_output > self.last_forward and now - self.last_output >= SETTLE_QUIET:
+            if (self.last_output > self.last_forward and now - self.last_output >= SETTLE_QUIET
+                    and (new_row_after is None
+                         or b"\n" in self.catcher.tail.since(new_row_after))):
                 return
             if now >= deadline:
                 return
@@ -343,11 +365,12 @@ class ShellControl:
         self.last_forward = self.loop.time()
         self.ctx.send_to_target(data)
 
-    def _release(self) -> None:
+    def _release(self, new_line: bool = True) -> None:
         """The judged line is done: go on with what was typed after it."""
         held = bytes(self._held or b"")
         self._held = None
-        self.catcher.end_line()
+        if new_line:
+            self.catcher.end_line()
         if self._paused:
             self._paused = False
             self.ctx.resume_input()

@@ -251,3 +251,20 @@ def test_approved_line_runs_and_a_closed_channel_withdraws(tmp_path: Path) -> No
     assert (tmp_path / "ran-1").exists() and not (tmp_path / "ran-2").exists()
     assert [c[1] for c in sh.ctx.commands if "ran-1" in c[0]] == ["approve", "approved"]
     assert service.store.get(second).state is ApprovalState.CANCELLED
+
+
+def test_keys_right_after_ctrl_c_reach_the_new_prompt(tmp_path: Path) -> None:
+    # bash drops a key typed before it redraws the prompt after Ctrl-C: "Xrm -rf" would be shown
+    # (and judged as the harmless "Xrm") while "rm -rf" ran. Keys after Ctrl-C wait for the prompt.
+    victim = _victim(tmp_path)
+    for chunks in ([b"echo x", b"\x03", b"Xrm -rf victim\r"], [b"echo x\x03Xrm -rf victim\r"]):
+        async def scenario(chunks: list[bytes] = chunks) -> BashPty:
+            async with BashPty(tmp_path) as sh:
+                for chunk in chunks:
+                    sh.type(chunk)
+                await sh.sync()
+                return sh
+
+        sh = asyncio.run(scenario())
+        assert victim.exists()
+        assert b"Xrm: command not found" in sh.output
