@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from bastion.policy.commands import (
     CommandPolicy,
@@ -49,6 +50,7 @@ SETTLE_QUIET = 0.03  # output quiet this long after the last key's echo: the scr
 SETTLE_MAX = 0.5  # never wait longer than this for an echo (none comes under ``stty -echo``)
 INTERRUPT_MAX = 1.0  # keys after Ctrl-C wait at most this long for the shell's new prompt
 HOLD_CAP = 4096  # input held while a line is judged; beyond it the user's input is paused
+_CONTROLS = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|[\x00-\x1f]")
 _CLEAR_LINE = b"\x05\x15"  # Ctrl-E Ctrl-U: end of line, kill to its start (readline, tty)
 _ABORT_LINE = b"\x03"  # Ctrl-C: also drops continued lines the shell already holds
 
@@ -285,12 +287,17 @@ class ShellControl:
         while True:
             now = self.loop.time()
             if (self.last_output > self.last_forward and now - self.last_output >= SETTLE_QUIET
-                    and (new_row_after is None
-                         or b"\n" in self.catcher.tail.since(new_row_after))):
+                    and (new_row_after is None or self._prompt_redrawn(new_row_after))):
                 return
             if now >= deadline:
                 return
             await asyncio.sleep(SETTLE_QUIET / 3)
+
+    def _prompt_redrawn(self, since: int) -> bool:
+        """Whether a new row with text on it (the fresh prompt) came after output ``since``."""
+        output = self.catcher.tail.since(since)
+        newline = output.rfind(b"\n")
+        return newline >= 0 and bool(_CONTROLS.sub(b"", output[newline + 1:]).strip())
 
     async def _judge(self) -> None:
         try:
