@@ -62,12 +62,12 @@ def _register() -> None:
     cli.add_command(identity_cmd.totp)
     from bastion.cli import approvals as approvals_cmd
     cli.add_command(approvals_cmd.approvals)
-    from bastion.cli import commands as commands_cmd
-    cli.add_command(commands_cmd.check_command)
     from bastion.cli import replay as replay_cmd
     cli.add_command(replay_cmd.replay)
     from bastion.cli import sessions as sessions_cmd
     cli.add_command(sessions_cmd.sessions)
+    from bastion.cli import commands as commands_cmd
+    cli.add_command(commands_cmd.check_command)
 
 
 def main() -> None:

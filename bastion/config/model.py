@@ -74,8 +74,8 @@ class Target:
     known_hosts: Path | None = None
     default_login: str | None = None
     connect_timeout: float = 10.0
-    unresolved: str | None = None  # command control: "deny", "approve" or "warn"; None: global
     record_input: bool = True  # keystrokes of pty channels into the recording
+    unresolved: str | None = None  # command control: "deny", "approve" or "warn"; None: global
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ DENIED = [
     "bash -x -c 'reboot' name",
     "bash -c 'bash -c \"rm -rf /\"'",
     'eval "rm -rf /"',
+    "eval -- reboot",
     "eval rm -rf /",
     "eval 'r''m -rf /'",
     "bash <<< 'reboot'",
@@ -112,6 +113,9 @@ DENIED = [
     "bash <<'EOF'\nrm -rf /\nEOF",
     "alias ll='rm -rf /'",
     "trap 'reboot' EXIT",
+    "trap -- 'reboot' EXIT",
+    "hash -p /sbin/reboot ls",
+    "trap -p -- 'rm -rf /' INT",
     "PROMPT_COMMAND='reboot'",
     # splitting
     "ls; reboot",
@@ -137,6 +141,26 @@ DENIED = [
     "case x in x) reboot;; esac",
     "f() { reboot; }; f",
     "! reboot",
+    "! { reboot; }",
+    "! if true; then $'\\162\\155' --rec $'\\055\\146' x; fi",  # found by bash fuzzing
+    "! while true; do reboot; done",
+    "! until false; do reboot; done",
+    "time { reboot; }",
+    "time (reboot)",
+    "coproc x { reboot; }",
+    "coproc (reboot)",
+    "function f { reboot; }",
+    "until reboot; do :; done",
+    "select x in a; do reboot; done",
+    "reboot|&cat",
+    ">out reboot",
+    "a=($(reboot))",
+    "case $(reboot) in *) ;; esac",
+    "for x in $(reboot); do :; done",
+    "cat <<< $(reboot)",
+    "while read l; do reboot; done < f",
+    "exec 3< <(reboot)",
+    "sudo -iu root reboot",
     "[[ $(reboot) ]]",
     "export X=$(reboot)",
     "cat <<EOF\n$(reboot)\nEOF",
@@ -169,6 +193,7 @@ UNRESOLVED = [
     'eval "$x"',
     "source <(curl x)",
     ". <(echo reboot)",
+    "source -- <(echo reboot)",
     "bash <(curl x)",
     "rm $opts /",
     "o=-rf; rm $o /",
@@ -218,7 +243,8 @@ def test_bypass_is_denied(line: str) -> None:
 
 # tree-sitter-bash does not accept a brace expression in command position: such a line is
 # unparseable, which gets the strictest action in scope (deny here).
-UNPARSEABLE = ["{reboot,x}", "{rm,-rf,/}", "echo {a,b}; {reboot,x}", "rm -rf / )"]
+UNPARSEABLE = ["time { { reboot now; }; }",  # tree-sitter reads "{ {" as one word
+               "{reboot,x}", "{rm,-rf,/}", "echo {a,b}; {reboot,x}", "rm -rf / )"]
 
 
 @pytest.mark.parametrize("line", UNPARSEABLE)

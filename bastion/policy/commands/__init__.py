@@ -5,6 +5,7 @@ Pure functions and values: no I/O, no asyncssh. The relay's line catcher and enf
 ``CommandPolicy.evaluate_exec`` for an exec request, and act on the ``CommandDecision``.
 """
 
+from bastion.policy.commands.incomplete import line_is_incomplete
 from bastion.policy.commands.models import (
     CommandDecision,
     CommandScope,
@@ -12,12 +13,7 @@ from bastion.policy.commands.models import (
     RuleMatch,
     Verdict,
 )
-from bastion.policy.commands.normalize import (
-    ParsedLine,
-    line_is_incomplete,
-    normalize_exec,
-    normalize_line,
-)
+from bastion.policy.commands.normalize import ParsedLine, normalize_exec, normalize_line
 from bastion.policy.commands.policy import DEFAULT_UNRESOLVED, CommandPolicy, evaluate_rules
 
 classify_exec = normalize_exec  # the exec request as sent, stdin taken as not visible

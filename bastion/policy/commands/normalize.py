@@ -47,16 +47,19 @@ from bastion.policy.commands.words import (
     Word,
     ascii_view,
     decode_node,
+    has_unescaped_blank,
     join_words,
     node_text,
     to_word,
     words_of,
 )
-from bastion.policy.commands.wrappers import unwrap
+from bastion.policy.commands.wrappers import unwrap, wrapper_options
 
-_LANGUAGE = Language(tree_sitter_bash.language())
+LANGUAGE = Language(tree_sitter_bash.language())
 _INPUT_REDIRECTS = frozenset({"<", "<&", "<>", "&<"})
-_PROGRAM_BUILTINS = frozenset({"eval", "source", ".", "alias", "trap", "find"})
+_LEADING_KEYWORDS = frozenset({"{", "!", "if", "then", "else", "elif", "do", "while", "until"})
+_CLOSING_KEYWORDS = frozenset({"}", "fi", "done", "esac", "]]"})
+_PROGRAM_BUILTINS = frozenset({"eval", "source", ".", "alias", "trap", "find", "hash"})
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class _Walker:
             # which tree-sitter does not do inside words. Read it both ways; report both.
             variants.append(text.replace("\\\n", ""))
         for variant in variants:
-            tree = Parser(_LANGUAGE).parse(ascii_view(variant))
+            tree = Parser(LANGUAGE).parse(ascii_view(variant))
             root = tree.root_node
             if root.has_error:
                 self.errors.append("not valid shell syntax")
@@ -191,6 +194,8 @@ class _Walker:
                 word_nodes.append(child)
         if not word_nodes:
             return
+        if any(n.type == "word" and has_unescaped_blank(node_text(n, src)) for n in word_nodes):
+            self.errors.append("the parser read blanks inside a word")
         words = words_of(word_nodes, src, self.brace_budget)
         if not words:
             return
@@ -200,6 +205,13 @@ class _Walker:
                        depth: int, open_args: bool = False) -> None:
         """Report one simple command and whatever it runs (wrapped commands, programs)."""
         for _ in range(limits.MAX_UNWRAP):
+            # Where tree-sitter-bash misses a compound command (`time { cmd; }`, `! if x; then
+            # cmd; fi`, `coproc NAME { cmd; }`), its reserved words come out as command words
+            # ("then" "cmd"). Bash never runs a reserved word in command position: skip them.
+            while words and words[0].literal and words[0].text in _LEADING_KEYWORDS:
+                words = words[1:]
+            if not words or (len(words) == 1 and words[0].text in _CLOSING_KEYWORDS):
+                return
             command = self.report(words, via, open_args)
             if command.unresolved:
                 return
@@ -209,8 +221,10 @@ class _Walker:
                 self.look_inside(name, args, via, stdin, depth)
                 return
             if inner.argv:  # the wrapper's own options are the words before what it runs
-                own = words[:len(words) - len(inner.argv)] if inner.argv[0] in words else words
-                options, operands, _, _ = canonical_options(name, own[1:])
+                cut = len(words) - len(inner.argv)
+                own = words[:cut] if tuple(words[cut:]) == inner.argv else words
+                options, operands, _, _ = canonical_options(name, own[1:],
+                                                            wrapper_options(name))
                 self.commands[-1] = dataclasses.replace(command, options=options,
                                                         operands=operands)
             via = (*via, inner.label)
@@ -292,6 +306,9 @@ class _Walker:
 
     def builtin(self, name: str, args: Sequence[Word], via: tuple[str, ...], stdin: _Input,
                 depth: int) -> None:
+        if name in ("eval", "source", ".") and args and args[0].literal \
+                and args[0].text == "--":
+            args = args[1:]  # these builtins accept "--" before their operands
         if name == "eval" and args:
             self.run_program(join_words(args), "eval", via, stdin, depth)
         elif name in ("source", ".") and args:
@@ -306,11 +323,17 @@ class _Walker:
                 if eq and alias:
                     self.run_program(Word(value, literal=arg.literal), f"alias {alias}", via,
                                      _Input(Stdin.TERMINAL), depth)
-        elif name == "trap" and args and args[0].text not in ("-", "") \
-                and not args[0].text.startswith("-"):
-            self.run_program(args[0], "trap", via, _Input(Stdin.TERMINAL), depth)
+        elif name == "trap":
+            action = _trap_action(args)
+            if action is not None:
+                self.run_program(action, "trap", via, _Input(Stdin.TERMINAL), depth)
         elif name == "find":
             self.find_exec(args, via, depth)
+        elif name == "hash":  # hash -p /sbin/reboot ls: "ls" now runs reboot
+            texts = [a.text for a in args]
+            if "-p" in texts and texts.index("-p") + 1 < len(args):
+                self.simple_command([args[texts.index("-p") + 1]], (*via, "hash -p"),
+                                    _Input(Stdin.TERMINAL), depth)
 
     def find_exec(self, args: Sequence[Word], via: tuple[str, ...], depth: int) -> None:
         """find ... -exec CMD ARGS {} ; (or +): CMD runs once per file (checked; documented)."""
@@ -346,6 +369,18 @@ def redirected_input(node: Node, src: str) -> _Input | None:
     return None
 
 
+def _trap_action(args: Sequence[Word]) -> Word | None:
+    """The program text of ``trap [-p|-l|-P] [--] ACTION SIGNAL...`` (None: prints or resets)."""
+    rest = list(args)
+    while rest and rest[0].literal and rest[0].text in ("-p", "-l", "-P", "-lp", "-pl"):
+        rest.pop(0)
+    if rest and rest[0].literal and rest[0].text == "--":
+        rest.pop(0)
+    if not rest or (rest[0].literal and rest[0].text in ("-", "")):
+        return None
+    return rest[0]
+
+
 def _heredoc_text(redirect: Node, src: str) -> Word:
     body = next((c for c in redirect.children if c.type == "heredoc_body"), None)
     if body is None:
@@ -363,37 +398,3 @@ def command_basename(word: str) -> str:
     base = posixpath.basename(normalized)
     return base or normalized
 
-
-def line_is_incomplete(text: str) -> bool:
-    """Whether bash would ask for more input (PS2) after this text, rather than run it.
-
-    True for a trailing backslash, an open quote, ``$(``, ``{``, ``if`` without ``fi``, a
-    trailing ``|``/``&&``/``||``, a heredoc without its end marker. Bash runs nothing of such a
-    text until it is complete, so a line catcher can forward the Enter and check the whole
-    text once it is. A heuristic over the syntax tree: a syntax error that does not reach the
-    end of the text (``rm x )``) counts as complete (and unparseable).
-    """
-    if len(text) > limits.MAX_LINE:
-        return False
-    stripped = text.rstrip(" \t\r\n")
-    trailing = len(text.rstrip("\n")) - len(text.rstrip("\n").rstrip("\\"))
-    if trailing % 2 == 1:
-        return True
-    root = Parser(_LANGUAGE).parse(ascii_view(text)).root_node
-    if not root.has_error:
-        return False
-    end = len(stripped)
-    stack, errors = [root], 0
-    while stack:
-        node = stack.pop()
-        if node.type == "ERROR" or node.is_missing:
-            errors += 1
-            if node.end_byte < end:
-                return False
-            if node.type == "ERROR" and node_text(node, text).strip() in (")", "}", ";;"):
-                return False
-        elif node.has_error:
-            stack.extend(node.children)
-        if errors > limits.MAX_NODES:
-            return False
-    return errors > 0

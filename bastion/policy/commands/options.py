@@ -78,14 +78,14 @@ TABLES: dict[str, OptionTable] = {
 }
 
 
-def canonical_options(name: str, words: Sequence[Word]) -> tuple[tuple[str, ...],
-                                                                  tuple[str, ...], bool, bool]:
+def canonical_options(name: str, words: Sequence[Word], table: OptionTable | None = None
+                      ) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
     """(options, operands, dynamic_options, dynamic_operands) of a command's arguments.
 
     ``dynamic_options``: an argument that is not literal (``$x``, a leading glob) stands
     where an option could be; ``dynamic_operands``: one stands where an operand could be.
     """
-    table = TABLES.get(name, OptionTable())
+    table = table or TABLES.get(name, OptionTable())
     options: set[str] = set()
     operands: list[str] = []
     dyn_options = dyn_operands = False

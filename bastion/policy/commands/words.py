@@ -32,6 +32,7 @@ class Kind(enum.Enum):
 Atom = tuple[str, Kind]
 GLOB_CHARS = frozenset("*?[")
 _UNQUOTED_PARTS = re.compile(r"\\(.)|([^\\]+)|\\", re.DOTALL)
+_UNESCAPED_BLANKS = re.compile(r"(?<!\\)[ \t\n]+")
 _PLAIN_SPECIALS = re.compile(r"[\\{*?\[]")
 _DOUBLE_QUOTED_PARTS = re.compile(r'\\([$`"\\\n])|([^\\]+)|\\')
 _DYNAMIC_TYPES = frozenset({"simple_expansion", "expansion", "command_substitution",
@@ -311,17 +312,31 @@ def words_of(nodes: Sequence[Node], src: str, budget: list[int]) -> list[Word]:
     for group in group_touching(nodes):
         if len(group) == 1 and group[0].type in ("word", "number"):
             text = node_text(group[0], src)
-            if not _PLAIN_SPECIALS.search(text):  # the common case: nothing to remove/expand
-                words.append(Word(text))
+            if not _PLAIN_SPECIALS.search(text) and not has_unescaped_blank(text):
+                words.append(Word(text))  # the common case: nothing to remove or expand
+                continue
+            if has_unescaped_blank(text):  # a grammar slip (`time { { x; }; }`): split as bash
+                for part in _UNESCAPED_BLANKS.split(text):
+                    if part:
+                        words.extend(_expanded(_unquoted(part), budget))
                 continue
         atoms: list[Atom] = []
         for node in group:
             atoms.extend(decode_node(node, src))
-        had_quotes = any(k is not Kind.PLAIN for _, k in atoms)
-        for expanded in expand_braces(atoms, budget):
-            if expanded or had_quotes:  # bash drops words that brace expansion left empty
-                words.append(to_word(expanded))
+        words.extend(_expanded(atoms, budget))
     return words
+
+
+def _expanded(atoms: list[Atom], budget: list[int]) -> list[Word]:
+    had_quotes = any(k is not Kind.PLAIN for _, k in atoms)
+    # bash drops words that brace expansion left empty (unless they had quotes)
+    return [to_word(expanded) for expanded in expand_braces(atoms, budget)
+            if expanded or had_quotes]
+
+
+def has_unescaped_blank(text: str) -> bool:
+    """Whether an unquoted word's text holds a blank bash would split at."""
+    return _UNESCAPED_BLANKS.search(text) is not None
 
 
 def group_touching(nodes: Sequence[Node]) -> list[list[Node]]:

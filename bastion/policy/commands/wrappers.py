@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bastion.policy.commands.options import OptionTable
 from bastion.policy.commands.words import Word, join_words
 
 
@@ -128,6 +129,12 @@ class Inner:
     notes: tuple[str, ...] = field(default=())
 
 
+def wrapper_options(name: str) -> OptionTable:
+    """How the wrapper ``name`` spells its own options (which ones take a value)."""
+    spec = WRAPPERS.get(name, WrapperSpec())
+    return OptionTable(short_values=spec.short_values, long_values=spec.long_values)
+
+
 def unwrap(name: str, args: Sequence[Word]) -> Inner | None:
     """What the wrapper ``name`` runs with arguments ``args``; None if it runs nothing."""
     spec = WRAPPERS.get(name)
@@ -194,6 +201,8 @@ def unwrap(name: str, args: Sequence[Word]) -> Inner | None:
         if spec.no_command_shell:
             return Inner(label=label, interactive_shell=True)
         return None
+    if name == "coproc" and len(rest) > 1 and rest[1].text == "{":
+        rest = rest[1:]  # coproc NAME { ...; }: NAME names the coprocess
     if (spec.join_shell and not (seen & spec.unless_exec)) or (seen & spec.shell_if):
         return Inner(label=f"{label} (shell)", program=join_words(rest))
     return Inner(label=label, argv=tuple(rest), open_args=spec.open_args)
