@@ -98,3 +98,7 @@ class StorageError(BastionError):
 
 class ReplayError(BastionError):
     """A recording cannot be replayed."""
+
+
+class ApprovalError(BastionError):
+    """An approval request cannot be decided: unknown, already decided, or not yours to decide."""

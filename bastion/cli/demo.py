@@ -63,6 +63,7 @@ Run one command:
     {commands[1]}
 
 {stack.device_login_usage()}
+{stack.command_control_usage()}
 Recordings: {stack.spool_dir}
 Logs:       {stack.logs_dir}
 Settings for scripts: . {stack.env_path}

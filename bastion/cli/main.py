@@ -60,6 +60,8 @@ def _register() -> None:
     from bastion.cli import identity as identity_cmd
     cli.add_command(identity_cmd.keys)
     cli.add_command(identity_cmd.totp)
+    from bastion.cli import approvals as approvals_cmd
+    cli.add_command(approvals_cmd.approvals)
     from bastion.cli import replay as replay_cmd
     cli.add_command(replay_cmd.replay)
     from bastion.cli import sessions as sessions_cmd

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncssh
 
+from bastion.config.approvals import ApprovalsConfig, parse_approvals
 from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_command_control
 from bastion.config.identity import IdentityConfig, parse_identity
 from bastion.config.masking import MaskingConfig, parse_masking, parse_target_masking
@@ -64,6 +65,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                 else IdentityConfig())
     transfers = tuple(parse_transfer_rule(t) for t in root.tables("transfers"))
     forwarding = tuple(parse_forward_rule(t) for t in root.tables("forwarding"))
+    approvals = (parse_approvals(root.table("approvals")) if root.has("approvals")
+                 else ApprovalsConfig())
     commands = parse_command_control(root, {t.name for t in targets})
     root.done()
 
@@ -82,7 +85,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
                   evidence=evidence, storage=storage, identity=identity, commands=commands,
-                  masking=masking, transfers=transfers, forwarding=forwarding)
+                  masking=masking, transfers=transfers, forwarding=forwarding,
+                  approvals=approvals)
 
 
 def _paths(t: Table) -> PathsConfig:

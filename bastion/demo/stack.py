@@ -35,6 +35,7 @@ LOOPBACK = "127.0.0.1"
 TARGET_NAMES = ("web01", "db01")
 DEMO_USER = "demo"
 DEMO_GROUPS = ("ops",)
+DEMO_APPROVER_EMAIL = "alice@example.com"  # the demo IdP's alice approves held commands
 
 
 class DemoStack:
@@ -108,6 +109,7 @@ class DemoStack:
                 self.setup_command_rules()
             if self.with_idp:
                 self.setup_identity()
+                self.setup_approvals()
             if self.with_s3:
                 self.setup_evidence()
             self.write_config()
@@ -258,6 +260,31 @@ class DemoStack:
         self.env.update({"IDP_ISSUER": self.idp.issuer, "DEMO_IDP_USER": account.username,
                          "DEMO_IDP_PASSWORD": account.password,
                          "BASTION_SSO_SSH_CONFIG": str(self.sso_ssh_config_path)})
+
+    def setup_approvals(self) -> None:
+        """The IdP user alice approves held commands (``ssh approvals@bastion``, with TOTP)."""
+        self.merge_config({"approvals": {"approver_users": [DEMO_APPROVER_EMAIL]}})
+
+    def command_control_usage(self) -> str:
+        """The demo's command rules and how to approve, for the person running the demo."""
+        if not self.command_rules:
+            return ""
+        from bastion.demo.command_rules import DEMO_COMMAND_SUMMARY
+
+        lines = ["Command rules (try them in the shell above):"]
+        lines += [f"    {line}" for line in DEMO_COMMAND_SUMMARY]
+        if self.idp is not None:
+            account = self.idp.accounts[0]
+            lines += [
+                f"Approvers: {DEMO_APPROVER_EMAIL} ({account.username} at the IdP). Enroll a "
+                "TOTP code once:",
+                f"    bastion totp enroll '{self.idp.issuer}|{account.sub}' "
+                f"--config {self.config_path}",
+                "  then approve from another terminal:",
+                f"    ssh -F {self.sso_ssh_config_path} -p {self.bastion_port} "
+                f"approvals@{self.bastion_host}",
+                f"  or: bastion approvals list --config {self.config_path}"]
+        return "\n".join(lines) + "\n"
 
     def setup_evidence(self) -> None:
         """Signing key, SeaweedFS with an Object Lock bucket, [evidence] and [storage]."""

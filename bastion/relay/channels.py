@@ -160,6 +160,13 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
                 return
             upstream = await self.session.connect(self._request)
             relay = await self._open_relay()
+            for factory in self.session.services.stage_factories:
+                # An exec is judged (and may wait for approval) before it is dialled.
+                check = getattr(factory, "check_exec", None)
+                if check and self.kind is ChannelKind.EXEC and not await check(relay.info, relay):
+                    relay.stop()
+                    self.refuse("the command was not run")
+                    return
             target, _ = await upstream.conn.create_session(
                 lambda: TargetChannel(relay), self._command, subsystem=self._subsystem,
                 term_type=self._term,

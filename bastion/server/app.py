@@ -28,7 +28,7 @@ from bastion.recording import SessionRecording, Spool
 from bastion.relay.session import RelayServices
 from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
-from bastion.server.features import build_features
+from bastion.server.features import approval_service, build_features
 from bastion.server.hardening import algorithm_options
 from bastion.server.limits import SourceLimits
 from bastion.state.sessions import KillRequest, RunningSession, SessionRegistry
@@ -52,6 +52,7 @@ class BastionServer:
         self.spool = Spool(config.paths.spool_dir, config.server.node_id)
         self._vault_key = load_vault_key(config.vault)
         self.identity = IdentityService.open(config, audit, self._vault_key)
+        self.approvals = approval_service(config, audit, self.identity)
         self.connections: dict[str, BastionConnection] = {}
         self._no_connections = asyncio.Event()
         self._conn_ids = itertools.count(1)
@@ -68,7 +69,7 @@ class BastionServer:
         # Running sessions and kill requests in the state database (bastion sessions kill).
         self.registry = SessionRegistry(self.identity.db)
         self._registered: set[str] = set()
-        features = build_features(config)
+        features = build_features(config, self.approvals)
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
             counter=self, on_finished=self._recording_finished,
