@@ -19,7 +19,13 @@ from bastion.config.model import EvidenceConfig, StorageConfig
 from bastion.config.reader import Source as ConfigSource
 from bastion.config.reader import Table
 from bastion.errors import ConfigError, StorageError, UsageError, VerificationFailed
-from bastion.evidence.signing import generate_signing_key, key_id_of, load_public_key, public_pem
+from bastion.evidence.signing import (
+    Signer,
+    generate_signing_key,
+    key_id_of,
+    load_public_key,
+    public_pem,
+)
 from bastion.evidence.sources import LocalSource, Source
 from bastion.evidence.verify import TrustedKey, verify_source
 from bastion.storage.client import make_client, parse_s3_uri, storage_error
@@ -83,7 +89,8 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
             bucket=storage.bucket, prefix=storage.prefix,
             object_lock_mode=storage.object_lock_mode, retention_days=storage.retention_days,
             concurrency=storage.concurrency, multipart_threshold=storage.multipart_threshold,
-            keep_days=config.evidence.keep_days if config.evidence else 0)
+            keep_days=config.evidence.keep_days if config.evidence else 0,
+            trusted_keys=_upload_keys(config.evidence, config.source))
         client = make_client(storage.endpoint_url, storage.region, storage.max_attempts)
         uploader = Uploader(settings, ObjectStore(client, storage.bucket))
         summary = _run_with_progress(uploader, show=sys.stderr.isatty() and not as_json)
@@ -97,6 +104,17 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
     audit.close()
     _print_summary(summary, as_json)
     sys.exit(summary.exit_code())
+
+
+def _upload_keys(evidence: EvidenceConfig | None, source: object) -> tuple[TrustedKey, ...]:
+    """The keys a manifest must verify with before it goes up: ``public_keys``, else the
+    public half of this bastion's ``signing_key``; none is a config error (fail closed)."""
+    if evidence is not None and evidence.public_keys:
+        return tuple(TrustedKey.of(load_public_key(p)) for p in evidence.public_keys)
+    if evidence is not None and evidence.signing_key is not None:
+        return (TrustedKey.of(Signer.from_file(evidence.signing_key).public),)
+    raise ConfigError(f"{source}: [evidence] has neither public_keys nor signing_key: upload "
+                      "cannot check manifests before they go into the bucket")
 
 
 def _run_with_progress(uploader: Uploader, show: bool) -> Summary:
