@@ -152,7 +152,12 @@ class ConnectionSession:
                     raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
                                        "sessions open, the most allowed")
                 self._counted = True
-            credential = self.services.credential_for(auth)
+            try:
+                credential = self.services.credential_for(auth)
+            except BastionError as exc:  # a vault damaged or unreadable while running
+                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
+                           reason=str(exc), **auth.audit_fields())
+                raise
             spool = self.services.spool
             recording = await asyncio.wrap_future(
                 spool.submit(spool.start_session, self._metadata(auth)))
