@@ -185,14 +185,15 @@ class SessionRecording:
         if parts == (Part.CAST,):
             if width <= 0 or height <= 0:
                 width, height = DEFAULT_SIZE
-            title = f"{user} -> {login}@{target}" + (f": {command}" if command is not None
-                                                     else "")
+            # The command is stored once, in the asciicast ``command`` field; the title shows
+            # only its start (a client may send a megabyte of command line).
+            title = f"{user} -> {login}@{target}" + (f": {_title_part(command)}"
+                                                     if command is not None else "")
             header = build_header(
                 width=width, height=height, timestamp=int(opened), term=term,
                 title=title, command=command,
                 bastion={"session_id": self.session_id, "user": user, "target": target,
-                         "login": login, "channel": number, "kind": kind.value,
-                         "command": command})
+                         "login": login, "channel": number, "kind": kind.value})
             writer = create_cast(self.path / recording_name(number, kind, Part.CAST), header,
                                  clock=self._spool.clock)
             files = [writer.path.name]
@@ -354,3 +355,13 @@ class SessionRecording:
         error = future.exception()
         if error is not None:
             log.warning("session %s: %s", self.session_id, error)
+
+
+TITLE_COMMAND_CHARS = 80  # how much of an exec command a cast title shows
+
+
+def _title_part(command: str) -> str:
+    """The start of a command for a cast title."""
+    if len(command) <= TITLE_COMMAND_CHARS:
+        return command
+    return command[:TITLE_COMMAND_CHARS] + "…"
