@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from bastion.audit import AuditLog
+from bastion.cli.display import printable
 from bastion.cli.options import config_option
 from bastion.config.load import load_config, parse_evidence, parse_storage
 from bastion.config.model import EvidenceConfig, StorageConfig
@@ -51,14 +52,14 @@ def _print_summary(summary: Summary, as_json: bool) -> None:
         click.echo(json.dumps(summary.as_json(), sort_keys=True))
         return
     where = f"s3://{summary.bucket}/{summary.prefix}".rstrip("/")
-    click.echo(f"{summary.status}: {len(summary.uploaded)} sessions uploaded "
+    click.echo(printable(f"{summary.status}: {len(summary.uploaded)} sessions uploaded "
                f"({summary.objects_uploaded} objects, {summary.bytes_uploaded} bytes) to {where}; "
                f"{len(summary.already_in_store)} already there, {len(summary.removed)} removed "
-               f"locally, {len(summary.kept)} kept; Object Lock: {summary.object_lock}")
+               f"locally, {len(summary.kept)} kept; Object Lock: {summary.object_lock}"))
     for failure in summary.failed:
-        click.echo(f"FAIL {failure['session']}: {failure['error']}", err=True)
+        click.echo(printable(f"FAIL {failure['session']}: {failure['error']}"), err=True)
     for item in summary.unsealed:
-        click.echo(f"UNSEALED {item['session']}: {item['error']}", err=True)
+        click.echo(printable(f"UNSEALED {item['session']}: {item['error']}"), err=True)
 
 
 @click.command("upload")
@@ -193,7 +194,7 @@ def verify(target: str, config_path: str | None, public_keys: tuple[str, ...],
         click.echo(json.dumps(report.as_json(), sort_keys=True, ensure_ascii=False))
     else:
         for line in report.lines():
-            click.echo(line)
+            click.echo(printable(line))
     sys.exit(0 if report.ok else VerificationFailed.exit_code)
 
 
