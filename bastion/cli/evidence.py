@@ -19,7 +19,13 @@ from bastion.config.load import load_config, parse_evidence, parse_storage
 from bastion.config.model import EvidenceConfig, StorageConfig
 from bastion.config.reader import Source as ConfigSource
 from bastion.config.reader import Table
-from bastion.errors import ConfigError, StorageError, UsageError, VerificationFailed
+from bastion.errors import (
+    BastionError,
+    ConfigError,
+    StorageError,
+    UsageError,
+    VerificationFailed,
+)
 from bastion.evidence.signing import (
     Signer,
     generate_signing_key,
@@ -29,6 +35,8 @@ from bastion.evidence.signing import (
 )
 from bastion.evidence.sources import LocalSource, Source
 from bastion.evidence.verify import TrustedKey, verify_source
+from bastion.state.db import StateDB
+from bastion.state.sessions import SessionRegistry
 from bastion.storage.client import make_client, parse_s3_uri, storage_error
 from bastion.storage.objects import ObjectStore
 from bastion.storage.reader import S3Source
@@ -60,6 +68,8 @@ def _print_summary(summary: Summary, as_json: bool) -> None:
         click.echo(printable(f"FAIL {failure['session']}: {failure['error']}"), err=True)
     for item in summary.unsealed:
         click.echo(printable(f"UNSEALED {item['session']}: {item['error']}"), err=True)
+    for item in summary.stuck:
+        click.echo(printable(f"STUCK {item['session']}: {item['error']}"), err=True)
 
 
 @click.command("upload")
@@ -91,7 +101,8 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
             object_lock_mode=storage.object_lock_mode, retention_days=storage.retention_days,
             concurrency=storage.concurrency, multipart_threshold=storage.multipart_threshold,
             keep_days=config.evidence.keep_days if config.evidence else 0,
-            trusted_keys=_upload_keys(config.evidence, config.source))
+            trusted_keys=_upload_keys(config.evidence, config.source),
+            running=_running_here(config.paths.state_dir, config.server.node_id))
         client = make_client(storage.endpoint_url, storage.region, storage.max_attempts)
         uploader = Uploader(settings, ObjectStore(client, storage.bucket))
         summary = _run_with_progress(uploader, show=sys.stderr.isatty() and not as_json)
@@ -101,10 +112,25 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
     audit.emit("upload.run", status=summary.status, bucket=summary.bucket,
                prefix=summary.prefix, uploaded=summary.uploaded, removed=summary.removed,
                failed=summary.failed, unsealed=[u["session"] for u in summary.unsealed],
+               stuck=[u["session"] for u in summary.stuck],
                objects=summary.objects_uploaded, bytes=summary.bytes_uploaded)
     audit.close()
     _print_summary(summary, as_json)
     sys.exit(summary.exit_code())
+
+
+def _running_here(state_dir: Path, node_id: str) -> frozenset[str] | None:
+    """The sessions this node's server says it records (None if the registry is unreadable:
+    then stuck sessions are not judged)."""
+    try:
+        db = StateDB.in_state_dir(state_dir)
+        try:
+            return frozenset(r.session_id for r in SessionRegistry(db).running()
+                             if r.node == node_id)
+        finally:
+            db.close()
+    except BastionError:
+        return None
 
 
 def _upload_keys(evidence: EvidenceConfig | None, source: object) -> tuple[TrustedKey, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ class SessionRecording:
         self._numbers = 0  # channel numbers taken
         self._finished = False
         self._dirty = False  # session.json in memory differs from the disk (flush_due saves it)
+        # session.json on disk says the session ended (it may be sealed, even if a recording
+        # file failed: the manifest then lists what was written, session.json the errors).
+        self.ended_on_disk = False
 
     @property
     def finished(self) -> bool:
@@ -268,7 +272,16 @@ class SessionRecording:
 
     def _write_doc(self, doc: dict[str, Any]) -> None:
         try:
-            write_json_atomic(self.path / SESSION_FILE, doc)
+            try:
+                write_json_atomic(self.path / SESSION_FILE, doc)
+            except OSError as exc:
+                # A full disk must not leave a finished session "active": free the spool's
+                # reserve and try once more (the end of a session matters more than space).
+                if exc.errno != errno.ENOSPC or not self._spool.release_reserve():
+                    raise
+                write_json_atomic(self.path / SESSION_FILE, doc)
+            if doc.get("state") != SessionState.ACTIVE.value:
+                self.ended_on_disk = True
         except OSError as exc:
             raise RecordingError(
                 f"recording stopped: cannot write {self.path / SESSION_FILE}: {_reason(exc)}"

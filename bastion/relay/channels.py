@@ -251,7 +251,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         log.error("%s %s", self.session.log_prefix, exc)
         self.session.services.audit.emit("recording.error", conn=self.session.client.conn_id,
                                          user=self.session.identity.name, error=str(exc))
-        self.session.end_reason("killed", "recording failed")
+        self.session.end_reason("killed", f"recording failed: {exc}")
         relay.recorder = None
         relay.stop()
         self.refuse("recording failed; the session was ended")
@@ -298,4 +298,4 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             recorder.close_deferred(self.session.services.spool.submit)
         except RecordingError as exc:
             log.error("%s %s", self.session.log_prefix, exc)
-            self.session.end_reason("killed", "recording failed at close")
+            self.session.end_reason("killed", f"recording failed at close: {exc}")

@@ -264,6 +264,8 @@ class ConnectionSession:
                       recording.session_id, error)
             self.services.audit.emit("recording.error", conn=self.client.conn_id,
                                      session=recording.session_id, error=str(error))
+            if recording.ended_on_disk:  # seal what was written, with its true end reason
+                self.services.on_finished(recording)
             return
         if error is not None:
             raise error

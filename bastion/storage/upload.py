@@ -46,12 +46,13 @@ from bastion.recording.layout import MANIFEST_FILE, SESSION_FILE, SIGNATURE_FILE
 from bastion.storage.client import StoreUnreachable
 from bastion.storage.keys import object_name, session_prefix
 from bastion.storage.objects import LockSettings, ObjectStore, Placed, compress, prepare
+from bastion.storage.stuck import spool_lock_held, stuck_sessions
 
 UPLOADED_MARKER = UPLOADED_FILE
 
 EXIT_OK = 0  # everything found was uploaded and verified, or another run holds the lock
 EXIT_FAILED = 1  # at least one session could not be uploaded or verified
-EXIT_ATTENTION = 3  # uploads fine, but finished sessions sit unsealed in the spool
+EXIT_ATTENTION = 3  # uploads fine, but sessions sit unsealed (or stuck active) in the spool
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class UploadSettings:
     multipart_threshold: int
     keep_days: int
     trusted_keys: tuple[TrustedKey, ...] = ()  # a manifest must verify with one to go up
+    # Sessions this node's running server records (the registry); None: stuck not checked.
+    running: frozenset[str] | None = None
 
 
 class _Deferred(Exception):
@@ -87,6 +90,7 @@ class Summary:
     kept: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     unsealed: list[dict[str, str]] = field(default_factory=list)
+    stuck: list[dict[str, str]] = field(default_factory=list)  # active, but nothing records it
     objects_uploaded: int = 0
     bytes_uploaded: int = 0
     object_lock: str = ""
@@ -96,7 +100,7 @@ class Summary:
         """The exit status a systemd timer alerts on."""
         if self.failed:
             return EXIT_FAILED
-        if self.unsealed:
+        if self.unsealed or self.stuck:
             return EXIT_ATTENTION
         return EXIT_OK
 
@@ -307,6 +311,9 @@ class Uploader:
         for folder in unsealed_sessions(self.settings.spool_dir):
             summary.unsealed.append({"session": folder.name, "error": "finished but not sealed "
                                      "(see the server's audit log for the sealing error)"})
+        if self.settings.running is not None:
+            spool = self.settings.spool_dir
+            summary.stuck = stuck_sessions(spool, self.settings.running, spool_lock_held(spool))
         pending = self.pending()
         lock = LockSettings(None, 0)
         try:
