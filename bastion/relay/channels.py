@@ -25,6 +25,7 @@ from bastion.relay.target import TargetChannel
 
 log = logging.getLogger("bastion.relay")
 
+_REASON_MAX = 400  # characters of a refusal reason shown to the user
 _EXIT_TARGET_LOST = 255  # what OpenSSH itself returns when the connection breaks
 _DATA = Stream.DATA
 MAX_COLUMNS, MAX_ROWS = 2000, 1000  # a window size beyond these is a lie, not a terminal
@@ -237,8 +238,11 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
     def refuse(self, reason: str) -> None:
         """Tell the user why in one line and end the channel with a failure status."""
         nl = "\r\n" if self._term else "\n"
+        # The reason may quote the target (its disconnect text) or the user: no control
+        # character reaches the user's terminal through it.
+        shown = "".join(c if c.isprintable() else "?" for c in reason[:_REASON_MAX])
         try:
-            self.chan.write_stderr(f"bastion: {reason}{nl}".encode())
+            self.chan.write_stderr(f"bastion: {shown}{nl}".encode())
             self.chan.exit(EXIT_REFUSED)
         except (OSError, asyncssh.Error, BrokenPipeError):
             self.chan.close()
