@@ -8,6 +8,7 @@ import time
 import click
 
 from bastion.audit import AuditLog
+from bastion.cli.display import printable
 from bastion.cli.options import config_option
 from bastion.config import Config, load_config
 from bastion.credentials.vaultkey import load_vault_key
@@ -61,8 +62,9 @@ def keys_list(config_path: str, include_expired: bool, as_json: bool) -> None:
                 "client": b.client, "created": _when(b.created), "expires": _when(b.expires),
                 "last_used": _when(b.last_used)}))
         else:
-            click.echo(f"{b.fingerprint}  {b.identity.key}  {b.identity.name}  "
-                       f"groups={','.join(b.identity.groups) or '-'}  "
+            click.echo(f"{printable(b.fingerprint)}  {printable(b.identity.key)}  "
+                       f"{printable(b.identity.name)}  "
+                       f"groups={printable(','.join(b.identity.groups)) or '-'}  "
                        f"expires={_when(b.expires)}  last_used={_when(b.last_used)}")
     if not rows and not as_json:
         click.echo("no key bindings", err=True)
@@ -141,4 +143,4 @@ def totp_reset(config_path: str, identity: str) -> None:
     audit = _audit(config)
     audit.emit("totp.reset", by="cli", issuer=issuer, subject=subject)
     audit.close()
-    click.echo(f"removed the TOTP secret of {key}")
+    click.echo(f"removed the TOTP secret of {printable(key)}")

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from bastion.cli.display import printable
 from bastion.errors import EXIT_INTERNAL, BastionError
 
 # Shared options live in options.py: a command module importing them from here would make an
@@ -21,7 +22,7 @@ class BastionGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BastionError as exc:
-            click.echo(f"bastion: {exc}", err=True)
+            click.echo(f"bastion: {printable(exc)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("bastion: interrupted", err=True)
@@ -32,7 +33,7 @@ class BastionGroup(click.Group):
         except Exception as exc:  # a bug: one line by default, the traceback on request
             if os.environ.get("BASTION_DEBUG"):
                 raise
-            click.echo(f"bastion: internal error: {type(exc).__name__}: {exc} "
+            click.echo(f"bastion: internal error: {type(exc).__name__}: {printable(exc)} "
                        "(set BASTION_DEBUG=1 for a traceback)", err=True)
             sys.exit(EXIT_INTERNAL)
 

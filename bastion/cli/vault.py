@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from bastion.cli.display import printable
 from bastion.cli.options import config_option
 from bastion.config import Config, load_config
 from bastion.credentials.vault import (
@@ -59,7 +60,7 @@ def vault_set(config_path: str, target: str, login: str, key_file: str | None,
         verb = "replaced" if opened.get(target, login) is not None else "stored"
         opened.set(target, login, credential)
         opened.save()
-    click.echo(f"{verb} {credential.kind} for {login}@{target} in {config.vault.path}")
+    click.echo(printable(f"{verb} {credential.kind} for {login}@{target} in {config.vault.path}"))
 
 
 @vault.command("list")
@@ -70,10 +71,11 @@ def vault_list(config_path: str) -> None:
     opened = _open(config)
     rows = opened.entries()
     if not rows:
-        click.echo(f"no credentials in {config.vault.path}")
+        click.echo(printable(f"no credentials in {config.vault.path}"))
         return
     table = [("TARGET", "LOGIN", "KIND", "")]
-    table += [(t, lg, kind, "" if config.target(t) else "(target not in config)")
+    table += [(printable(t), printable(lg), printable(kind),
+               "" if config.target(t) else "(target not in config)")
               for t, lg, kind in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:
@@ -93,7 +95,7 @@ def vault_remove(config_path: str, target: str, login: str) -> None:
         if not opened.remove(target, login):
             raise VaultError(f"no credential for {login}@{target} in {config.vault.path}")
         opened.save()
-    click.echo(f"removed credential for {login}@{target} from {config.vault.path}")
+    click.echo(printable(f"removed credential for {login}@{target} from {config.vault.path}"))
 
 
 @vault.command("rotate-key")

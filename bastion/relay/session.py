@@ -170,7 +170,12 @@ class ConnectionSession:
                     raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
                                        "sessions open, the most allowed")
                 self._counted = True
-            credential = self.services.credential_for(auth)
+            try:
+                credential = self.services.credential_for(auth)
+            except BastionError as exc:  # a vault damaged or unreadable while running
+                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
+                           reason=str(exc), **auth.audit_fields())
+                raise
             spool = self.services.spool
             recording = await asyncio.wrap_future(
                 spool.submit(spool.start_session, self._metadata(auth)))
@@ -296,6 +301,8 @@ class ConnectionSession:
                       recording.session_id, error)
             self.services.audit.emit("recording.error", conn=self.client.conn_id,
                                      session=recording.session_id, error=str(error))
+            if recording.ended_on_disk:  # seal what was written, with its true end reason
+                self.services.on_finished(recording)
             return
         if error is not None:
             raise error

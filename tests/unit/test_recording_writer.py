@@ -87,7 +87,7 @@ def test_header_and_session_metadata(spool: Spool) -> None:
     assert header["env"] == {"TERM": "xterm-256color"}
     assert header["bastion"] == {"session_id": rec.session_id, "user": "alice",
                                  "target": "web01", "login": "deploy", "channel": 1,
-                                 "kind": "shell", "command": None}
+                                 "kind": "shell"}
 
     meta = json.loads((rec.path / "session.json").read_text())
     assert meta["schema"] == 2
