@@ -64,7 +64,7 @@ def read_vault_key_file(path: Path, what: str | None = None) -> Secret[bytes]:
         mode = os.fstat(fh.fileno()).st_mode
         if not stat.S_ISREG(mode):
             raise VaultError(f"{what}: not a regular file")
-        if mode & 0o007:
+        if mode & 0o077:  # like ssh with a private key: only its owner may read it
             raise VaultError(f"{what} is accessible to other users (mode {mode & 0o777:04o}); "
                              f"run chmod 600 {path}")
         data = fh.read(_MAX_KEY_TEXT + 1)

@@ -42,7 +42,7 @@ class RelayServices:
     config: Config
     audit: AuditLog
     spool: Spool
-    credential_for: Callable[[Authorization], Credential]
+    credential_for: Callable[[Authorization, str, str], Credential]  # (auth, conn, user)
     counter: SessionCounter
     on_finished: Callable[[SessionRecording], None]
     # Whether policy asks this identity for a TOTP code on this target (step-up).
@@ -152,7 +152,13 @@ class ConnectionSession:
                     raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
                                        "sessions open, the most allowed")
                 self._counted = True
-            credential = self.services.credential_for(auth)
+            try:
+                credential = self.services.credential_for(auth, self.client.conn_id,
+                                                          self.identity.name)
+            except BastionError as exc:
+                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
+                           reason=str(exc), **auth.audit_fields())
+                raise
             spool = self.services.spool
             recording = await asyncio.wrap_future(
                 spool.submit(spool.start_session, self._metadata(auth)))
