@@ -69,6 +69,13 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
     storage = config.storage
     if as_json is None:
         as_json = not sys.stdout.isatty()
+    if config.evidence is None or config.evidence.signing_key is None:
+        # Nothing is ever sealed, so there is nothing to upload: not a failure of this run
+        # (the timer would otherwise fail every few minutes).
+        note = "nothing sealed to upload: [evidence] signing_key is not set"
+        click.echo(json.dumps({"status": "ok", "note": note, "uploaded": []}) if as_json
+                   else note)
+        sys.exit(EXIT_OK)
     lock = UploadLock(config.paths.state_dir)
     if not lock.acquire(wait):
         busy = Summary(bucket=storage.bucket, prefix=storage.prefix, status="busy")
@@ -89,7 +96,7 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
         summary = _run_with_progress(uploader, show=sys.stderr.isatty() and not as_json)
     finally:
         lock.release()
-    audit = AuditLog(config.paths.audit_log, config.server.node_id, stream=None)
+    audit = AuditLog(config.paths.audit_log, config.server.node_id)  # file and stderr
     audit.emit("upload.run", status=summary.status, bucket=summary.bucket,
                prefix=summary.prefix, uploaded=summary.uploaded, removed=summary.removed,
                failed=summary.failed, unsealed=[u["session"] for u in summary.unsealed],

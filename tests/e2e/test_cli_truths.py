@@ -1,0 +1,98 @@
+"""What the README says about commands, as an operator runs them: exit codes and error lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+# The console script installed beside this interpreter (the venv), as an operator runs it.
+BASTION = str(Path(sys.executable).with_name("bastion"))
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BASTION, *args], capture_output=True, text=True, timeout=60,
+                          check=False, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bastion: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    host_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    user_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    path = tmp_path / "bastion.toml"
+    path.write_text(f"""
+[paths]
+state_dir = "state"
+spool_dir = "spool"
+audit_log = "state/audit.jsonl"
+
+[vault]
+key_file = "vault.key"
+
+[[users]]
+name = "carol"
+keys = ["{user_key}"]
+
+[[targets]]
+name = "web01"
+host = "127.0.0.1"
+host_key = "{host_key}"
+
+[storage]
+bucket = "evidence"
+endpoint_url = "http://127.0.0.1:9"
+""", encoding="utf-8")
+    made = run("keygen", "vault", "--out", str(tmp_path / "vault.key"))
+    assert made.returncode == 0, made.stderr
+    return path
+
+
+def test_upload_without_signing_key_has_nothing_to_do(config: Path) -> None:
+    result = run("upload", "-c", str(config), "--no-json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "nothing sealed to upload: [evidence] signing_key is not set\n"
+    as_json = json.loads(run("upload", "-c", str(config), "--json").stdout)
+    assert as_json["status"] == "ok" and "signing_key is not set" in as_json["note"]
+
+
+def test_totp_enroll_only_for_someone_who_can_log_in(config: Path) -> None:
+    one_line(run("totp", "enroll", "nosuchuser", "-c", str(config)), 2,
+             "'nosuchuser' is not a user in")
+    one_line(run("totp", "enroll", "https://idp.example|nobody", "-c", str(config)), 2,
+             "has never signed in")
+    enrolled = run("totp", "enroll", "carol", "-c", str(config))
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "otpauth://totp/" in enrolled.stdout
+    # The audit event goes to the file and to stderr (the journal), as the server's do.
+    event = json.loads(next(line.removeprefix("audit ") for line in enrolled.stderr.splitlines()
+                            if line.startswith("audit {")))
+    assert event["event"] == "totp.enrolled" and event["subject"] == "carol"
+    audit = (config.parent / "state" / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(line)["event"] for line in audit] == ["totp.enrolled"]
+    reset = run("totp", "reset", "carol", "-c", str(config))
+    assert reset.returncode == 0 and "totp.reset" in reset.stderr
+    one_line(run("totp", "reset", "carol", "-c", str(config)), 2, "has no TOTP secret")
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o644, 0o660])
+def test_vault_key_readable_by_others_is_refused(config: Path, mode: int) -> None:
+    (config.parent / "vault.key").chmod(mode)
+    for args in (("vault", "list"), ("totp", "enroll", "carol")):
+        one_line(run(*args, "-c", str(config)), 2, f"(mode 0{mode:o})", "chmod 600")
