@@ -96,3 +96,34 @@ def test_vault_key_readable_by_others_is_refused(config: Path, mode: int) -> Non
     (config.parent / "vault.key").chmod(mode)
     for args in (("vault", "list"), ("totp", "enroll", "carol")):
         one_line(run(*args, "-c", str(config)), 2, f"(mode 0{mode:o})", "chmod 600")
+
+
+@pytest.mark.parametrize("args", [
+    ("vault", "list", "--no-such-option"),
+    ("vault", "set"),  # missing arguments
+    ("no-such-command",),
+    ("upload", "--wait", "extra-argument"),
+    ("verify",),
+])
+def test_usage_errors_are_one_line_with_status_2(args: tuple[str, ...]) -> None:
+    line = one_line(run(*args), 2, "(see --help)")
+    assert "Usage:" not in line and "Try " not in line
+
+
+@pytest.mark.parametrize("args", [
+    ("check-config",), ("vault", "list"), ("totp", "enroll", "carol"), ("keys", "list"),
+    ("upload",), ("sessions", "list"), ("serve",),
+])
+def test_the_same_refusal_gives_the_same_status_everywhere(tmp_path: Path,
+                                                          args: tuple[str, ...]) -> None:
+    missing = tmp_path / "missing.toml"
+    # check-config takes the file as an argument, the others through --config.
+    argv = (*args, str(missing)) if args == ("check-config",) else (*args, "-c", str(missing))
+    one_line(run(*argv), 2, str(missing), "no such file")
+
+
+def test_help_and_version_exit_0() -> None:
+    assert run("--help").returncode == 0
+    assert run("vault", "--help").returncode == 0
+    version = run("--version")
+    assert version.returncode == 0 and "version" in version.stdout
