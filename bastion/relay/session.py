@@ -189,7 +189,7 @@ class ConnectionSession:
                 "host_key_fingerprint": upstream.host_key_fingerprint})
             audit.emit("session.start", conn=self.client.conn_id,
                        session=recording.session_id, user=self.identity.name,
-                       client=self.client.address, **auth.audit_fields())
+                       client=f"{self.client.address}:{self.client.port}", **auth.audit_fields())
             return self.upstream
 
     @property
