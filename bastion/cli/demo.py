@@ -64,7 +64,8 @@ Run one command:
 
 {stack.device_login_usage()}
 Recordings: {stack.spool_dir}
-Logs:       {stack.logs_dir}
+Audit log:  {stack.state_dir / "audit.jsonl"}
+Logs:       {stack.logs_dir} (bastion, sshd, IdP and S3 output)
 Settings for scripts: . {stack.env_path}
 
 Press Ctrl-C to stop.

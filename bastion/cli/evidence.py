@@ -138,7 +138,7 @@ def _evidence_settings(path: Path) -> tuple[EvidenceConfig | None, StorageConfig
 
 
 @click.command("verify")
-@click.argument("target")
+@click.argument("target", metavar="PATH|s3://BUCKET/PREFIX")
 @click.option("--config", "-c", "config_path", metavar="FILE", default=None,
               help="Config with [evidence] public_keys (and [storage] endpoint_url).")
 @click.option("--public-key", "public_keys", metavar="FILE", multiple=True,

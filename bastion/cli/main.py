@@ -40,7 +40,7 @@ class BastionGroup(click.Group):
 @click.group(cls=BastionGroup)
 @click.version_option(package_name="bastion")
 def cli() -> None:
-    """bastion: an SSH bastion that signs people in, checks their commands and records sessions."""
+    """bastion: an SSH bastion that signs people in and records every session."""
 
 
 def _register() -> None:
