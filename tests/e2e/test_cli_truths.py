@@ -127,3 +127,45 @@ def test_help_and_version_exit_0() -> None:
     assert run("vault", "--help").returncode == 0
     version = run("--version")
     assert version.returncode == 0 and "version" in version.stdout
+
+
+def _bind(config: Path, subject: str, fingerprint: str, ttl: float) -> None:
+    """A key binding as a device login leaves it (ttl < 0: already expired)."""
+    from bastion.identity.bindings import KeyBindings
+    from bastion.identity.model import Identity
+    from bastion.state.db import StateDB
+
+    db = StateDB.in_state_dir(config.parent / "state")
+    KeyBindings(db).bind(fingerprint, "ssh-ed25519 AAAA", Identity(
+        "https://idp.example", subject, subject.title(), ("ops",)), ttl, "127.0.0.1:5")
+
+
+def _listed(config: Path, *extra: str) -> list[tuple[str, str]]:
+    result = run("keys", "list", "-c", str(config), "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    return sorted((r["key"], r["identity"]) for r in rows)
+
+
+def test_keys_list_all_and_revoke_by_identity_and_all(config: Path) -> None:
+    _bind(config, "alice", "SHA256:aaa", 3600)
+    _bind(config, "alice", "SHA256:aa2", 3600)
+    _bind(config, "bob", "SHA256:bbb", 3600)
+    _bind(config, "carl", "SHA256:ccc", -10)  # expired
+    live = [("SHA256:aa2", "https://idp.example|alice"), ("SHA256:aaa", "https://idp.example|alice"),
+            ("SHA256:bbb", "https://idp.example|bob")]
+    assert _listed(config) == live
+    assert _listed(config, "--all") == sorted([*live, ("SHA256:ccc", "https://idp.example|carl")])
+
+    revoked = run("keys", "revoke", "-c", str(config), "--identity", "https://idp.example|alice")
+    assert revoked.returncode == 0 and revoked.stdout.startswith("revoked 2 bindings")
+    assert len([e for e in revoked.stderr.splitlines() if "\"binding.revoked\"" in e]) == 2
+    assert _listed(config) == [("SHA256:bbb", "https://idp.example|bob")]
+
+    one_line(run("keys", "revoke", "-c", str(config), "--identity", "https://idp.example|alice"),
+             2, "no binding matched")
+    one_line(run("keys", "revoke", "-c", str(config), "--all", "SHA256:bbb"), 2, "exactly one")
+
+    everything = run("keys", "revoke", "-c", str(config), "--all")
+    assert everything.returncode == 0 and everything.stdout.startswith("revoked 2 bindings")
+    assert _listed(config, "--all") == []
