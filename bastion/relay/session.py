@@ -183,6 +183,9 @@ class ConnectionSession:
                 upstream.close()
                 raise AccessDenied("the session is closing")
             self.upstream = upstream
+            # The idle clock starts with the session, not with the dial (a slow target must
+            # not use up the user's idle allowance).
+            self.last_activity = time.monotonic()
             recording.set_field("target", {
                 "name": auth.target.name, "address": upstream.address,
                 "port": auth.target.port, "login": auth.login,
