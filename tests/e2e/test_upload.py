@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,11 +140,11 @@ def test_store_killed_mid_upload_then_the_next_run_completes(tmp_path: Path) -> 
         try:
             # Await the first session verified in S3 (its marker), then freeze the uploader so
             # the store dies while it is certainly in the middle of the large sessions.
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                if (small[0] / "uploaded.json").exists():
-                    break
-                time.sleep(0.01)
+            marker = small[0] / "uploaded.json"
+            running = proc
+            wait_until(lambda: marker.exists() or running.poll() is not None, 60,
+                       "the first session verified in S3")
+            assert marker.exists() and proc.poll() is None, "the upload ended before the store died"
             os.kill(proc.pid, signal.SIGSTOP)
             own.kill()
             os.kill(proc.pid, signal.SIGCONT)
