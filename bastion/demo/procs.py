@@ -114,14 +114,18 @@ class ManagedProcess:
             time.sleep(0.05)
         raise ProcessFailed(f"{self.name}: no {text!r} within {timeout:.0f}s:\n{self.log_tail()}")
 
-    def wait_for_log_match(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-        """The first match of ``pattern`` in the process's output, once there; fail at once if
-        the process dies (e.g. a server reporting the port it bound)."""
+    def wait_for_log_match(self, pattern: str, timeout: float = 30.0,
+                           offset: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` in the process's output after byte ``offset`` (the
+        log is appended to across restarts), once there; fail at once if the process dies
+        (e.g. a server reporting the port it bound)."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
-                found = regex.search(self.log_path.read_text(encoding="utf-8", errors="replace"))
+                with self.log_path.open("rb") as fh:
+                    fh.seek(offset)
+                    found = regex.search(fh.read().decode("utf-8", errors="replace"))
                 if found:
                     return found
             if not self.alive():
