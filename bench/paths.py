@@ -53,9 +53,10 @@ class RelaySshd(SshdTarget):
 class BenchEnv:
     """Starts every requested path and writes one ssh_config with a Host per path."""
 
-    def __init__(self, workdir: Path, wanted: tuple[str, ...]) -> None:
+    def __init__(self, workdir: Path, wanted: tuple[str, ...], *, masking: bool = True) -> None:
         self.workdir = workdir
         self.wanted = wanted
+        self.masking = masking  # the shipped default is on
         self.unavailable: dict[str, str] = {}  # path -> reason it is not measured
         self.ssh_config = workdir / "ssh_config"
         self.known_hosts = workdir / "known_hosts"
@@ -158,6 +159,8 @@ class BenchEnv:
         # Room for the concurrency run; everything else is the demo's (shipped) config.
         stack.merge_config({"server": {"max_sessions_per_user": BENCH_SESSIONS_CAP,
                                        "max_connections": BENCH_SESSIONS_CAP}})
+        if not self.masking:
+            stack.merge_config({"masking": {"enabled": False}})
         stack.write_config()
         stack.start_bastion()
         stack.write_client_files()

@@ -9,6 +9,7 @@ import asyncssh
 
 from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_command_control
 from bastion.config.identity import IdentityConfig, parse_identity
+from bastion.config.masking import MaskingConfig, parse_masking, parse_target_masking
 from bastion.config.model import (
     GROUP_NAME,
     LOGIN_NAME,
@@ -53,7 +54,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     server = _server(root.table("server"), paths)
     vault = _vault(root.table("vault"), paths)
     users = tuple(_user(t) for t in root.tables("users"))
-    targets = tuple(_target(t) for t in root.tables("targets"))
+    masking = parse_masking(root.table("masking")) if root.has("masking") else MaskingConfig()
+    targets = tuple(_target(t, masking) for t in root.tables("targets"))
     access = tuple(_access(t) for t in root.tables("access"))
     evidence = parse_evidence(root.table("evidence")) if root.has("evidence") else None
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
@@ -72,7 +74,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity, commands=commands)
+                  evidence=evidence, storage=storage, identity=identity, commands=commands,
+                  masking=masking)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -143,7 +146,7 @@ def _user(t: Table) -> LocalUser:
     return user
 
 
-def _target(t: Table) -> Target:
+def _target(t: Table, masking: MaskingConfig) -> Target:
     name = t.string("name", pattern=TARGET_NAME,
                  what="a target name of letters, digits, '_' or '-' (no dots)")
     host_keys = t.strings("host_keys", ())
@@ -168,6 +171,7 @@ def _target(t: Table) -> Target:
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
         record_input=t.boolean("record_input", True),
         unresolved=t.string("unresolved", None, pattern=UNRESOLVED_PATTERN, what=UNRESOLVED_WHAT),
+        masking=parse_target_masking(t, masking),
     )
     t.done()
     return target

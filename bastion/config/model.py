@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bastion.config.masking import MaskingConfig, TargetMasking
 from bastion.secret import Secret
 
 # Names that may appear in an SSH user name. Targets and logins are checked against these
@@ -76,6 +77,7 @@ class Target:
     connect_timeout: float = 10.0
     record_input: bool = True  # keystrokes of pty channels into the recording
     unresolved: str | None = None  # command control: "deny", "approve" or "warn"; None: global
+    masking: TargetMasking = field(default_factory=TargetMasking)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class Config:
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
     commands: CommandControl = CommandControl()
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
