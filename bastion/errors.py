@@ -40,6 +40,10 @@ class VaultError(BastionError):
     """The credential vault cannot be opened, decrypted or written."""
 
 
+class WrongVaultKey(VaultError):
+    """The vault is sealed under another key than the one given (e.g. after a rotation)."""
+
+
 class RecordingError(BastionError):
     """A recording cannot be opened or written; the session must not run."""
 

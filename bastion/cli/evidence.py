@@ -86,6 +86,13 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
     storage = config.storage
     if as_json is None:
         as_json = not sys.stdout.isatty()
+    if config.evidence is None or config.evidence.signing_key is None:
+        # Nothing is ever sealed, so there is nothing to upload: not a failure of this run
+        # (the timer would otherwise fail every few minutes).
+        note = "nothing sealed to upload: [evidence] signing_key is not set"
+        click.echo(json.dumps({"status": "ok", "note": note, "uploaded": []}) if as_json
+                   else note)
+        sys.exit(EXIT_OK)
     lock = UploadLock(config.paths.state_dir)
     if not lock.acquire(wait):
         busy = Summary(bucket=storage.bucket, prefix=storage.prefix, status="busy")
@@ -108,7 +115,7 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
         summary = _run_with_progress(uploader, show=sys.stderr.isatty() and not as_json)
     finally:
         lock.release()
-    audit = AuditLog(config.paths.audit_log, config.server.node_id, stream=None)
+    audit = AuditLog(config.paths.audit_log, config.server.node_id)  # file and stderr
     audit.emit("upload.run", status=summary.status, bucket=summary.bucket,
                prefix=summary.prefix, uploaded=summary.uploaded, removed=summary.removed,
                failed=summary.failed, unsealed=[u["session"] for u in summary.unsealed],
@@ -176,7 +183,7 @@ def _evidence_settings(path: Path) -> tuple[EvidenceConfig | None, StorageConfig
 
 
 @click.command("verify")
-@click.argument("target")
+@click.argument("target", metavar="PATH|s3://BUCKET/PREFIX")
 @click.option("--config", "-c", "config_path", metavar="FILE", default=None,
               help="Config with [evidence] public_keys (and [storage] endpoint_url).")
 @click.option("--public-key", "public_keys", metavar="FILE", multiple=True,

@@ -41,7 +41,7 @@ class BastionGroup(click.Group):
 @click.group(cls=BastionGroup)
 @click.version_option(package_name="bastion")
 def cli() -> None:
-    """bastion: an SSH bastion that signs people in, checks their commands and records sessions."""
+    """bastion: an SSH bastion that signs people in and records every session."""
 
 
 def _register() -> None:
@@ -72,6 +72,21 @@ def _register() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Click's own errors (an unknown option, a missing argument) are printed as the README's one
+    line ``bastion: ...`` with exit status 2 instead of click's usage block.
+    """
     _register()
-    cli(prog_name="bastion")
+    try:
+        cli.main(prog_name="bastion", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path + ": " if exc.ctx is not None else ""
+        click.echo(f"bastion: {where}{exc.format_message()} (see --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:  # e.g. a file argument that cannot be opened
+        click.echo(f"bastion: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code if exc.exit_code else 1)
+    except click.exceptions.Abort:
+        click.echo("bastion: interrupted", err=True)
+        sys.exit(130)

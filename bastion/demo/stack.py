@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import getpass
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from bastion.credentials.vault import Vault, private_key_credential
 from bastion.credentials.vaultkey import generate_vault_key, write_vault_key
 from bastion.demo.command_rules import demo_command_sections
 from bastion.demo.idp import IdpServer
-from bastion.demo.procs import ManagedProcess, free_port
+from bastion.demo.procs import ManagedProcess
 from bastion.demo.s3 import SeaweedS3
 from bastion.demo.sshd import SshdTarget, find_ssh_keygen, find_sshd, generate_key_pair
 from bastion.errors import ConfigError, UsageError
@@ -49,7 +50,9 @@ class DemoStack:
                  with_s3: bool = True, command_rules: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
         self.bastion_host = LOOPBACK
-        self.bastion_port = bastion_port or free_port()
+        # 0: `bastion serve` binds a free port itself and reports it (no free_port() race with
+        # other stacks on the machine); start_bastion() then pins it in the config.
+        self.bastion_port = bastion_port or 0
         self.login = getpass.getuser()
         self.target_names = tuple(target_names)
         # The target key lives only in the vault unless a test wants to reach targets directly.
@@ -350,10 +353,22 @@ class DemoStack:
     def start_bastion(self, timeout: float = 30.0) -> None:
         """Run ``bastion serve`` with the written config and wait for its port."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.bastion_env}
+        if self.bastion_port:
+            self.bastion = self.start_process(
+                "bastion", [sys.executable, "-m", "bastion", "serve", "--config",
+                            str(self.config_path)],
+                port=self.bastion_port, env=env, timeout=timeout)
+            return
         self.bastion = self.start_process(
             "bastion", [sys.executable, "-m", "bastion", "serve", "--config",
-                        str(self.config_path)],
-            port=self.bastion_port, env=env, timeout=timeout)
+                        str(self.config_path)], env=env, timeout=timeout)
+        # The port it bound, from its "listening on HOST:PORT" line (the first start's log).
+        found = self.bastion.wait_for_log_match(
+            r"listening on " + re.escape(self.bastion_host) + r":(\d+)", timeout)
+        self.bastion_port = int(found.group(1))
+        # Pinned from now on: a restart (and the files written for clients) keep this port.
+        self.merge_config({"server": {"port": self.bastion_port}})
+        self.write_config()
 
     def write_client_files(self) -> None:
         """known_hosts pinning the bastion's key and an ssh_config that uses the demo key."""

@@ -58,7 +58,7 @@ class RelayServices:
     config: Config
     audit: AuditLog
     spool: Spool
-    credential_for: Callable[[Authorization], Credential]
+    credential_for: Callable[[Authorization, str, str], Credential]  # (auth, conn, user)
     counter: SessionCounter
     on_finished: Callable[[SessionRecording], None]
     # Whether policy asks this identity for a TOTP code on this target (step-up).
@@ -171,8 +171,9 @@ class ConnectionSession:
                                        "sessions open, the most allowed")
                 self._counted = True
             try:
-                credential = self.services.credential_for(auth)
-            except BastionError as exc:  # a vault damaged or unreadable while running
+                credential = self.services.credential_for(auth, self.client.conn_id,
+                                                          self.identity.name)
+            except BastionError as exc:  # no credential, or a vault damaged while running
                 audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
                            reason=str(exc), **auth.audit_fields())
                 raise
@@ -200,13 +201,16 @@ class ConnectionSession:
                 upstream.close()
                 raise AccessDenied("the session is closing")
             self.upstream = upstream
+            # The idle clock starts with the session, not with the dial (a slow target must
+            # not use up the user's idle allowance).
+            self.last_activity = time.monotonic()
             recording.set_field("target", {
                 "name": auth.target.name, "address": upstream.address,
                 "port": auth.target.port, "login": auth.login,
                 "host_key_fingerprint": upstream.host_key_fingerprint})
             audit.emit("session.start", conn=self.client.conn_id,
                        session=recording.session_id, user=self.identity.name,
-                       client=self.client.address, **auth.audit_fields())
+                       client=f"{self.client.address}:{self.client.port}", **auth.audit_fields())
             return self.upstream
 
     @property
