@@ -45,11 +45,18 @@ class Approver:
     name: str
     groups: tuple[str, ...] = ()
     email: str | None = None
+    rule_names: tuple[str, ...] = ()  # what approver_users may name them by (Identity's)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What ``approver_users`` may name them by: as given, else ISSUER|SUBJECT and e-mail."""
+        return self.rule_names or (self.key,) + ((self.email,) if self.email else ())
 
     @classmethod
     def of(cls, identity: Identity) -> Approver:
         """The approver an authenticated identity is."""
-        return cls(identity.key, identity.name, identity.groups, identity.email)
+        return cls(identity.key, identity.name, identity.groups, identity.email,
+                   identity.rule_names)
 
 
 def rfc3339(ts: float) -> str:
@@ -137,8 +144,7 @@ class ApprovalService:
         """Whether this person is a configured approver."""
         cfg = self.config
         return (bool(set(cfg.approver_groups) & set(approver.groups))
-                or approver.name in cfg.approver_users
-                or (approver.email is not None and approver.email in cfg.approver_users))
+                or bool(set(approver.names) & set(cfg.approver_users)))
 
     def pending_for(self, approver: Approver) -> list[ApprovalRequest]:
         """Pending requests this approver may decide (not their own)."""

@@ -43,7 +43,8 @@ def _approver(config: Config, text: str) -> Approver:
         name = text.rpartition("|")[2]
         for user in config.users:
             if user.name == name:
-                return Approver(f"{LOCAL_ISSUER}|{name}", name, user.groups)
+                return Approver(f"{LOCAL_ISSUER}|{name}", name, user.groups,
+                                rule_names=(name,))
         if "|" not in text:
             raise UsageError(f"no config user {name!r}; give ISSUER|SUBJECT for IdP users")
     db = StateDB.in_state_dir(config.paths.state_dir)

@@ -83,7 +83,16 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     _unique(root, "users", [u.name for u in users])
     _unique(root, "targets", [t.name for t in targets])
     names = {t.name for t in targets}
+    local = {u.name for u in users}
     for index, rule in enumerate(access):
+        for name in rule.users:
+            # Local users and identity-provider accounts are different namespaces: a bare name
+            # is a [[users]] entry; anyone else is ISSUER|SUBJECT or a verified e-mail.
+            if name not in local and "|" not in name and "@" not in name:
+                raise Table({}, ("access", index), source).error(
+                    "users", "names of [[users]], ISSUER|SUBJECT of identity-provider accounts "
+                    f"or e-mail addresses ({name!r} is none of them: an identity-provider "
+                    "display name could be anyone's)")
         for name in rule.targets:
             if name != "*" and name not in names:
                 raise Table({}, ("access", index), source).error(

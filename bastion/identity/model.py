@@ -22,6 +22,19 @@ class Identity:
     method: str = "publickey"  # how this connection proved it: publickey, oidc-device, binding
 
     @property
+    def rule_names(self) -> tuple[str, ...]:
+        """What a rule's ``users`` list may name this identity by.
+
+        Local users and identity-provider accounts are different namespaces: a config user by
+        its name; an IdP account by ``ISSUER|SUBJECT`` or its e-mail (which ``identity_from_
+        claims`` keeps only when the IdP says it is verified), never by a display name anyone
+        can give themselves at the IdP.
+        """
+        if self.issuer == LOCAL_ISSUER:
+            return (self.name,)
+        return (self.key,) + ((self.email,) if self.email else ())
+
+    @property
     def key(self) -> str:
         """A stable string form of (issuer, subject) for maps, state rows and session caps."""
         return f"{self.issuer}|{self.subject}"

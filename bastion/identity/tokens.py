@@ -147,7 +147,9 @@ def identity_from_claims(claims: dict[str, Any], groups_claim: str,
         groups = [groups]
     if not isinstance(groups, list):
         groups = []
-    email = claims.get("email") if isinstance(claims.get("email"), str) else None
+    # An e-mail may name someone in rules, so only one the IdP verified is kept.
+    email = claims.get("email") if isinstance(claims.get("email"), str) \
+        and claims.get("email_verified") is True else None
     name = next((v for k in ("preferred_username", "email", "name", "sub")
                  if isinstance(v := claims.get(k), str) and v), claims["sub"])
     return Identity(issuer=claims["iss"], subject=claims["sub"], name=str(name)[:128],

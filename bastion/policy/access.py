@@ -90,7 +90,7 @@ class Authorization:
 
 
 def _applies(rule: AccessRule, identity: Identity) -> bool:
-    if identity.name in rule.users or (identity.email and identity.email in rule.users):
+    if set(rule.users) & set(identity.rule_names):
         return True
     return bool(set(rule.groups) & set(identity.groups))
 

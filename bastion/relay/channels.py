@@ -212,7 +212,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             command=self._command, subsystem=self._subsystem, session_id=session.session_id,
             channel=number, user=session.identity.name, identity_key=session.identity.key,
             groups=tuple(session.identity.groups), target=auth.target, login=auth.login,
-            email=session.identity.email)
+            email=session.identity.email, rule_names=session.identity.rule_names)
         # Keystrokes on a pty are recorded unless the target's config says not to; an exec's
         # stdin always is (it is the program a piped script runs).
         record_input = auth.target.record_input or not pty

@@ -67,6 +67,7 @@ class CommandCatcher:
     def scope(info: ChannelInfo) -> CommandScope:
         """Who runs commands where, as the rules see it."""
         return CommandScope(target=info.target.name, login=info.login, user=info.user,
+                            names=info.rule_names,
                             groups=info.groups)
 
     def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:

@@ -264,7 +264,7 @@ def local_forward(session: ConnectionSession, dest_host: str, dest_port: int,
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                         "bastion: forwarding needs a target")
     identity = session.identity
-    grant = forward_grant(session.services.config, (identity.name, identity.email or ""),
+    grant = forward_grant(session.services.config, identity.rule_names,
                           identity.groups, request.target, dest_host, dest_port)
     if grant is None:
         refused(session, "direct-tcpip", "no [[forwarding]] rule allows it", dest=dest,

@@ -62,7 +62,8 @@ class ChannelInfo:
     groups: tuple[str, ...]
     target: Target
     login: str
-    email: str | None = None  # the identity's e-mail: rules may name people by it
+    email: str | None = None  # the identity's verified e-mail
+    rule_names: tuple[str, ...] = ()  # what rules' ``users`` may name this identity by
 
 
 class StageContext(Protocol):

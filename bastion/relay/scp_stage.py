@@ -340,7 +340,7 @@ class ExecTransferFactory:
     def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
         if info.kind != ChannelKind.EXEC or info.pty or info.command is None:
             return None
-        policy = TransferPolicy.for_session(self._config, (info.user, info.email or ""),
+        policy = TransferPolicy.for_session(self._config, info.rule_names,
                                             info.groups, info.target.name)
         scp = parse_scp(info.command)
         if scp is not None:

@@ -401,7 +401,7 @@ class SftpStageFactory:
     def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
         if info.kind != ChannelKind.SFTP:
             return None
-        policy = TransferPolicy.for_session(self._config, (info.user, info.email or ""),
+        policy = TransferPolicy.for_session(self._config, info.rule_names,
                                             info.groups, info.target.name)
         writer: JsonlOpsWriter | None = None
         if self._ops_sink_for is not None:

@@ -44,6 +44,7 @@ class CommandScope:
     login: str
     user: str
     groups: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()  # what ``users`` may name the user by (default: ``user``)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ class _CompiledRule:
         """Whether this rule is in force for ``scope`` (empty lists mean everyone)."""
         rule = self.rule
         return (_listed(rule.targets, scope.target) and _listed(rule.logins, scope.login)
-                and _listed(rule.users, scope.user)
+                and (not rule.users or "*" in rule.users
+                     or bool(set(rule.users) & set(scope.names or (scope.user,))))
                 and (not rule.groups or bool(set(rule.groups) & set(scope.groups))))
 
     def match(self, command: NormalizedCommand) -> tuple[bool, bool]:
