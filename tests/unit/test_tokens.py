@@ -34,7 +34,8 @@ OTHER = rsa("k1")  # same kid, different key: a forged signature
 def claims(**over: Any) -> dict[str, Any]:
     now = int(time.time())
     base = {"iss": ISSUER, "aud": CLIENT, "sub": "u-123", "iat": now, "exp": now + 300,
-            "email": "a@example.com", "email_verified": True, "name": "Alice", "groups": ["ops", "dev"]}
+            "email": "a@example.com", "email_verified": True, "name": "Alice",
+            "groups": ["ops", "dev"]}
     base.update(over)
     return {k: v for k, v in base.items() if v is not None}
 
