@@ -68,6 +68,10 @@ class HostKeyMismatch(UpstreamError):
     """The target presented a host key other than the pinned one."""
 
 
+class CertificateAuthorityError(BastionError):
+    """The user CA key cannot be loaded or written, or a certificate cannot be issued."""
+
+
 class IdentityError(AuthenticationError):
     """The identity provider or a token could not be used (device flow, ID token)."""
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncssh
 
+from bastion.config.ca import host_ca_line, parse_ca, source_addresses
 from bastion.config.identity import IdentityConfig, fit_login_timeout, parse_identity
 from bastion.config.model import (
     GROUP_NAME,
@@ -21,6 +22,7 @@ from bastion.config.model import (
     ServerConfig,
     StorageConfig,
     Target,
+    TargetAuth,
     VaultConfig,
 )
 from bastion.config.reader import Source, Table
@@ -58,6 +60,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
     identity = (parse_identity(root.table("identity")) if root.has("identity")
                 else IdentityConfig())
+    ca = parse_ca(root.table("ca")) if root.has("ca") else None
     root.done()
     server = fit_login_timeout(root, server, identity)
 
@@ -69,9 +72,14 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
             if name != "*" and name not in names:
                 raise Table({}, ("access", index), source).error(
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
+    for index, target in enumerate(targets):
+        if target.auth is TargetAuth.CERTIFICATE and ca is None:
+            raise Table({}, ("targets", index), source).error(
+                "auth", f'"vault", or a [ca] section to sign certificates with (target '
+                f'{target.name} uses auth = "certificate")', "certificate")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity)
+                  evidence=evidence, storage=storage, identity=identity, ca=ca)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -149,9 +157,10 @@ def _target(t: Table) -> Target:
         except (asyncssh.KeyImportError, ValueError):
             raise t.error("host_key", "an OpenSSH public host key line", key) from None
     known_hosts = t.filepath("known_hosts", None)
-    if not host_keys and known_hosts is None:
-        raise t.error("host_key", "a pinned host key (host_key or known_hosts): "
-                      "bastion never trusts a target's key on first use")
+    host_cas = _host_cas(t)
+    if not host_keys and known_hosts is None and not host_cas:
+        raise t.error("host_key", "a pinned host key (host_key or known_hosts) or a host CA "
+                      "(host_ca): bastion never trusts a target's key on first use")
     target = Target(
         name=name,
         host=t.string("host"),
@@ -160,9 +169,21 @@ def _target(t: Table) -> Target:
         known_hosts=known_hosts,
         default_login=t.string("default_login", None, pattern=LOGIN_NAME, what="a login name"),
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
+        auth=TargetAuth(t.string("auth", "vault", pattern="vault|certificate",
+                                 what='"vault" or "certificate"')),
+        host_cas=host_cas,
+        source_addresses=source_addresses(t),
     )
     t.done()
     return target
+
+
+def _host_cas(t: Table) -> tuple[str, ...]:
+    lines: tuple[str, ...] = t.strings("host_cas", ())
+    if t.has("host_ca"):
+        lines = (t.string("host_ca"), *lines)
+    return tuple(host_ca_line(t, "host_ca" if t.has("host_ca") else "host_cas", line)
+                 for line in lines)
 
 
 def _access(t: Table) -> AccessRule:
@@ -240,6 +261,11 @@ def check_files(config: Config) -> list[str]:
         if target.known_hosts and not target.known_hosts.is_file():
             problems.append(f"{config.source}: targets {target.name}: known_hosts "
                             f"{target.known_hosts} does not exist")
+    if config.ca is not None:
+        for name, source in (("ca", config.ca.key), ("ca.next", config.ca.next)):
+            if source is not None and source.key_file and not source.key_file.is_file():
+                problems.append(f"{config.source}: {name}.key_file {source.key_file} "
+                                "does not exist")
     if config.vault.key_file and not config.vault.key_file.is_file():
         problems.append(f"{config.source}: vault.key_file {config.vault.key_file} does not exist")
     return problems

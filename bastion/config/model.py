@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from bastion.secret import Secret
@@ -60,9 +61,16 @@ class LocalUser:
     groups: tuple[str, ...] = ()
 
 
+class TargetAuth(StrEnum):
+    """How the bastion logs in to a target."""
+
+    VAULT = "vault"  # a key or password stored in the vault
+    CERTIFICATE = "certificate"  # a short-lived certificate from the bastion's user CA
+
+
 @dataclass(frozen=True)
 class Target:
-    """A host users may reach; its host key is always pinned."""
+    """A host users may reach; its host key is pinned or certified by a trusted host CA."""
 
     name: str
     host: str
@@ -71,6 +79,9 @@ class Target:
     known_hosts: Path | None = None
     default_login: str | None = None
     connect_timeout: float = 10.0
+    auth: TargetAuth = TargetAuth.VAULT
+    host_cas: tuple[str, ...] = ()  # host CA public key lines whose host certificates it trusts
+    source_addresses: tuple[str, ...] = ()  # certificates' source-address; () = as dialled
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,28 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class CaKeyConfig:
+    """Where one user CA key comes from: a private key source, or (``[ca.next]`` only) just
+    its public key line, for a CA that targets trust before the bastion signs with it."""
+
+    key_file: Path | None = None
+    key_env: str | None = None
+    key_credential: str | None = None
+    public_key: str | None = None
+
+
+@dataclass(frozen=True)
+class CaConfig:
+    """The user certificate authority that signs short-lived certificates for targets."""
+
+    key: CaKeyConfig
+    next: CaKeyConfig | None = None  # a second CA, trusted alongside while the CA is rolled
+    sign_with_next: bool = False  # sign with ``next`` (the middle step of a roll)
+    validity: float = 300.0  # seconds a certificate is valid after it is issued
+    clock_skew: float = 60.0  # seconds it is valid before it is issued (target clocks behind)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, read from ``source``."""
 
@@ -157,6 +190,7 @@ class Config:
     evidence: EvidenceConfig | None = None
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
+    ca: CaConfig | None = None
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -16,13 +16,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bastion.audit import AuditLog
-from bastion.config.model import Config
+from bastion.config.model import Config, TargetAuth
+from bastion.credentials.ca import CertificateAuthority, certificate_key_id
 from bastion.credentials.vault import Credential
-from bastion.errors import AccessDenied, BastionError, RecordingError, SessionLimit
+from bastion.errors import (
+    AccessDenied,
+    BastionError,
+    CertificateAuthorityError,
+    RecordingError,
+    SessionLimit,
+)
 from bastion.identity.model import Identity
 from bastion.policy.access import Authorization, TargetRequest, authorize
 from bastion.recording import CastWriter, SessionRecording, Spool
-from bastion.relay.upstream import Upstream, dial
+from bastion.relay.upstream import CertificateRequest, Upstream, dial
 
 log = logging.getLogger("bastion.relay")
 
@@ -44,6 +51,7 @@ class RelayServices:
     credential_for: Callable[[Authorization], Credential]
     counter: SessionCounter
     on_finished: Callable[[SessionRecording], None]
+    certificate_authority: CertificateAuthority | None = None  # signs for certificate targets
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,12 @@ class ConnectionSession:
         """Set the target picked from the menu (before ``connect``)."""
         self.request = request
 
-    async def connect(self) -> Upstream:
-        """Authorize, open the recording, then dial the target; once per connection."""
+    async def connect(self, *, pty: bool | None = None) -> Upstream:
+        """Authorize, open the recording, then dial the target; once per connection.
+
+        ``pty``: whether the channel that opens the connection needs a terminal, so that a
+        certificate permits one only then (None, a caller that does not say: permitted).
+        """
         async with self._lock:
             if self.upstream is not None:
                 return self.upstream
@@ -122,7 +134,9 @@ class ConnectionSession:
                 raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
                                    "sessions open, the most allowed")
             self._counted = True
-            credential = self.services.credential_for(auth)
+            credential: Credential | CertificateRequest | None = None
+            if auth.target.auth is TargetAuth.VAULT:
+                credential = self.services.credential_for(auth)
             spool = self.services.spool
             recording = await asyncio.wrap_future(
                 spool.submit(spool.start_session, self._metadata(auth)))
@@ -135,6 +149,9 @@ class ConnectionSession:
             audit.emit("target.selected", conn=self.client.conn_id, user=self.identity.name,
                        session=recording.session_id, **auth.audit_fields())
             try:
+                if credential is None:
+                    credential = self._certificate_request(recording.session_id,
+                                                           pty is not False)
                 upstream = await dial(auth, credential, cfg.server.keepalive_interval)
             except BastionError as exc:
                 audit.emit("session.refused", conn=self.client.conn_id,
@@ -147,14 +164,27 @@ class ConnectionSession:
                 upstream.close()
                 raise AccessDenied("the session is closing")
             self.upstream = upstream
-            recording.set_field("target", {
+            target_meta: dict[str, Any] = {
                 "name": auth.target.name, "address": upstream.address,
                 "port": auth.target.port, "login": auth.login,
-                "host_key_fingerprint": upstream.host_key_fingerprint})
+                "host_key_fingerprint": upstream.host_key_fingerprint}
+            certificate: dict[str, Any] = {}
+            if upstream.certificate is not None:
+                target_meta["certificate"] = upstream.certificate.record()
+                certificate["certificate"] = upstream.certificate.record()
+            recording.set_field("target", target_meta)
             audit.emit("session.start", conn=self.client.conn_id,
                        session=recording.session_id, user=self.identity.name,
-                       client=self.client.address, **auth.audit_fields())
+                       client=self.client.address, **auth.audit_fields(), **certificate)
             return self.upstream
+
+    def _certificate_request(self, session_id: str, permit_pty: bool) -> CertificateRequest:
+        authority = self.services.certificate_authority
+        if authority is None:
+            raise CertificateAuthorityError("this target logs in with a certificate, but no "
+                                            "[ca] is configured")
+        key_id = certificate_key_id(self.identity.name, self.identity.issuer, session_id)
+        return CertificateRequest(authority, key_id, permit_pty)
 
     async def open_writer(self, kind: str, width: int, height: int, term: str | None,
                           command: str | None,

@@ -16,6 +16,7 @@ import asyncssh
 
 from bastion.audit import AuditLog
 from bastion.config.model import Config
+from bastion.credentials.ca import CertificateAuthority
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Credential, Vault, load_vault_key
 from bastion.errors import BastionError, UpstreamError
@@ -57,9 +58,13 @@ class BastionServer:
         self._sealing: set[asyncio.Future[None]] = set()
         if self.sealer is not None:
             self.finished_hooks.append(self._seal_finished)
+        # The user CA for certificate targets: loaded now, so a bad key stops the start.
+        authority = (CertificateAuthority.from_config(config.ca) if config.ca is not None
+                     else None)
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
-            counter=self, on_finished=self._recording_finished)
+            counter=self, on_finished=self._recording_finished,
+            certificate_authority=authority)
 
     # -- shared services -------------------------------------------------------------------
     def credential_for(self, authorization: Authorization) -> Credential:
