@@ -64,6 +64,8 @@ def _register() -> None:
     from bastion.cli import identity as identity_cmd
     cli.add_command(identity_cmd.keys)
     cli.add_command(identity_cmd.totp)
+    from bastion.cli import ca as ca_cmd
+    cli.add_command(ca_cmd.ca)
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def _key_source(t: Table, allow_public: bool) -> CaKeyConfig:
     given = [v for v in (source.key_file, source.key_env, source.key_credential, public_key)
              if v is not None]
     keys = "key_file, key_env, key_credential" + (" or public_key" if allow_public else "")
-    if not allow_public and t.has("public_key"):
+    if not allow_public and "public_key" in t.data:  # a common mistake, said plainly
         raise t.error("public_key", "no public_key here: the signing CA needs its private key "
                       "(key_file, key_env or key_credential)")
     if len(given) != 1:
