@@ -179,6 +179,10 @@ async def dial(authorization: Authorization, credential: Credential | Certificat
             # Exactly the pinned keys and host CAs are trusted; never None, which would trust
             # any key.
             client_factory=lambda: client, known_hosts=(pinned, host_cas, []),
+            # With host CAs asyncssh would offer only certificate types, and a target with a
+            # plain key would hang up ("no matching host key type"); offering plain types too
+            # lets it show its key, refused below with the mismatch message instead.
+            server_host_key_algs="default" if host_cas else (),
             agent_path=None, agent_forwarding=False, x11_forwarding=False,
             config=None, ignore_encrypted=True, kbdint_auth=False,
             keepalive_interval=keepalive_interval, encoding=None,
