@@ -164,3 +164,18 @@ def test_dial_with_a_source_address_the_target_does_not_see_is_refused(
     with pytest.raises(UpstreamError, match="target cert01 refused the bastion's certificate"):
         asyncio.run(run())
     _log_has(sshd, "not from a permitted source address (127.0.0.1)")
+
+
+def test_a_second_ca_added_while_sshd_runs_is_trusted_beside_the_first(
+        tmp_path: Path) -> None:
+    # Rolling the CA: the target trusts the old and the new CA during the change, and sshd
+    # reads TrustedUserCAKeys at each login (no restart).
+    old, new = CA, CertificateAuthority(asyncssh.generate_private_key("ssh-ed25519"))
+    with SshdTarget("roll01", tmp_path / "roll01", user_ca_keys=(old.public_line(),)) as sshd:
+        from_new = new.issue(sshd.login, "ann@local session roll-new", ["127.0.0.1"], False)
+        with pytest.raises(asyncssh.PermissionDenied):
+            _login(sshd, from_new)
+        sshd.trust_user_ca(new.public_line())
+        assert _login(sshd, from_new) == f"in-as-{sshd.login}\n"
+        from_old = old.issue(sshd.login, "ann@local session roll-old", ["127.0.0.1"], False)
+        assert _login(sshd, from_old) == f"in-as-{sshd.login}\n"

@@ -215,3 +215,9 @@ def test_ca_show_prints_the_line_targets_trust(stack: DemoStack) -> None:
     trusted = stack.targets["db01"].trusted_user_ca_path.read_text(encoding="utf-8")
     assert result.stdout == f"# current CA (signs certificates now)\n{trusted}"
     assert Path(f"{stack.ca_key_path}.pub").read_text(encoding="ascii") == trusted
+    # Its output is a TrustedUserCAKeys file as it stands (sshd skips the comment line).
+    stack.targets["db01"].trusted_user_ca_path.write_text(result.stdout, encoding="utf-8")
+    after = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "db01"), "--",
+                     "echo still-trusted"])
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == "still-trusted\n"
