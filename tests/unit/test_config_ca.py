@@ -139,3 +139,27 @@ def test_host_ca_instead_of_a_pinned_key(tmp_path: Path, keys: str, expected: st
         return
     message = _error(tmp_path, text)
     assert expected in message, message
+
+
+def test_check_files_reports_a_missing_ca_key_file(tmp_path: Path) -> None:
+    from bastion.config import check_files
+
+    (tmp_path / "vault.key").write_text("x", encoding="ascii")
+    config = _load(tmp_path, BASE + CA)
+    assert check_files(config) == [f"{tmp_path / 'bastion.toml'}: ca.key_file "
+                                   f"{tmp_path / 'user_ca'} does not exist"]
+
+
+def test_serve_refuses_to_start_with_a_ca_key_others_can_read(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "bastion", "keygen", "vault", "--out",
+                    str(tmp_path / "vault.key")], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "bastion", "keygen", "ca", "--out",
+                    str(tmp_path / "user_ca")], check=True, capture_output=True)
+    (tmp_path / "user_ca").chmod(0o644)
+    path = tmp_path / "bastion.toml"
+    path.write_text("[server]\nport = 0\n" + BASE + CA, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "bastion", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"bastion: CA key file {tmp_path / 'user_ca'} is accessible to "
+                             f"other users (mode 0644); run chmod 600 {tmp_path / 'user_ca'}\n")
