@@ -114,7 +114,9 @@ class _CertificateClient(_PinnedHostKeyClient):
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         sockname = conn.get_extra_info("sockname")
-        self.local_address = str(sockname[0]) if sockname else None
+        # The address the target sees us come from (barring NAT); an IPv6 zone ("%eth0") is
+        # no part of it.
+        self.local_address = str(sockname[0]).partition("%")[0] if sockname else None
 
     def public_key_auth_requested(self) -> KeyPairListArg | None:
         if self.request is None or self.issued is not None:

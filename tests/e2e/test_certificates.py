@@ -18,11 +18,12 @@ from harness.wait import wait_until
 from bastion.audit import read_events
 from bastion.demo.sshd import SshdTarget, generate_key_pair
 from bastion.demo.stack import DemoStack
+from bastion.recording.seal import generate_signing_key
 
 pytestmark = pytest.mark.e2e
 
 PROMPT = re.compile(r"[#$] ?$", re.MULTILINE)
-PRIVATE_KEY_MARK = b"BEGIN OPENSSH PRIVATE KEY"
+PRIVATE_KEY_MARK = b"PRIVATE KEY-----"  # OpenSSH and PEM (PKCS#8) private keys
 CERTIFICATE_MARK = b"-cert-v01@openssh.com"
 
 
@@ -62,6 +63,9 @@ class CertificateStack(DemoStack):
                         "host_ca": host_ca_line, "auth": "certificate",
                         "default_login": self.login})
         self.config["targets"].extend(entries)
+        # Sealing (no S3 needed): the manifest carries the certificate's serial and key id.
+        generate_signing_key(self.signing_key_path)
+        self.merge_config({"evidence": {"signing_key": str(self.signing_key_path)}})
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +117,10 @@ def test_exec_on_a_certificate_target_names_person_and_session_in_its_log(
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     assert meta["target"]["certificate"] == {"serial": serial, "key_id": key_id}
     assert meta["target"]["login"] == stack.login
+    manifest_path = stack.spool_dir / session / "manifest.json"
+    wait_until(manifest_path.exists, 30, "the session to be sealed")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    assert manifest["target"]["certificate"] == {"serial": serial, "key_id": key_id}
 
 
 def test_shell_on_a_certificate_target(stack: DemoStack, tmux) -> None:
@@ -158,7 +166,7 @@ def test_no_certificate_or_ephemeral_key_on_disk_in_logs_or_recordings(stack: De
             certificates.add(path.relative_to(stack.workdir).as_posix())
     # Only the keys the demo made on purpose; none in the spool, state, audit or logs.
     assert private_keys == {
-        "keys/user_ca", "keys/bastion_host_ed25519_key", "keys/demo_ed25519",
+        "keys/user_ca", "keys/bastion_host_ed25519_key", "keys/demo_ed25519", "keys/signing.key",
         "keys/host_ca", "keys/other_host_ca",
         *(f"targets/{name}/ssh_host_ed25519_key" for name in stack.targets)}
     # The only certificates are the host certificates app01 and app02 present.
