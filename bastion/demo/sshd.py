@@ -102,7 +102,8 @@ class SshdTarget:
     """OpenSSH sshd on 127.0.0.1:<free port>; the login that works is the user running it."""
 
     def __init__(self, name: str, workdir: Path, port: int | None = None, *,
-                 user_ca_keys: Sequence[str] = (), host_ca_key: Path | None = None) -> None:
+                 user_ca_keys: Sequence[str] = (), host_ca_key: Path | None = None,
+                 host_cert_principals: Sequence[str] = ()) -> None:
         self.name = name
         self.workdir = workdir
         self.port = port if port is not None else free_port()
@@ -119,6 +120,7 @@ class SshdTarget:
         self.user_ca_keys = tuple(user_ca_keys)
         self.trusted_user_ca_path = workdir / "trusted_user_ca_keys"
         self.host_ca_key = host_ca_key
+        self.host_cert_principals = tuple(host_cert_principals)  # () = the address it is dialled at
         self.host_certificate_path: Path | None = None
 
     @property
@@ -203,7 +205,7 @@ class SshdTarget:
         if self.host_ca_key is not None and self.host_certificate_path is None:
             self.host_certificate_path = sign_host_key(
                 self.host_ca_key, Path(f"{self.host_key_path}.pub"), f"{self.name} host",
-                [self.host])
+                self.host_cert_principals or [self.host])
         self._write_config()
         if os.geteuid() == 0 and not PRIVSEP_DIR.is_dir():
             # sshd running as root chroots its pre-auth child into this empty directory.

@@ -190,9 +190,11 @@ async def dial(authorization: Authorization, credential: Credential | Certificat
             keepalive_interval=keepalive_interval, encoding=None,
             encryption_algs=upstream_ciphers(),
             **_client_auth(credential)), timeout=target.connect_timeout)
-    except asyncssh.HostKeyNotVerifiable:
-        raise host_key_mismatch(
-            target, client.presented[-1] if client.presented else "none") from None
+    except asyncssh.HostKeyNotVerifiable as exc:
+        # Nothing recorded: a host certificate from a trusted CA that is not valid here
+        # (expired, or not for this host name); asyncssh's reason says which.
+        raise host_key_mismatch(target, client.presented[-1] if client.presented else
+                                f"an invalid host certificate: {exc.reason}") from None
     except asyncssh.PermissionDenied:
         raise UpstreamError(f"target {target.name} refused {what} for "
                             f"{authorization.login}") from None

@@ -30,8 +30,9 @@ CERTIFICATE_MARK = b"-cert-v01@openssh.com"
 class CertificateStack(DemoStack):
     """The demo (web01 by vault, db01 by certificate) plus targets whose host keys are
     certified: app01 by the host CA the bastion trusts (named in the config as host_ca, and
-    as app01kh through an @cert-authority known_hosts line), app02 by another CA, and web01ca,
-    which names the host CA but presents a plain key."""
+    as app01kh through an @cert-authority known_hosts line), app02 by another CA, app03 by the
+    trusted CA but for another host name, and web01ca, which names the host CA but presents a
+    plain key."""
 
     def setup_targets(self) -> None:
         super().setup_targets()
@@ -40,9 +41,11 @@ class CertificateStack(DemoStack):
         other_ca = self.keys_dir / "other_host_ca"
         generate_key_pair(other_ca, "some other host CA")
         entries: list[dict[str, Any]] = []
-        for name, ca in (("app01", host_ca), ("app02", other_ca)):
+        for name, ca, principals in (("app01", host_ca, ()), ("app02", other_ca, ()),
+                                     ("app03", host_ca, ("app03.elsewhere.example",))):
             target = SshdTarget(name, self.workdir / "targets" / name,
-                                user_ca_keys=(self.ca_line,), host_ca_key=ca)
+                                user_ca_keys=(self.ca_line,), host_ca_key=ca,
+                                host_cert_principals=principals)
             self.add_cleanup(target.stop)
             target.start()
             assert target.process is not None
@@ -170,8 +173,8 @@ def test_no_certificate_or_ephemeral_key_on_disk_in_logs_or_recordings(stack: De
         "keys/host_ca", "keys/other_host_ca",
         *(f"targets/{name}/ssh_host_ed25519_key" for name in stack.targets)}
     # The only certificates are the host certificates app01 and app02 present.
-    assert certificates == {"targets/app01/ssh_host_ed25519_key-cert.pub",
-                            "targets/app02/ssh_host_ed25519_key-cert.pub"}
+    assert certificates == {f"targets/{name}/ssh_host_ed25519_key-cert.pub"
+                            for name in ("app01", "app02", "app03")}
     # The bastion logs no key material either (its log is under logs/, scanned above), and
     # nothing of the user certificate but what is meant to be seen: serial and key id.
     assert "PRIVATE" not in (stack.logs_dir / "bastion.log").read_text(encoding="utf-8")
@@ -201,6 +204,16 @@ def test_host_certificate_from_another_ca_is_refused_like_a_wrong_pin(stack: Dem
     [refusal] = _events(stack, "session.refused", target="app02")
     assert "does not match its pinned key" in refusal["reason"]
     assert "Accepted" not in _sshd_log(stack, "app02")  # no certificate was offered to it
+
+
+def test_host_certificate_for_another_host_name_is_refused(stack: DemoStack) -> None:
+    result = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "app03"), "--",
+                      "echo never"])
+    assert result.returncode == 1
+    assert re.fullmatch(r"bastion: the host key of target app03 does not match its pinned key "
+                        r"\(presented an invalid host certificate: Certificate principal "
+                        r"mismatch for host 127\.0\.0\.1\); refusing to connect\n",
+                        result.stderr), result.stderr
 
 
 def test_plain_host_key_where_a_host_certificate_is_expected_is_refused(
