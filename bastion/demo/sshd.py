@@ -103,7 +103,8 @@ class SshdTarget:
 
     def __init__(self, name: str, workdir: Path, port: int | None = None, *,
                  user_ca_keys: Sequence[str] = (), host_ca_key: Path | None = None,
-                 host_cert_principals: Sequence[str] = ()) -> None:
+                 host_cert_principals: Sequence[str] = (),
+                 expose_auth_info: bool = False) -> None:
         self.name = name
         self.workdir = workdir
         self.port = port if port is not None else free_port()
@@ -122,6 +123,9 @@ class SshdTarget:
         self.host_ca_key = host_ca_key
         self.host_cert_principals = tuple(host_cert_principals)  # () = the address it is dialled at
         self.host_certificate_path: Path | None = None
+        # ExposeAuthInfo: a session sees how it logged in ($SSH_USER_AUTH names a file holding
+        # the certificate), so tests can read what a certificate allowed.
+        self.expose_auth_info = expose_auth_info
 
     @property
     def host(self) -> str:
@@ -160,6 +164,8 @@ class SshdTarget:
             lines.append(f"TrustedUserCAKeys {_quote(self.trusted_user_ca_path)}")
         if self.host_certificate_path is not None:
             lines.append(f"HostCertificate {_quote(self.host_certificate_path)}")
+        if self.expose_auth_info:
+            lines.append("ExposeAuthInfo yes")
         return lines
 
     def _write_config(self) -> None:

@@ -68,12 +68,15 @@ class ConnectionSession:
     """State of one user connection after authentication; owned by that connection."""
 
     def __init__(self, services: RelayServices, identity: Identity, client: ClientInfo,
-                 request: TargetRequest | None, refusal: BastionError | None) -> None:
+                 request: TargetRequest | None, refusal: BastionError | None,
+                 pty_requested: Callable[[], bool] | None = None) -> None:
         self.services = services
         self.identity = identity
         self.client = client
         self.request = request
         self.refusal = refusal  # a request that could not even be parsed: refused on first use
+        # Whether a channel of this connection asked for a terminal (the SSH layer knows).
+        self._pty_requested = pty_requested
         self.authorization: Authorization | None = None
         self.upstream: Upstream | None = None
         self.recording: SessionRecording | None = None
@@ -106,7 +109,8 @@ class ConnectionSession:
         """Authorize, open the recording, then dial the target; once per connection.
 
         ``pty``: whether the channel that opens the connection needs a terminal, so that a
-        certificate permits one only then (None, a caller that does not say: permitted).
+        certificate permits one only then. None: ask ``pty_requested`` (given by the SSH
+        layer), else permit one.
         """
         async with self._lock:
             if self.upstream is not None:
@@ -150,8 +154,9 @@ class ConnectionSession:
                        session=recording.session_id, **auth.audit_fields())
             try:
                 if credential is None:
-                    credential = self._certificate_request(recording.session_id,
-                                                           pty is not False)
+                    if pty is None:
+                        pty = self._pty_requested() if self._pty_requested else True
+                    credential = self._certificate_request(recording.session_id, pty)
                 upstream = await dial(auth, credential, cfg.server.keepalive_interval)
             except BastionError as exc:
                 audit.emit("session.refused", conn=self.client.conn_id,

@@ -45,7 +45,8 @@ class CertificateStack(DemoStack):
                                      ("app03", host_ca, ("app03.elsewhere.example",))):
             target = SshdTarget(name, self.workdir / "targets" / name,
                                 user_ca_keys=(self.ca_line,), host_ca_key=ca,
-                                host_cert_principals=principals)
+                                host_cert_principals=principals,
+                                expose_auth_info=name == "app01")
             self.add_cleanup(target.stop)
             target.start()
             assert target.process is not None
@@ -178,6 +179,39 @@ def test_no_certificate_or_ephemeral_key_on_disk_in_logs_or_recordings(stack: De
     # The bastion logs no key material either (its log is under logs/, scanned above), and
     # nothing of the user certificate but what is meant to be seen: serial and key id.
     assert "PRIVATE" not in (stack.logs_dir / "bastion.log").read_text(encoding="utf-8")
+
+
+# What the certificate allowed, as the target's sshd saw it: ExposeAuthInfo puts the
+# certificate in a file named by $SSH_USER_AUTH, and ssh-keygen -L on the target describes it.
+DESCRIBE_CERTIFICATE = 'cut -d" " -f2- "$SSH_USER_AUTH" | ssh-keygen -L -f /dev/stdin'
+
+
+def _described(output: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in output.replace("\r", "").splitlines()[1:]:
+        name, sep, rest = line.strip().partition(":")
+        if line.startswith("        ") and not line.startswith("                ") and sep:
+            current = name
+            sections[current] = [rest.strip()] if rest.strip() else []
+        elif current:
+            sections[current].append(line.strip())
+    return sections
+
+
+@pytest.mark.parametrize("tty, extensions", [(False, ["(none)"]), (True, ["permit-pty"])])
+def test_certificate_permits_a_terminal_only_to_a_terminal_channel(
+        stack: DemoStack, tty: bool, extensions: list[str]) -> None:
+    argv = [*ssh_base_argv(stack), *(["-tt"] if tty else []),
+            bastion_destination(stack, "app01"), "--", DESCRIBE_CERTIFICATE]
+    result = run_ssh(argv)
+    assert result.returncode == 0, result.stderr
+    seen = _described(result.stdout)
+    session = _last_start(stack, "app01")["session"]
+    assert seen["Extensions"] == extensions  # never agent, port or X11 forwarding
+    assert seen["Principals"] == [stack.login]
+    assert seen["Key ID"] == [f'"demo@local session {session}"']
+    assert seen["Critical Options"] == ["source-address 127.0.0.1/32"]
 
 
 def test_host_certificate_from_the_trusted_ca_is_accepted(stack: DemoStack) -> None:
