@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import urllib.parse
 
-from bastion.config.model import GROUP_NAME, TARGET_NAME, IdentityConfig, ServerConfig, TotpPolicy
+from bastion.config.model import GROUP_NAME, TARGET_NAME, IdentityConfig, TotpPolicy
 from bastion.config.reader import Table
 from bastion.secret import Secret
 
-__all__ = ["IdentityConfig", "fit_login_timeout", "parse_identity"]
+__all__ = ["IdentityConfig", "parse_identity"]
 
 ASYMMETRIC_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
                    "ES512", "EdDSA")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-LOGIN_TIMEOUT_MARGIN = 60.0  # seconds the SSH login may outlast the longest device login
 
 
 def parse_identity(t: Table) -> IdentityConfig:
@@ -73,19 +71,3 @@ def _totp_policy(t: Table) -> TotpPolicy:
     )
     t.done()
     return policy
-
-
-def fit_login_timeout(root: Table, server: ServerConfig, identity: IdentityConfig) -> ServerConfig:
-    """Make the SSH login timeout outlast a device login: raise the default, refuse a set value."""
-    if not identity.enabled:
-        return server
-    needed = identity.device_poll_timeout + LOGIN_TIMEOUT_MARGIN
-    if server.login_timeout >= needed:
-        return server
-    server_table = root.data.get("server")
-    if isinstance(server_table, dict) and "login_timeout" in server_table:
-        raise Table(server_table, ("server",), root.source).error(
-            "login_timeout", f"at least {needed:.0f}s: identity.device_poll_timeout "
-            f"({identity.device_poll_timeout:.0f}s) plus {LOGIN_TIMEOUT_MARGIN:.0f}s, so a "
-            "device login can finish", server.login_timeout)
-    return dataclasses.replace(server, login_timeout=needed)

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncssh
 
 from bastion.config.ca import host_ca_line, parse_ca, source_addresses
-from bastion.config.identity import IdentityConfig, fit_login_timeout, parse_identity
+from bastion.config.identity import IdentityConfig, parse_identity
 from bastion.config.model import (
     GROUP_NAME,
     LOGIN_NAME,
@@ -62,7 +62,6 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                 else IdentityConfig())
     ca = parse_ca(root.table("ca")) if root.has("ca") else None
     root.done()
-    server = fit_login_timeout(root, server, identity)
 
     _unique(root, "users", [u.name for u in users])
     _unique(root, "targets", [t.name for t in targets])
@@ -101,10 +100,13 @@ def _server(t: Table, paths: PathsConfig) -> ServerConfig:
         host_keys=tuple(_resolve(t, p) for p in host_keys),
         node_id=t.string("node_id", "bastion", pattern=NODE_ID,
                       what="a node name of letters, digits, '.', '_' or '-'"),
-        login_timeout=t.duration("login_timeout", 120.0, allow_zero=False),
+        login_timeout=t.duration("login_timeout", 30.0, allow_zero=False),
         max_auth_attempts=t.integer("max_auth_attempts", 6, lo=1, hi=100),
         max_sessions_per_user=t.integer("max_sessions_per_user", 10, lo=1, hi=10000),
         max_connections=t.integer("max_connections", 1000, lo=1, hi=100000),
+        max_unauthenticated_per_source=t.integer("max_unauthenticated_per_source", 10, lo=1,
+                                                 hi=100000),
+        device_logins_per_source=t.integer("device_logins_per_source", 10, lo=1, hi=100000),
         idle_timeout=t.duration("idle_timeout", 900.0),
         keepalive_interval=t.duration("keepalive_interval", 30.0),
         keepalive_count_max=t.integer("keepalive_count_max", 3, lo=1, hi=100),
@@ -169,6 +171,7 @@ def _target(t: Table) -> Target:
         known_hosts=known_hosts,
         default_login=t.string("default_login", None, pattern=LOGIN_NAME, what="a login name"),
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
+        record_input=t.boolean("record_input", True),
         auth=TargetAuth(t.string("auth", "vault", pattern="vault|certificate",
                                  what='"vault" or "certificate"')),
         host_cas=host_cas,

@@ -24,10 +24,12 @@ class ServerConfig:
     port: int = 2222
     host_keys: tuple[Path, ...] = ()
     node_id: str = "bastion"
-    login_timeout: float = 120.0
+    login_timeout: float = 30.0  # before authentication; a device login in progress gets longer
     max_auth_attempts: int = 6
     max_sessions_per_user: int = 10
     max_connections: int = 1000
+    max_unauthenticated_per_source: int = 10  # connections from one address not yet signed in
+    device_logins_per_source: int = 10  # device logins one address may start per minute
     idle_timeout: float = 900.0
     keepalive_interval: float = 30.0
     keepalive_count_max: int = 3
@@ -79,6 +81,7 @@ class Target:
     known_hosts: Path | None = None
     default_login: str | None = None
     connect_timeout: float = 10.0
+    record_input: bool = True  # keystrokes of pty channels into the recording
     auth: TargetAuth = TargetAuth.VAULT
     host_cas: tuple[str, ...] = ()  # host CA public key lines whose host certificates it trusts
     source_addresses: tuple[str, ...] = ()  # certificates' source-address; () = as dialled

@@ -55,7 +55,11 @@ class ManagedProcess:
     def start(self) -> ManagedProcess:
         """Start the process in a new session so it and its children can be stopped together."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        # Logs hold audit lines (who went where): owner and group only.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                     0o640)
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -375,7 +375,11 @@ class DemoStack:
         }
         self.env = values
         text = "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
-        self.env_path.write_text(text, encoding="utf-8")
+        # It names S3 credentials and key paths: readable by the one who ran the demo only.
+        fd = os.open(self.env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as env_file:
+            os.fchmod(env_file.fileno(), 0o600)
+            env_file.write(text)
 
     # -- what a person at the keyboard runs ----------------------------------------------------
 

@@ -61,6 +61,7 @@ class LoginFlow:
         self._device: DeviceAuthorization | None = None
         self._primary: Identity | None = None
         self._tries = 0
+        self.totp_passed = False  # a TOTP code was checked in this login
         self._stage = _Stage.START
         self.identity: Identity | None = None
         self.failure: str | None = None
@@ -148,6 +149,7 @@ class LoginFlow:
             return Challenge("TOTP", f"bastion: {exc}.", (("TOTP code: ", False),))
         self._svc.audit.emit("totp.pass", conn=self._conn, client=self._client,
                              issuer=identity.issuer, subject=identity.subject)
+        self.totp_passed = True
         return self._succeed(identity)
 
     def _succeed(self, identity: Identity) -> bool:

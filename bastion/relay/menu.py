@@ -54,7 +54,7 @@ class TargetMenu:
             elif char in "\x7f\x08" and self._typed:
                 self._typed = self._typed[:-1]
                 self._chan.write(b"\b \b")
-            elif char.isdigit() and len(self._typed) < _MAX_INPUT:
+            elif "0" <= char <= "9" and len(self._typed) < _MAX_INPUT:  # ASCII only: "²".isdigit()
                 self._typed += char
                 self._chan.write(char.encode())
 

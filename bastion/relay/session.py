@@ -11,8 +11,8 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bastion.audit import AuditLog
@@ -29,6 +29,7 @@ from bastion.errors import (
 from bastion.identity.model import Identity
 from bastion.policy.access import Authorization, TargetRequest, authorize
 from bastion.recording import CastWriter, SessionRecording, Spool
+from bastion.relay.pipeline import ChannelKind, ChannelRecorder, StageFactory
 from bastion.relay.upstream import CertificateRequest, Upstream, dial
 
 log = logging.getLogger("bastion.relay")
@@ -51,6 +52,10 @@ class RelayServices:
     credential_for: Callable[[Authorization], Credential]
     counter: SessionCounter
     on_finished: Callable[[SessionRecording], None]
+    # Whether policy asks this identity for a TOTP code on this target (step-up).
+    totp_required: Callable[[Identity, str], bool]
+    # The features on the channel pipeline (command control, masking, transfers), in order.
+    stage_factories: Sequence[StageFactory] = field(default_factory=tuple)
     certificate_authority: CertificateAuthority | None = None  # signs for certificate targets
 
 
@@ -68,12 +73,14 @@ class ConnectionSession:
     """State of one user connection after authentication; owned by that connection."""
 
     def __init__(self, services: RelayServices, identity: Identity, client: ClientInfo,
-                 request: TargetRequest | None, refusal: BastionError | None,
+                 request: TargetRequest | None, refusal: BastionError | None, *,
+                 totp_passed: bool = False,
                  pty_requested: Callable[[], bool] | None = None) -> None:
         self.services = services
         self.identity = identity
         self.client = client
-        self.request = request
+        self.request = request  # what the SSH user name asked for (None: the menu)
+        self.totp_passed = totp_passed  # a TOTP code was given while authenticating
         self.refusal = refusal  # a request that could not even be parsed: refused on first use
         # Whether a channel of this connection asked for a terminal (the SSH layer knows).
         self._pty_requested = pty_requested
@@ -101,43 +108,66 @@ class ConnectionSession:
         """Note activity (for the idle timeout)."""
         self.last_activity = time.monotonic()
 
-    def choose_target(self, request: TargetRequest) -> None:
-        """Set the target picked from the menu (before ``connect``)."""
-        self.request = request
+    def _authorize(self, request: TargetRequest) -> Authorization:
+        """Decide this channel's request against current policy (every channel, every time)."""
+        cfg = self.services.config
+        try:
+            auth = authorize(cfg, self.identity, request)
+            if self.services.totp_required(self.identity, auth.target.name) \
+                    and not self.totp_passed:
+                # The code is asked while authenticating, for the target in the user name; a
+                # target chosen otherwise (the menu) must not skip it.
+                raise AccessDenied(
+                    f"target {auth.target.name} needs a TOTP code; connect as "
+                    f"{auth.login}@{auth.target.name}@bastion to give it")
+        except AccessDenied as exc:
+            self.services.audit.emit("session.refused", conn=self.client.conn_id,
+                                     user=self.identity.name, request=request.describe(),
+                                     reason=str(exc))
+            raise
+        return auth
 
-    async def connect(self, *, pty: bool | None = None) -> Upstream:
-        """Authorize, open the recording, then dial the target; once per connection.
+    async def connect(self, request: TargetRequest | None, *,
+                      pty: bool | None = None) -> Upstream:
+        """Authorize this channel's request; the first one also opens the recording and dials.
+
+        A connection has one target: later channels are authorized again (policy may have
+        changed) and must ask for the same target and login, or they are refused.
 
         ``pty``: whether the channel that opens the connection needs a terminal, so that a
         certificate permits one only then. None: ask ``pty_requested`` (given by the SSH
         layer), else permit one.
         """
         async with self._lock:
-            if self.upstream is not None:
-                return self.upstream
             if self._closed:
                 raise AccessDenied("the session is closing")
             if self.refusal is not None:
                 raise self.refusal
-            if self.request is None or self.request.target is None:
+            if request is None or request.target is None:
                 raise AccessDenied("no target given")
+            auth = self._authorize(request)
+            if self.upstream is not None and self.authorization is not None:
+                first = self.authorization
+                if (auth.target.name, auth.login) != (first.target.name, first.login):
+                    raise AccessDenied(
+                        f"this connection is on {first.login}@{first.target.name}; open a new "
+                        f"connection for {auth.login}@{auth.target.name}")
+                return self.upstream
             cfg = self.services.config
             audit = self.services.audit
-            try:
-                self.authorization = authorize(cfg, self.identity, self.request)
-            except AccessDenied as exc:
-                audit.emit("session.refused", conn=self.client.conn_id,
-                           user=self.identity.name, request=self.request.describe(),
-                           reason=str(exc))
-                raise
-            auth = self.authorization
-            if not self.services.counter.acquire(self.identity.key,
-                                                 cfg.server.max_sessions_per_user):
-                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
-                           request=self.request.describe(), reason="session limit")
-                raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
-                                   "sessions open, the most allowed")
-            self._counted = True
+            self.request = request
+            self.authorization = auth
+            # One count per connection, taken once and released once at close, whatever
+            # happens to its channels (a refused set-up is retried by the next channel).
+            if not self._counted:
+                if not self.services.counter.acquire(self.identity.key,
+                                                     cfg.server.max_sessions_per_user):
+                    audit.emit("session.refused", conn=self.client.conn_id,
+                               user=self.identity.name, request=request.describe(),
+                               reason="session limit")
+                    raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
+                                       "sessions open, the most allowed")
+                self._counted = True
             credential: Credential | CertificateRequest | None = None
             if auth.target.auth is TargetAuth.VAULT:
                 credential = self.services.credential_for(auth)
@@ -191,16 +221,35 @@ class ConnectionSession:
         key_id = certificate_key_id(self.identity.name, self.identity.issuer, session_id)
         return CertificateRequest(authority, key_id, permit_pty)
 
-    async def open_writer(self, kind: str, width: int, height: int, term: str | None,
-                          command: str | None,
-                          on_failure: Callable[[RecordingError], None]) -> CastWriter:
-        """Open the recording file for a new channel; ``on_failure`` ends that channel."""
-        assert self.recording is not None and self.authorization is not None
+    @property
+    def session_id(self) -> str:
+        """The recording's session id (once ``connect`` opened it)."""
+        assert self.recording is not None
+        return self.recording.session_id
+
+    async def open_recorder(self, kind: ChannelKind, *, pty: bool, width: int, height: int,
+                            term: str | None, command: str | None,
+                            on_failure: Callable[[RecordingError], None],
+                            ) -> tuple[int, ChannelRecorder]:
+        """Open the recording of a new channel: (its number, its recorder).
+
+        ``on_failure`` ends that channel when a background flush of the session fails.
+        """
+        recording = self.recording
+        if recording is None or self.authorization is None:
+            raise AccessDenied("the session is closing")
         self._failure_handlers.append(on_failure)
-        return await self.recording.open_channel_async(
-            kind, width=width, height=height, term=term, command=command,
+        writer = await recording.open_channel_async(
+            kind.value, width=width, height=height, term=term, command=command,
             user=self.identity.name, target=self.authorization.target.name,
             login=self.authorization.login)
+        return len(recording.writers), _CastRecorder(writer)
+
+    def note_command(self, channel: int, line: str, verdict: str, rule: str | None) -> None:
+        """Add a command line read on ``channel`` to session.json's ``commands``."""
+        if self.recording is not None:
+            self.recording.append_field("commands", {
+                "channel": channel, "line": line, "verdict": verdict, "rule": rule})
 
     def _recording_failed(self, exc: RecordingError) -> None:
         # A flush of an idle channel failed in the background: fail closed on every channel.
@@ -260,3 +309,21 @@ class ConnectionSession:
                        "port": auth.target.port, "login": auth.login,
                        "host_key_fingerprint": None},
         }
+
+
+class _CastRecorder:
+    """Adapts the asciicast writer to ``ChannelRecorder`` until it records input itself."""
+
+    def __init__(self, writer: CastWriter) -> None:
+        self._writer = writer
+        self.output = writer.output
+        self.stderr = writer.output
+        self.resize = writer.resize
+        self.marker = writer.marker
+        self.close_deferred = writer.close_deferred
+
+    def input(self, data: bytes) -> None:
+        return None
+
+    def exited(self, status: int | None, signal: str | None) -> None:
+        self._writer.marker(f"exit: signal {signal}" if signal else f"exit: {status}")

@@ -20,19 +20,23 @@ from bastion.credentials.ca import CertificateAuthority
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Credential, Vault, load_vault_key
 from bastion.errors import BastionError, UpstreamError
+from bastion.identity.model import Identity
 from bastion.identity.service import IdentityService
 from bastion.policy.access import Authorization
 from bastion.recording import SessionRecording, Spool
 from bastion.recording.seal import Sealer
 from bastion.relay.session import RelayServices
 from bastion.server.auth import LocalKeyIndex
-from bastion.server.connection import BastionConnection
+from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
+from bastion.server.features import stage_factories
 from bastion.server.hardening import algorithm_options
+from bastion.server.limits import SourceLimits
 
 log = logging.getLogger("bastion.server")
 
 _SHUTDOWN_GRACE = 3.0  # seconds clients get to hang up at shutdown before they are cut
 _UPKEEP_INTERVAL = 0.5  # seconds between recording flushes and idle checks
+_REVOCATION_EVERY = 4  # upkeep rounds between checks for revoked key bindings (2 s)
 
 
 class BastionServer:
@@ -42,6 +46,8 @@ class BastionServer:
         self.config = config
         self.audit = audit
         self.local_keys = LocalKeyIndex.from_config(config)
+        self.limits = SourceLimits(config.server.max_unauthenticated_per_source,
+                                   config.server.device_logins_per_source)
         self.spool = Spool(config.paths.spool_dir, config.server.node_id)
         self._vault_key = load_vault_key(config.vault)
         self.identity = IdentityService.open(config, audit, self._vault_key)
@@ -64,6 +70,8 @@ class BastionServer:
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
             counter=self, on_finished=self._recording_finished,
+            totp_required=self._totp_required,
+            stage_factories=stage_factories(config),
             certificate_authority=authority)
 
     # -- shared services -------------------------------------------------------------------
@@ -77,6 +85,9 @@ class BastionServer:
             raise UpstreamError(f"no credential is stored for {authorization.login} on target "
                                 f"{authorization.target.name}; ask an administrator")
         return credential
+
+    def _totp_required(self, identity: Identity, target: str) -> bool:
+        return self.identity is not None and self.identity.totp_required(identity, target)
 
     def acquire(self, identity_key: str, limit: int) -> bool:
         """Count a session for an identity unless it is at its cap."""
@@ -170,7 +181,9 @@ class BastionServer:
         self._acceptor = await asyncssh.create_server(
             self._new_connection, cfg.server.listen, cfg.server.port,
             server_host_keys=host_keys, server_version="bastion",
-            login_timeout=cfg.server.login_timeout,
+            # An outer bound only: each connection keeps its own, shorter login timer.
+            login_timeout=cfg.server.login_timeout + cfg.identity.device_poll_timeout
+            + DEVICE_LOGIN_MARGIN,
             keepalive_interval=cfg.server.keepalive_interval or None,
             keepalive_count_max=cfg.server.keepalive_count_max,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False,
@@ -183,10 +196,40 @@ class BastionServer:
     def _new_connection(self) -> BastionConnection:
         return BastionConnection(self, str(next(self._conn_ids)))
 
+    def _end_revoked(self) -> None:
+        """End live connections whose key binding was revoked (``bastion keys revoke``).
+
+        Bindings are only deleted by a revocation (expired rows stay until revoked), so a
+        connection whose binding row is gone, or now names someone else, has lost the access it
+        rests on.
+        """
+        watched = [c for c in self.connections.values()
+                   if c.session is not None and c.auth is not None and c.auth.bound_keys]
+        if not watched:
+            return
+        try:
+            owner = {b.fingerprint: b.identity.key
+                     for b in self.identity.bindings.entries(include_expired=True)}
+        except BastionError as exc:
+            log.error("cannot check key revocations: %s", exc)
+            return
+        for conn in watched:
+            assert conn.auth is not None and conn.session is not None
+            if all(owner.get(f) == conn.session.identity.key for f in conn.auth.bound_keys):
+                continue
+            self.audit.emit("session.revoked", conn=conn.conn_id,
+                            user=conn.session.identity.name, keys=list(conn.auth.bound_keys))
+            conn.close_with_notice("your key binding was revoked; session ended", "killed",
+                                   "key binding revoked")
+
     async def _upkeep_loop(self) -> None:
         idle = self.config.server.idle_timeout
+        rounds = 0
         while True:
             await asyncio.sleep(_UPKEEP_INTERVAL)
+            rounds += 1
+            if rounds % _REVOCATION_EVERY == 0:
+                self._end_revoked()
             try:
                 self.spool.flush_due()
             except Exception:  # a flush error is handled by the writer on its next write

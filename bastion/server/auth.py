@@ -23,6 +23,7 @@ from bastion.identity.service import IdentityService, ProvenKey
 from bastion.policy.access import parse_username
 
 _MAX_PROVEN_KEYS = 16  # keys one connection may have bound; more count as failed attempts
+MAX_OFFERED_KEYS = 32  # keys one connection may offer (queried or signed); more end it
 
 # What asyncssh accepts from a keyboard-interactive callback: a challenge tuple or a verdict.
 KbdIntAnswer = tuple[str, str, str, tuple[tuple[str, bool], ...]] | bool
@@ -61,17 +62,35 @@ class ConnectionAuth:
         self._conn_id = conn_id
         self._peer = peer
         self.username = ""
-        self.offered_keys: list[asyncssh.SSHKey] = []
+        self._offered: dict[bytes, asyncssh.SSHKey] = {}  # by public data: O(1) lookups
+        self._failure_reported = False
         self.failures = 0
         self._candidate: tuple[Identity, str] | None = None
         self.identity: Identity | None = None
         self.key_fingerprint: str | None = None
+        # Fingerprints of the key bindings this connection's access rests on (a bound key it
+        # signed with, or the keys its device login bound): revoking one ends the connection.
+        self.bound_keys: tuple[str, ...] = ()
         # Device login, key bindings and TOTP (bastion.identity); None: config keys only.
         self._ids = identity
         self._proven: list[ProvenKey] = []  # unknown keys the client signed with: bound later
         self._pending: tuple[Identity, str, KeyBinding | None] | None = None  # awaits TOTP
         self._binding: KeyBinding | None = None  # the binding the candidate came from
         self._flow: LoginFlow | None = None
+
+    @property
+    def offered_keys(self) -> list[asyncssh.SSHKey]:
+        """The distinct keys offered so far (at most MAX_OFFERED_KEYS)."""
+        return list(self._offered.values())
+
+    def has_offered(self, key: asyncssh.SSHKey) -> bool:
+        """Whether ``key`` was offered on this connection before."""
+        return key.public_data in self._offered
+
+    @property
+    def keys_exhausted(self) -> bool:
+        """Whether this connection offered as many keys as one may."""
+        return len(self._offered) >= MAX_OFFERED_KEYS
 
     @property
     def attempts_exhausted(self) -> bool:
@@ -89,8 +108,10 @@ class ConnectionAuth:
         with them: ``signature_checked`` then refuses them, and they are bound to the person
         once their device login succeeds. A key is never bound on its holder's word alone.
         """
-        if not any(k.public_data == key.public_data for k in self.offered_keys):
-            self.offered_keys.append(key)
+        if key.public_data not in self._offered:
+            if len(self._offered) >= MAX_OFFERED_KEYS:
+                return False  # the caller checks keys_exhausted and disconnects
+            self._offered[key.public_data] = key
         if self._known(key) is not None:
             return True  # asyncssh asks once without and once with the signature
         if self._ids is not None and self._ids.device_login_enabled:
@@ -149,7 +170,7 @@ class ConnectionAuth:
             verified = await check(username, key_data, msg, signature)
             if not msg or not verified:
                 return verified  # a query without a signature, or a refused key
-            key = next((k for k in self.offered_keys if k.public_data == key_data), None)
+            key = self._offered.get(key_data)
             return key is not None and self.signature_checked(key)
 
         conn.validate_public_key = validate_public_key  # type: ignore[method-assign]
@@ -162,6 +183,18 @@ class ConnectionAuth:
         policy = self._ids.settings.totp_required_for
         return self._ids.device_login_enabled or bool(
             policy.all or policy.groups or policy.targets)
+
+    def starts_device_login(self) -> bool:
+        """Whether the next keyboard-interactive challenge starts a device login (not TOTP)."""
+        return (self._ids is not None and self._ids.device_login_enabled
+                and self._pending is None
+                and not (self._flow is not None and self._flow.failure))
+
+    def refuse_device_login(self, reason: str) -> None:
+        """Refuse keyboard-interactive for this connection (a limit was reached)."""
+        self.failures += 1
+        self._audit.emit("login.failure", conn=self._conn_id, client=self._peer,
+                         request=self.username[:256], reason=reason)
 
     async def kbdint_challenge(self, conn: asyncssh.SSHServerConnection) -> KbdIntAnswer:
         """Start the device login (or the TOTP prompt for a proven key) and say what to show."""
@@ -187,6 +220,7 @@ class ConnectionAuth:
             else:
                 fingerprint = self._proven[0].fingerprint if self._proven else "none"
                 self._candidate = (flow.identity, fingerprint)
+                self.bound_keys = tuple(k.fingerprint for k in self._proven)
             return True
         if result is False:
             self.failures += 1
@@ -200,6 +234,11 @@ class ConnectionAuth:
             conn.send_auth_banner(step.banner)  # UTF-8 reaches the user here (the QR code)
         return (step.name, step.instructions, "", step.prompts)
 
+    @property
+    def totp_passed(self) -> bool:
+        """Whether this connection gave a valid TOTP code while authenticating."""
+        return self._flow is not None and self._flow.totp_passed
+
     def completed(self) -> Identity:
         """Auth succeeded: fix the identity and log it."""
         if self._candidate is None:
@@ -208,6 +247,8 @@ class ConnectionAuth:
             self.failed("authentication completed without a verified identity")
             raise AuthenticationError("authentication completed without a verified identity")
         self.identity, self.key_fingerprint = self._candidate
+        if self._binding is not None:
+            self.bound_keys = (self._binding.fingerprint,)
         if self._binding is not None and self._ids is not None:
             self._ids.binding_used(self._binding, self._conn_id, self._peer)
         self._audit.emit("login.success", conn=self._conn_id, client=self._peer,
@@ -216,7 +257,10 @@ class ConnectionAuth:
         return self.identity
 
     def failed(self, reason: str) -> None:
-        """The connection closed or was refused before authenticating."""
+        """The connection closed or was refused before authenticating (audited once)."""
+        if self._failure_reported:
+            return
+        self._failure_reported = True
         if self._flow is not None and self._flow.failure:
             reason = f"{reason}: {self._flow.failure}"
         self._audit.emit("login.failure", conn=self._conn_id, client=self._peer,

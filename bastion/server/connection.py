@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bastion.server")
 
 _CLOSE_GRACE = 5.0  # seconds a client gets to hang up after its channels were ended
+DEVICE_LOGIN_MARGIN = 60.0  # seconds a device login's connection may outlast its polling
 
 
 class BastionConnection(asyncssh.SSHServer):
@@ -38,6 +39,9 @@ class BastionConnection(asyncssh.SSHServer):
         self.auth: ConnectionAuth | None = None
         self.session: ConnectionSession | None = None
         self.channels: list[UserChannel] = []
+        self._refusal: str | None = None  # the server is full: said at the first auth request
+        self._counted_unauthenticated = False
+        self._login_timer: asyncio.TimerHandle | None = None
 
     # -- connection lifecycle ----------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -48,11 +52,40 @@ class BastionConnection(asyncssh.SSHServer):
         self.auth = ConnectionAuth(srv.config, srv.audit, srv.local_keys, self.conn_id,
                                    f"{self.peer[0]}:{self.peer[1]}", srv.identity)
         self.auth.watch_signatures(conn)
+        if not srv.limits.open_unauthenticated(self.peer[0]):
+            # Strangers from one address share a small allowance: close at once, so silent
+            # sockets from there cannot hold the bastion (no protocol owed to them yet).
+            srv.audit.emit("connection.refused", conn=self.conn_id,
+                           client=f"{self.peer[0]}:{self.peer[1]}",
+                           reason="too many unauthenticated connections from this address")
+            conn.abort()
+            return
+        self._counted_unauthenticated = True
         if not srv.admit(self):
-            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
-                            "bastion: too many connections, try again later")
+            # Said properly once the client asks to log in (after key exchange), so it reads
+            # as a refusal and not as a broken banner; a silent one meets the login timer.
+            self._refusal = "bastion: too many connections, try again later"
+        self._login_timer = asyncio.get_running_loop().call_later(
+            srv.config.server.login_timeout, self._login_expired)
+
+    def _login_expired(self) -> None:
+        """Not signed in within login_timeout (or the device login's time): disconnect."""
+        if self.conn is None or self.session is not None:
+            return
+        if self.auth is not None and self.auth.username:
+            self.auth.failed("login timeout")
+        self.conn.disconnect(asyncssh.DISC_CONNECTION_LOST, "bastion: login timed out")
+
+    def _authenticated_or_gone(self) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if self._counted_unauthenticated:
+            self._counted_unauthenticated = False
+            self._server.limits.close_unauthenticated(self.peer[0])
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._authenticated_or_gone()
         if self.session is not None:
             self.session.close()
         elif self.auth is not None and self.auth.identity is None:
@@ -66,8 +99,11 @@ class BastionConnection(asyncssh.SSHServer):
 
     # -- authentication ------------------------------------------------------------------------
     def begin_auth(self, username: str) -> bool:
-        assert self.auth is not None
+        assert self.auth is not None and self.conn is not None
         self.auth.begin(username)
+        if self._refusal is not None:
+            self.auth.failed("too many connections")
+            self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, self._refusal)
         return True  # always authenticate; nobody gets in on the user name alone
 
     def password_auth_supported(self) -> bool:
@@ -83,6 +119,11 @@ class BastionConnection(asyncssh.SSHServer):
             self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                                  "bastion: too many authentication attempts")
             return False
+        if self.auth.keys_exhausted and not self.auth.has_offered(key):
+            self.auth.failed("too many keys offered")
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                                 "bastion: too many keys offered")
+            return False
         return self.auth.validate_public_key(key)
 
     def kbdint_auth_supported(self) -> bool:
@@ -92,6 +133,20 @@ class BastionConnection(asyncssh.SSHServer):
     async def get_kbdint_challenge(self, username: str, lang: str,
                                    submethods: str) -> KbdIntAnswer:
         assert self.auth is not None and self.conn is not None
+        if self.auth.starts_device_login():
+            srv = self._server
+            if not srv.limits.start_device_login(self.peer[0]):
+                reason = "too many device logins from your address; try again in a minute"
+                self.auth.refuse_device_login(reason)
+                self.conn.send_auth_banner(f"bastion: {reason}\r\n")
+                return False
+            # The person needs time to sign in at the identity provider: the short login timer
+            # gives way to the device login's own limit.
+            if self._login_timer is not None:
+                self._login_timer.cancel()
+                self._login_timer = asyncio.get_running_loop().call_later(
+                    srv.config.identity.device_poll_timeout + DEVICE_LOGIN_MARGIN,
+                    self._login_expired)
         return await self.auth.kbdint_challenge(self.conn)
 
     async def validate_kbdint_response(self, username: str,
@@ -101,6 +156,7 @@ class BastionConnection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         assert self.auth is not None and self.conn is not None
+        self._authenticated_or_gone()
         try:
             identity = self.auth.completed()
         except BastionError as exc:
@@ -118,7 +174,8 @@ class BastionConnection(asyncssh.SSHServer):
         client = ClientInfo(conn_id=self.conn_id, address=self.peer[0], port=self.peer[1],
                             key_fingerprint=self.auth.key_fingerprint)
         self.session = ConnectionSession(self._server.relay_services, identity, client,
-                                         request, refusal, pty_requested=self._pty_requested)
+                                         request, refusal, totp_passed=self.auth.totp_passed,
+                                         pty_requested=self._pty_requested)
 
     def _pty_requested(self) -> bool:
         """Whether a session channel of this connection has a terminal (a certificate for the

@@ -20,8 +20,9 @@ KEX = ("mlkem768x25519-sha256", "sntrup761x25519-sha512@openssh.com", "curve2551
        "diffie-hellman-group14-sha256")
 CIPHERS = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com",
            "aes256-ctr", "aes192-ctr", "aes128-ctr")
+# Encrypt-then-MAC only: the MAC covers the ciphertext (AEAD ciphers need no MAC at all).
 MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com",
-        "umac-128-etm@openssh.com", "hmac-sha2-256", "hmac-sha2-512")
+        "umac-128-etm@openssh.com")
 SIGNATURES = ("ssh-ed25519", "sk-ssh-ed25519@openssh.com", "ecdsa-sha2-nistp256",
               "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "sk-ecdsa-sha2-nistp256@openssh.com",
               "rsa-sha2-512", "rsa-sha2-256")
@@ -39,4 +40,7 @@ def algorithm_options() -> dict[str, Any]:
         "encryption_algs": _supported(CIPHERS, get_encryption_algs()),
         "mac_algs": _supported(MACS, get_mac_algs()),
         "signature_algs": _supported(SIGNATURES, get_public_key_algs()),
+        # No compression: it buys little on interactive traffic and mixes attacker-chosen
+        # input with secrets before encryption (CRIME-style length leaks).
+        "compression_algs": ["none"],
     }

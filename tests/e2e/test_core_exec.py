@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from harness.ssh import bastion_destination, run_ssh
+from harness.wait import wait_for_session_end
 
 from bastion.audit import read_events
 from bastion.demo.stack import DemoStack
@@ -65,7 +66,7 @@ def test_exec_50mb_binary_arrives_byte_identical_and_is_recorded(
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(
         payload.read_bytes()).digest()
     [session] = _sessions_with(demo_stack, marker)
-    meta = json.loads((session / "session.json").read_text(encoding="utf-8"))
+    meta = wait_for_session_end(session)
     assert meta["state"] == "closed"
     assert meta["recordings"] == ["1-exec.cast"]
     assert (session / "1-exec.cast").stat().st_size > 50 * 1024 * 1024

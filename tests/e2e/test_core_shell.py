@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from harness.ssh import ssh_base_argv
 from harness.tmux import TmuxSession
+from harness.wait import wait_for_session_end
 
 from bastion.demo.stack import DemoStack
 
@@ -40,7 +41,7 @@ def test_interactive_shell_type_resize_exit_and_replay(demo_stack: DemoStack, tm
     assert screen.wait_exit() == 0
 
     cast = _new_shell_cast(demo_stack, before)
-    session = json.loads((cast.parent / "session.json").read_text(encoding="utf-8"))
+    session = wait_for_session_end(cast.parent)
     assert session["state"] == "closed"
     lines = cast.read_text(encoding="utf-8").splitlines()
     header = json.loads(lines[0])

@@ -104,6 +104,29 @@ def test_revoked_key_needs_device_login_again(stack: DemoStack) -> None:
     assert bastion_cli(stack, "keys", "revoke", fingerprint(config)).returncode != 0
 
 
+def test_revoking_ends_live_sessions_within_seconds(stack: DemoStack) -> None:
+    """A shell held open by a bound key, and one opened by the device login itself, both end
+    within seconds of `bastion keys revoke --identity`, with the reason shown and audited."""
+    config = new_key(stack, "k_live")
+    first = ssh(stack, config, "web01", "echo ready; sleep 120")
+    complete_device_login(first.verification_url(), "alice", "alice-password")
+    first.wait_for_stdout("ready")
+    second = ssh(stack, config, "db01", "echo ready; sleep 120")  # the bound key: straight in
+    second.wait_for_stdout("ready")
+    events = read_events(stack.state_dir / "audit.jsonl")
+    identity = next(e for e in events if e["event"] == "binding.created"
+                    and e["key"] == fingerprint(config))
+    revoke = bastion_cli(stack, "keys", "revoke", "--identity",
+                         f"{identity['issuer']}|{identity['subject']}")
+    assert revoke.returncode == 0, revoke.stderr
+    for client in (first, second):
+        assert client.finish(timeout=15) != 0  # ended by the bastion, not by sleep
+        assert "your key binding was revoked; session ended" in client.stderr
+    revoked = [e for e in read_events(stack.state_dir / "audit.jsonl")
+               if e["event"] == "session.revoked"]
+    assert len(revoked) >= 2
+
+
 def test_user_denies_at_idp_is_refused(stack: DemoStack) -> None:
     config = new_key(stack, "k_deny")
     client = ssh(stack, config, "web01", "echo", "x")

@@ -52,20 +52,30 @@ class SshClient:
     def wait_for_stderr(self, pattern: str | re.Pattern[str], timeout: float = 20.0,
                         ) -> re.Match[str]:
         """Wait until stderr matches ``pattern``; fail with what was seen if it never does."""
+        return self._wait_for("stderr", pattern, timeout)
+
+    def wait_for_stdout(self, pattern: str | re.Pattern[str], timeout: float = 20.0,
+                        ) -> re.Match[str]:
+        """Wait until stdout matches ``pattern``; fail with what was seen if it never does."""
+        return self._wait_for("stdout", pattern, timeout)
+
+    def _wait_for(self, stream: str, pattern: str | re.Pattern[str],
+                  timeout: float) -> re.Match[str]:
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if m := regex.search(self.stderr):
+            if m := regex.search(getattr(self, stream)):
                 return m
             if self.proc.poll() is not None:
                 for thread in self._threads:
                     thread.join(2)
-                if m := regex.search(self.stderr):
+                if m := regex.search(getattr(self, stream)):
                     return m
                 raise AssertionError(f"ssh exited {self.proc.returncode} before "
-                                     f"{regex.pattern!r}; stderr:\n{self.stderr}")
+                                     f"{regex.pattern!r} on {stream}; stderr:\n{self.stderr}")
             time.sleep(0.05)
-        raise AssertionError(f"no {regex.pattern!r} within {timeout}s; stderr:\n{self.stderr}")
+        raise AssertionError(f"no {regex.pattern!r} on {stream} within {timeout}s; "
+                             f"stderr:\n{self.stderr}")
 
     def verification_url(self, timeout: float = 20.0) -> str:
         """The verification_uri_complete the bastion showed."""

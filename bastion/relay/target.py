@@ -1,0 +1,76 @@
+"""The target's end of a relayed channel: its output enters the channel's output pipeline.
+
+Bytes move in asyncssh's callbacks with no queue in between. Back-pressure is asyncssh's own: when
+the user's send buffer is full, reading from the target pauses, so SSH windows close and a slow
+client slows the target instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from bastion.relay.pipeline import Stream
+
+if TYPE_CHECKING:
+    from bastion.relay.channel_relay import ChannelRelay
+
+
+class TargetChannel(asyncssh.SSHClientSession[bytes]):
+    """asyncssh's client session on the target; hands everything to its ``ChannelRelay``."""
+
+    def __init__(self, relay: ChannelRelay) -> None:
+        self._relay = relay
+        self.exit_status: int | None = None
+        self.exit_signal: tuple[str, bool, str, str] | None = None
+        # Output that arrived in this event-loop pass, handed on as one chunk at its end.
+        self._held: list[bytes] = []
+        self._flush_scheduled = False
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.flush()  # keep stdout before stderr as the target sent them
+            self._relay.output.feed(data, Stream.STDERR)
+            return
+        # One socket read from the target holds many small packets (a pty gives ~4 KiB per
+        # read); joining those of one loop pass makes full-size packets to the user and one
+        # recorder event: asyncssh encrypts and sends (with an MSG_IGNORE) per packet, so
+        # this is most of the relay's cost. The join waits for no timer: the rest of the
+        # pass is microseconds, so keystroke echo is not delayed.
+        self._held.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand on the output held from this event-loop pass."""
+        self._flush_scheduled = False
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._relay.output.feed(data, Stream.DATA)
+
+    def eof_received(self) -> bool:
+        self.flush()
+        self._relay.output.end()
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.exit_signal = (signal, core_dumped, msg, lang)
+
+    def pause_writing(self) -> None:
+        self._relay.pause_input("target")
+
+    def resume_writing(self) -> None:
+        self._relay.resume_input("target")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.flush()  # output before the exit status, as the target sent it
+        self._relay.target_closed(self, exc)
