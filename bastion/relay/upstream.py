@@ -42,11 +42,6 @@ def upstream_ciphers() -> list[str]:
     return [name for name in _UPSTREAM_CIPHERS if name in have]
 
 
-def pinned_host_keys(target: Target) -> list[asyncssh.SSHKey]:
-    """The host keys a target may present: config lines plus matching known_hosts entries."""
-    return trusted_host_keys(target)[0]
-
-
 def trusted_host_keys(target: Target) -> tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey]]:
     """(pinned host keys, trusted host CA keys) of a target: its config lines plus the
     matching entries of its known_hosts file (``@cert-authority`` lines are CAs)."""
@@ -74,9 +69,9 @@ def host_key_mismatch(target: Target, presented: str) -> HostKeyMismatch:
 class CertificateRequest:
     """The credential of a certificate target: sign one for this connection with ``authority``.
 
-    The key id names the person and the session; a pty is permitted only if the channel that
-    opens the connection asks for one; the source address is the target's ``source_addresses``
-    or else the bastion's own address on the connection, as the target sees it.
+    The key id names the person and the session; a pty is permitted only if a channel of the
+    user's connection has a terminal when it is dialled; the source address is the target's
+    ``source_addresses`` or else the bastion's own address on the connection.
     """
 
     authority: CertificateAuthority
