@@ -23,6 +23,7 @@ from bastion.errors import (
     AccessDenied,
     BastionError,
     CertificateAuthorityError,
+    CertificateRefused,
     RecordingError,
     SessionLimit,
 )
@@ -189,9 +190,11 @@ class ConnectionSession:
                     credential = self._certificate_request(recording.session_id, pty)
                 upstream = await dial(auth, credential, cfg.server.keepalive_interval)
             except BastionError as exc:
+                refused = ({"certificate": exc.certificate}
+                           if isinstance(exc, CertificateRefused) else {})
                 audit.emit("session.refused", conn=self.client.conn_id,
                            session=recording.session_id, user=self.identity.name,
-                           reason=str(exc), **auth.audit_fields())
+                           reason=str(exc), **auth.audit_fields(), **refused)
                 self._end_state, self._end_reason = "refused", str(exc)
                 self._finish_recording()
                 raise

@@ -23,7 +23,7 @@ from asyncssh.public_key import KeyPairListArg
 from bastion.config.model import Target
 from bastion.credentials.ca import CertificateAuthority, IssuedCertificate
 from bastion.credentials.vault import Credential
-from bastion.errors import ConfigError, HostKeyMismatch, UpstreamError
+from bastion.errors import CertificateRefused, ConfigError, HostKeyMismatch, UpstreamError
 from bastion.policy.access import Authorization
 
 log = logging.getLogger("bastion.relay")
@@ -191,8 +191,10 @@ async def dial(authorization: Authorization, credential: Credential | Certificat
         raise host_key_mismatch(target, client.presented[-1] if client.presented else
                                 f"an invalid host certificate: {exc.reason}") from None
     except asyncssh.PermissionDenied:
-        raise UpstreamError(f"target {target.name} refused {what} for "
-                            f"{authorization.login}") from None
+        message = f"target {target.name} refused {what} for {authorization.login}"
+        if isinstance(client, _CertificateClient) and client.issued is not None:
+            raise CertificateRefused(message, client.issued.record()) from None
+        raise UpstreamError(message) from None
     except TimeoutError:
         raise UpstreamError(f"target {target.name} did not answer within "
                             f"{target.connect_timeout:.0f}s") from None

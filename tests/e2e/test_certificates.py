@@ -63,6 +63,10 @@ class CertificateStack(DemoStack):
                         "known_hosts": str(known_hosts), "auth": "certificate",
                         "default_login": self.login})
         web01 = self.targets["web01"]
+        # web01's sshd has not been told to trust the user CA (yet).
+        entries.append({"name": "web01cert", "host": web01.host, "port": web01.port,
+                        "host_key": web01.host_key_line, "auth": "certificate",
+                        "default_login": self.login})
         entries.append({"name": "web01ca", "host": web01.host, "port": web01.port,
                         "host_ca": host_ca_line, "auth": "certificate",
                         "default_login": self.login})
@@ -150,6 +154,19 @@ def test_vault_target_still_uses_the_vault(stack: DemoStack) -> None:
     start = _last_start(stack, "web01")
     assert "certificate" not in start
     assert "CERT" not in _sshd_log(stack, "web01")
+
+
+def test_target_that_does_not_trust_the_ca_refuses_with_a_clear_message(
+        stack: DemoStack) -> None:
+    result = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "web01cert"), "--",
+                      "echo never"])
+    assert result.returncode == 1
+    assert result.stderr == (f"bastion: target web01cert refused the bastion's certificate for "
+                             f"{stack.login}\n")
+    [refusal] = _events(stack, "session.refused", target="web01cert")
+    key_id = f"demo@local session {refusal['session']}"
+    assert refusal["certificate"]["key_id"] == key_id
+    assert isinstance(refusal["certificate"]["serial"], int)
 
 
 def test_no_certificate_or_ephemeral_key_on_disk_in_logs_or_recordings(stack: DemoStack) -> None:
