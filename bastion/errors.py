@@ -60,6 +60,10 @@ class AuthenticationError(BastionError):
     """An identity could not be established."""
 
 
+class AuditUnavailable(BastionError):
+    """The audit log cannot be written, so nothing that must be audited may happen."""
+
+
 class UpstreamError(BastionError):
     """The onward connection to a target failed."""
 

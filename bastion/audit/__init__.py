@@ -19,23 +19,37 @@ from bastion.errors import ConfigError
 
 
 class AuditLog:
-    """Appends audit events as JSON lines; each line is flushed when written."""
+    """Appends audit events as JSON lines, each written whole with one ``write``.
+
+    Writing an event never raises: a full disk must not stop a session from being finalized.
+    The stderr (journal) copy is written first; a failure to write the file is kept in
+    ``error`` (cleared by the next successful write) so that the server refuses new logins and
+    commands exit non-zero while the audit trail is broken.
+    """
 
     def __init__(self, path: Path | None, node: str, stream: TextIO | None = sys.stderr) -> None:
         self._node = node
         self._stream = stream
         self._lock = threading.Lock()
-        self._file: TextIO | None = None
+        self._path = path
+        self._fd: int | None = None
+        self._torn = False  # a failed write may have left part of a line: start afresh
+        self.error: str | None = None
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                   0o640)
             except OSError as exc:
                 raise ConfigError(f"cannot open audit log {path}: {exc.strerror}") from None
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the last write to the audit file succeeded."""
+        return self.error is None
+
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Write one event and return it (tests and callers may inspect it)."""
+        """Write one event and return it (tests and callers may inspect it); never raises."""
         record: dict[str, Any] = {
             "ts": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace(
                 "+00:00", "Z"),
@@ -45,22 +59,43 @@ class AuditLog:
         record.update(fields)
         line = json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":"))
         with self._lock:
-            if self._file is not None:
-                self._file.write(line + "\n")
             if self._stream is not None:
                 try:
                     self._stream.write("audit " + line + "\n")
                     self._stream.flush()
                 except (OSError, ValueError):
                     pass
+            if self._fd is not None:
+                self._write_file(line)
         return record
+
+    def _write_file(self, line: str) -> None:
+        assert self._fd is not None
+        data = (("\n" if self._torn else "") + line + "\n").encode()
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except OSError as exc:
+            self._torn = True
+            first = self.error is None
+            self.error = f"cannot write audit log {self._path}: {exc.strerror or exc}"
+            if first and self._stream is not None:
+                try:
+                    self._stream.write(f"bastion: {self.error}\n")
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass
+            return
+        self._torn = False
+        self.error = None
 
     def close(self) -> None:
         """Close the audit file."""
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

@@ -104,6 +104,8 @@ def _server(t: Table, paths: PathsConfig) -> ServerConfig:
         max_auth_attempts=t.integer("max_auth_attempts", 6, lo=1, hi=100),
         max_sessions_per_user=t.integer("max_sessions_per_user", 10, lo=1, hi=10000),
         max_connections=t.integer("max_connections", 1000, lo=1, hi=100000),
+        max_channels_per_connection=t.integer("max_channels_per_connection", 10, lo=1,
+                                              hi=1000),
         max_unauthenticated_per_source=t.integer("max_unauthenticated_per_source", 10, lo=1,
                                                  hi=100000),
         device_logins_per_source=t.integer("device_logins_per_source", 10, lo=1, hi=100000),

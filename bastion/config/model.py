@@ -28,6 +28,7 @@ class ServerConfig:
     max_auth_attempts: int = 6
     max_sessions_per_user: int = 10
     max_connections: int = 1000
+    max_channels_per_connection: int = 10  # session channels open at once on one connection
     max_unauthenticated_per_source: int = 10  # connections from one address not yet signed in
     device_logins_per_source: int = 10  # device logins one address may start per minute
     idle_timeout: float = 900.0

@@ -8,6 +8,7 @@ paused the user's input, and the channel's end.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bastion.relay")
 
 _NOTICE_MAX = 400  # characters of a notice shown to the user
+RESIZE_RECORD_INTERVAL = 0.2  # seconds: at most this many window changes recorded per second
 
 
 def _printable(text: str) -> str:
@@ -52,6 +54,10 @@ class ChannelRelay:
         self._target: asyncssh.SSHClientChannel[bytes] | None = None
         self._pausers: set[str] = set()
         self._ended = False
+        self.attached = False  # input is held by the channel until the target's side is open
+        self._size_recorded = self._size_to_record = (info.width, info.height)
+        self._size_recorded_at = float("-inf")
+        self._resize_timer: asyncio.TimerHandle | None = None
         rec = recorder
         if record_input:
             def record_input_sink(data: bytes, stream: Stream) -> None:
@@ -110,13 +116,35 @@ class ChannelRelay:
     def attach(self, target: asyncssh.SSHClientChannel[bytes]) -> None:
         """The target's channel is open: input may flow."""
         self._target = target
+        self.attached = True
 
     def resize(self, width: int, height: int) -> None:
-        """The user's window changed: tell the target, the recording and the stages."""
+        """The user's window changed: tell the target and the stages now, the recording soon.
+
+        A client can send thousands of window changes; the recording keeps at most one per
+        ``RESIZE_RECORD_INTERVAL``, always ending with the size the terminal really has.
+        """
         if self._target is not None:
             self._target.change_terminal_size(width, height, 0, 0)
+        self.pipeline.resize(width, height)
+        self._size_to_record = (width, height)
+        if self._resize_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._size_recorded_at + RESIZE_RECORD_INTERVAL - loop.time()
+        if delay <= 0:
+            self._record_size()
+        else:
+            self._resize_timer = loop.call_later(delay, self._record_size)
+
+    def _record_size(self) -> None:
+        self._resize_timer = None
+        if self._ended or self._size_to_record == self._size_recorded:
+            return
+        width, height = self._size_to_record
         if self._record(lambda rec: rec.resize(width, height)):
-            self.pipeline.resize(width, height)
+            self._size_recorded = (width, height)
+            self._size_recorded_at = asyncio.get_running_loop().time()
 
     def send_signal(self, signal: str) -> None:
         """Pass an SSH signal request on."""
@@ -142,6 +170,8 @@ class ChannelRelay:
 
     def target_closed(self, target: TargetChannel, exc: Exception | None) -> None:
         """The target ended the channel: record and pass on its exit status or signal."""
+        self._record_size()
+        self._cancel_timers()
         self._target = None
         status = target.exit_status
         signal = target.exit_signal[0] if target.exit_signal else None
@@ -151,8 +181,15 @@ class ChannelRelay:
                        lost=status is None and signal is None)
         self._user.target_closed(target, exc)
 
+    def _cancel_timers(self) -> None:
+        if self._resize_timer is not None:
+            self._resize_timer.cancel()
+            self._resize_timer = None
+
     def hang_up(self) -> None:
         """The user went away: as a terminal hang-up would, SIGHUP, then close the target."""
+        self._record_size()  # the last window size is not lost to the coalescing
+        self._cancel_timers()
         self._ended = True
         self.pipeline.close()
         if self._target is not None:
@@ -162,6 +199,7 @@ class ChannelRelay:
 
     def stop(self) -> None:
         """End the relay from the bastion's side (refusal, recording failure, kill)."""
+        self._cancel_timers()
         self._ended = True
         self.pipeline.close()
         if self._target is not None:

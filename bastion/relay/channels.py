@@ -27,6 +27,12 @@ log = logging.getLogger("bastion.relay")
 
 _EXIT_TARGET_LOST = 255  # what OpenSSH itself returns when the connection breaks
 _DATA = Stream.DATA
+MAX_COLUMNS, MAX_ROWS = 2000, 1000  # a window size beyond these is a lie, not a terminal
+
+
+def clamp_size(width: int, height: int) -> tuple[int, int]:
+    """A client's window size within what a terminal can be (0 stays 0: not given)."""
+    return min(max(width, 0), MAX_COLUMNS), min(max(height, 0), MAX_ROWS)
 
 
 class UserChannel(asyncssh.SSHServerSession[bytes]):
@@ -53,7 +59,8 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
                       term_modes: Mapping[int, int]) -> bool:
-        self._term, self._size, self._modes = term_type, term_size, dict(term_modes)
+        width, height = clamp_size(term_size[0], term_size[1])
+        self._term, self._size, self._modes = term_type, (width, height, 0, 0), dict(term_modes)
         return True
 
     def shell_requested(self) -> bool:
@@ -75,7 +82,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
     # -- asyncssh callbacks: data and events ----------------------------------------------
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         relay = self.relay
-        if relay is not None:
+        if relay is not None and relay.attached:
             relay.input.feed(data, _DATA)
         elif self._menu is not None:
             self._menu.feed(data)
@@ -87,7 +94,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             self.chan.pause_reading()
 
     def eof_received(self) -> bool:
-        if self.relay is not None:
+        if self.relay is not None and self.relay.attached:
             self.relay.input.end()
         elif self._menu is not None:
             self._menu.feed(b"\x04")
@@ -97,8 +104,11 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int,
                               pixheight: int) -> None:
-        self._size = (width, height, pixwidth, pixheight)
-        if self.relay is not None:
+        width, height = clamp_size(width, height)
+        if (width, height) == self._size[:2]:
+            return
+        self._size = (width, height, 0, 0)
+        if self.relay is not None and self.relay.attached:
             self.relay.resize(width, height)
 
     def signal_received(self, signal: str) -> None:
@@ -146,7 +156,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             relay = await self._open_relay()
             target, _ = await upstream.conn.create_session(
                 lambda: TargetChannel(relay), self._command, term_type=self._term,
-                term_size=self._size if self._term else None,
+                term_size=(relay.info.width, relay.info.height, 0, 0) if self._term else None,
                 term_modes=self._modes or None, encoding=None)
         except BastionError as exc:
             self.refuse(str(exc))
@@ -163,6 +173,8 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             target.close()
             return
         relay.attach(target)
+        if self._term and self._size[:2] != (relay.info.width, relay.info.height):
+            relay.resize(*self._size[:2])  # the window changed while the channel was set up
         pending, self._pending = self._pending, []
         for data in pending:
             relay.input.feed(data, _DATA)
@@ -246,6 +258,9 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
 
     def target_closed(self, target: TargetChannel, exc: Exception | None) -> None:
         """The target ended the channel: pass its exit status or signal on and close."""
+        if target.exit_status is None and target.exit_signal is None and not self._done:
+            self.session.end_reason("closed", "connection to the target lost"
+                                    + (f": {exc}" if exc else ""))
         if not self._done:
             self._pass_exit(target, exc)
         # After the user has their exit status: closing the recording fsyncs it.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from bastion.errors import BastionError
+from bastion.errors import AuditUnavailable, BastionError
 from bastion.policy.access import TargetRequest, parse_username
 from bastion.relay.channels import UserChannel
 from bastion.relay.session import ClientInfo, ConnectionSession
@@ -87,6 +87,8 @@ class BastionConnection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self._authenticated_or_gone()
         if self.session is not None:
+            if exc is not None:  # e.g. the client stopped answering keepalives
+                self.session.end_reason("closed", f"connection to the client lost: {exc}")
             self.session.close()
         elif self.auth is not None and self.auth.identity is None:
             if self.auth.username:
@@ -159,9 +161,14 @@ class BastionConnection(asyncssh.SSHServer):
         self._authenticated_or_gone()
         try:
             identity = self.auth.completed()
+            audit = self._server.audit
+            if not audit.healthy:
+                # No login without its audit line: fail closed until the log can be written.
+                raise AuditUnavailable(f"{audit.error}; logins are refused until it can be")
         except BastionError as exc:
             log.error("[conn=%s] %s", self.conn_id, exc)
-            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "bastion: denied")
+            said = f"bastion: {exc}" if isinstance(exc, AuditUnavailable) else "bastion: denied"
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, said)
             return  # no session: every channel request is refused
         request: TargetRequest | None = None
         refusal: BastionError | None = None
@@ -186,6 +193,13 @@ class BastionConnection(asyncssh.SSHServer):
     # -- channels ------------------------------------------------------------------------------
     def session_requested(self) -> UserChannel | bool:
         if self.session is None:
+            return False
+        self.channels = [c for c in self.channels if not c.closed]
+        limit = self._server.config.server.max_channels_per_connection
+        if len(self.channels) >= limit:
+            self._server.audit.emit("channel.refused", conn=self.conn_id,
+                                    user=self.session.identity.name, kind="session",
+                                    reason=f"more than {limit} channels open on one connection")
             return False
         channel = UserChannel(self.session)
         self.channels.append(channel)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from harness.ssh import bastion_destination, run_ssh, ssh_base_argv
-from harness.wait import wait_until
+from harness.wait import wait_for_session_end, wait_until
 
 from bastion.demo.stack import DemoStack
 
@@ -82,6 +82,13 @@ def test_target_dying_ends_the_session_with_notice(private_stack: DemoStack) -> 
         client.kill()
     assert client.returncode == 255
     assert "bastion: connection to the target closed" in stderr
+    # The record says what happened, not a plain "closed".
+    [session] = [p.parent for p in private_stack.spool_dir.glob("*/session.json")
+                 if "sleep 60" in p.parent.joinpath("session.json").read_text()
+                 or any("sleep 60" in c.read_text(errors="replace")[:2000]
+                        for c in p.parent.glob("1-*"))]
+    meta = wait_for_session_end(session)
+    assert meta["end_reason"].startswith("connection to the target lost"), meta
     # The other target is unaffected.
     ok = run_ssh([*ssh_base_argv(private_stack), bastion_destination(private_stack, "web01"),
                   "--", "echo ok"])

@@ -34,8 +34,16 @@ class TargetServer(asyncssh.SSHServer):
 
 async def _target_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
     """Echoes stdin back on stdout, says which command ran on stderr, exits 3."""
-    data = await process.stdin.read()
-    process.stdout.write(data)
+    chunks = []
+    while True:
+        try:
+            chunk = await process.stdin.read(65536)
+        except asyncssh.TerminalSizeChanged:  # asyncssh's way of telling a pty's new size
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.stdout.write(b"".join(chunks))
     process.stderr.write(f"ran {process.command}\n".encode())
     process.exit(3)
 
@@ -54,7 +62,7 @@ async def relay_bed(tmp_path: Path, factories: Sequence[StageFactory] = (),
     target_key = asyncssh.generate_private_key("ssh-ed25519")
     target = await asyncssh.create_server(
         TargetServer, "127.0.0.1", 0, server_host_keys=[target_key],
-        process_factory=_target_process, encoding=None)
+        process_factory=_target_process, encoding=None, line_editor=False)
     target_port = target.sockets[0].getsockname()[1]
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     key_file = tmp_path / "vault.key"

@@ -109,3 +109,52 @@ def test_offered_keys_per_connection_are_capped(tmp_path: Path) -> None:
             assert len(failure["keys"]) == MAX_OFFERED_KEYS  # the audit line stays bounded
 
     asyncio.run(scenario())
+
+
+def test_channels_per_connection_are_capped_and_freed_when_closed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_bed(tmp_path, server_options="max_channels_per_connection = 3\n") \
+                as bed, asyncssh.connect("127.0.0.1", bed.server.port, username="app01",
+                                         client_keys=[bed.client_key], known_hosts=None) as conn:
+            open_ = [await conn.create_process("cat") for _ in range(3)]
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.create_process("cat")
+            assert any(e["reason"] == "more than 3 channels open on one connection"
+                       for e in _events(bed, "channel.refused"))
+            open_[0].stdin.write_eof()
+            await open_[0].wait_closed()
+            again = await conn.create_process("cat")  # a closed channel frees its place
+            for process in [*open_[1:], again]:
+                process.stdin.write_eof()
+                await process.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_window_sizes_are_clamped_and_resizes_coalesced(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with relay_bed(tmp_path) as bed:
+            async with asyncssh.connect(
+                    "127.0.0.1", bed.server.port, username="app01",
+                    client_keys=[bed.client_key], known_hosts=None) as conn:
+                process = await conn.create_process(
+                    "cat", term_type="xterm", term_size=(4294967295, 4294967295))
+                while not list(bed.spool.glob("*/1-exec.cast")):  # the recording is open
+                    await asyncio.sleep(0.02)
+                for i in range(2000):
+                    process.change_terminal_size(80 + i % 50, 24)
+                process.change_terminal_size(132, 43)
+                process.stdin.write("done\n")
+                process.stdin.write_eof()
+                assert "done" in await process.stdout.read()
+                await process.wait_closed()
+            await asyncio.sleep(0.3)
+            [cast] = bed.spool.glob("*/1-exec.cast")
+            lines = cast.read_text().splitlines()
+            header = json.loads(lines[0])
+            assert (header["width"], header["height"]) == (2000, 1000)
+            sizes = [json.loads(line)[2] for line in lines[1:] if json.loads(line)[1] == "r"]
+            assert 1 <= len(sizes) <= 20
+            assert sizes[-1] == "132x43"
+
+    asyncio.run(scenario())
