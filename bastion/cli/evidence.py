@@ -13,16 +13,18 @@ from typing import Any
 import click
 
 from bastion.audit import AuditLog
-from bastion.cli.main import config_option
+from bastion.cli.options import config_option
 from bastion.config.load import load_config, parse_evidence, parse_storage
 from bastion.config.model import EvidenceConfig, StorageConfig
 from bastion.config.reader import Source as ConfigSource
 from bastion.config.reader import Table
 from bastion.errors import ConfigError, StorageError, UsageError, VerificationFailed
-from bastion.recording.seal import generate_signing_key, key_id_of, load_public_key, public_pem
-from bastion.replay.verify import LocalSource, S3Source, Source, TrustedKey, verify_source
+from bastion.evidence.signing import generate_signing_key, key_id_of, load_public_key, public_pem
+from bastion.evidence.sources import LocalSource, Source
+from bastion.evidence.verify import TrustedKey, verify_source
 from bastion.storage.client import make_client, parse_s3_uri, storage_error
 from bastion.storage.objects import ObjectStore
+from bastion.storage.reader import S3Source
 from bastion.storage.upload import EXIT_OK, Summary, Uploader, UploadLock, UploadSettings
 
 

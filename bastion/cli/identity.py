@@ -8,7 +8,7 @@ import time
 import click
 
 from bastion.audit import AuditLog
-from bastion.cli.main import config_option
+from bastion.cli.options import config_option
 from bastion.config import Config, load_config
 from bastion.credentials.vaultkey import load_vault_key
 from bastion.errors import UsageError

@@ -10,12 +10,8 @@ import click
 
 from bastion.errors import EXIT_INTERNAL, BastionError
 
-DEFAULT_CONFIG = "/etc/bastion/bastion.toml"
-
-config_option = click.option(
-    "--config", "-c", "config_path", metavar="FILE",
-    default=lambda: os.environ.get("BASTION_CONFIG", DEFAULT_CONFIG), show_default=DEFAULT_CONFIG,
-    help="bastion.toml to use (or $BASTION_CONFIG).")
+# Shared options live in options.py: a command module importing them from here would make an
+# import cycle (main imports the command modules), which `lint-imports` refuses.
 
 
 class BastionGroup(click.Group):
@@ -64,6 +60,10 @@ def _register() -> None:
     from bastion.cli import identity as identity_cmd
     cli.add_command(identity_cmd.keys)
     cli.add_command(identity_cmd.totp)
+    from bastion.cli import replay as replay_cmd
+    cli.add_command(replay_cmd.replay)
+    from bastion.cli import sessions as sessions_cmd
+    cli.add_command(sessions_cmd.sessions)
     from bastion.cli import ca as ca_cmd
     cli.add_command(ca_cmd.ca)
 

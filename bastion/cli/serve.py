@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from bastion.audit import AuditLog
-from bastion.cli.main import config_option
+from bastion.cli.options import config_option
 from bastion.config import load_config
 from bastion.server.app import serve
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from bastion.cli.main import config_option
+from bastion.cli.options import config_option
 from bastion.config import Config, load_config
 from bastion.credentials.vault import (
     Credential,

@@ -54,6 +54,7 @@ def parse_identity(t: Table) -> IdentityConfig:
                               what="a claim name"),
         binding_ttl=t.duration("binding_ttl", 12 * 3600.0, allow_zero=False),
         device_poll_timeout=t.duration("device_poll_timeout", 600.0, allow_zero=False),
+        show_complete_url=t.boolean("show_complete_url", False),
         allowed_algs=algs,
         http_timeout=t.duration("http_timeout", 10.0, allow_zero=False),
         totp_required_for=policy,

@@ -146,6 +146,9 @@ class IdentityConfig:
     groups_claim: str = "groups"
     binding_ttl: float = 12 * 3600.0
     device_poll_timeout: float = 600.0
+    # Show the one-click sign-in URL (code included) instead of the URL and the code to type:
+    # convenient, but a phishing link then signs the victim in for the attacker (RFC 8628 5.4).
+    show_complete_url: bool = False
     allowed_algs: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                                      "ES256", "ES384", "EdDSA")
     http_timeout: float = 10.0

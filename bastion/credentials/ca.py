@@ -45,8 +45,10 @@ class IssuedCertificate:
     ca_fingerprint: str
 
     def record(self) -> dict[str, object]:
-        """The certificate as session.json and audit events hold it."""
-        return {"serial": self.serial, "key_id": self.key_id}
+        """The certificate as session.json, manifests and audit events hold it. The serial is
+        a decimal string, as sshd logs it: 64 bits do not fit a JSON number that every reader
+        (and the manifest's canonical form) takes exactly."""
+        return {"serial": str(self.serial), "key_id": self.key_id}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import fcntl
 import http.cookiejar
 import json
 import secrets
-import shutil
 import subprocess
 import urllib.error
 import urllib.parse
@@ -24,7 +23,7 @@ from typing import Any
 
 from joserfc.jwk import ECKey, RSAKey
 
-from bastion.demo.procs import ManagedProcess, ProcessFailed, free_port
+from bastion.demo.procs import ManagedProcess, ProcessFailed, find_program, free_port
 
 IDP_DIR = Path(__file__).resolve().parent / "idp"
 
@@ -70,7 +69,7 @@ def ensure_node_modules() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if marker.is_file():
             return
-        npm = shutil.which("npm")
+        npm = find_program("npm")
         if npm is None:
             raise ProcessFailed("npm is not installed: the demo IdP needs Node.js 20 and npm")
         result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
@@ -132,7 +131,7 @@ class IdpServer:
         config_path = self.workdir / "idp-config.json"
         config_path.write_text(json.dumps(config), encoding="utf-8")
         config_path.chmod(0o600)
-        node = shutil.which("node")
+        node = find_program("node")
         if node is None:
             raise ProcessFailed("node is not installed: the demo IdP needs Node.js 20")
         self._proc = ManagedProcess("idp", [node, str(IDP_DIR / "server.js"), str(config_path)],

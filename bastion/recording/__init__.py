@@ -1,9 +1,16 @@
-"""Session recording: asciicast v2 files in a locked, crash-recovered spool directory.
+"""Session recording: asciicast for pty channels, byte-exact streams for the others, in a locked,
+crash-recovered spool directory.
 
-See spool.py for the layout and asciicast.py for the file format and the hot-path writer.
+See layout.py for the format (file names, kinds, states), spool.py for the spool, session.py for
+a session's directory and session.json, asciicast.py and streams.py for the hot-path writers,
+recovery.py for crash recovery.
 """
 
 from bastion.recording.asciicast import CastWriter
-from bastion.recording.spool import SessionRecording, Spool
+from bastion.recording.layout import ChannelKind, SessionState
+from bastion.recording.session import ChannelWriter, SessionRecording
+from bastion.recording.spool import Spool
+from bastion.recording.streams import StreamWriter
 
-__all__ = ["CastWriter", "SessionRecording", "Spool"]
+__all__ = ["CastWriter", "ChannelKind", "ChannelWriter", "SessionRecording", "SessionState",
+           "Spool", "StreamWriter"]

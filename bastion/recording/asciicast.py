@@ -1,10 +1,12 @@
 """asciicast v2 files: the writer on the relay's hot path and the repair of interrupted files.
 
 A file is one JSON header line, then one JSON array per event: ``[t, "o", text]`` for output,
-``[t, "r", "WxH"]`` for a window change, ``[t, "m", label]`` for a marker; ``t`` is seconds since
-the channel started (monotonic clock, 6 decimals). Terminal escapes are kept as they are:
-sanitizing belongs to replay. Per output chunk the writer does only C-level work (incremental
-UTF-8 decode, JSON string escape, a bytearray append); the buffer goes to the OS once it holds
+``[t, "i", text]`` for user input (keystrokes, as asciinema records stdin), ``[t, "r", "WxH"]``
+for a window change, ``[t, "m", label]`` for a marker (``exit: 0``, ``exit: signal TERM``...);
+``t`` is seconds since the channel started (monotonic clock, 6 decimals). Terminal escapes are
+kept as they are: sanitizing belongs to replay. Per chunk the writer does only C-level work
+(incremental UTF-8 decode, one decoder per direction, JSON string escape, a bytearray append);
+the buffer goes to the OS once it holds
 ``BUFFER_LIMIT`` bytes or its oldest byte is ``FLUSH_INTERVAL`` old, and idle writers are flushed by
 the spool's periodic ``flush_due``. ``close`` fsyncs. Any failure raises RecordingError and the
 writer refuses everything after it: the caller ends the session (no unrecorded session).
@@ -27,7 +29,6 @@ from bastion.recording.durable import FILE_MODE
 FLUSH_INTERVAL = 1.0  # seconds: no recorded output stays in our buffer longer than this
 BUFFER_LIMIT = 64 * 1024  # bytes: write to the OS at least this often under heavy output
 INTERRUPTED = "interrupted"  # marker label appended by crash recovery
-_TAIL_WINDOW = 64 * 1024  # first read size when scanning a file's tail for its last good line
 _INTERRUPTED_SUFFIX = f', "m", "{INTERRUPTED}"]'.encode()
 
 Clock = Callable[[], float]
@@ -41,6 +42,16 @@ def _reason(exc: OSError) -> str:
 def _json_str(text: str) -> str:
     # Same JSON either way; the ASCII-only escaper is faster, the other keeps non-ASCII compact.
     return encode_basestring_ascii(text) if text.isascii() else encode_basestring(text)
+
+
+def exit_label(status: int | None, signal: str | None) -> str:
+    """The marker label of a command's end: ``exit: 0``, ``exit: signal TERM``, or
+    ``exit: unknown``."""
+    if signal:
+        return f"exit: signal {signal}"
+    if status is not None:
+        return f"exit: {int(status)}"
+    return "exit: unknown"
 
 
 def build_header(*, width: int, height: int, timestamp: int, term: str | None,
@@ -65,11 +76,20 @@ class CastWriter:
         """Take ownership of ``fd`` and write ``header`` to the OS at once (RecordingError)."""
         self.path = path
         self.bytes_written = 0  # bytes of asciicast produced, header included (= final file size)
-        self.output_bytes = 0  # raw output bytes received by output()
+        self.output_bytes = 0  # raw output bytes received by output() and stderr()
+        self.input_bytes = 0  # raw input bytes received by input()
+        self.number = 0  # the channel's number in its session (set by SessionRecording)
         self.error: RecordingError | None = None  # the failure that stopped this writer, if any
+        self.exit_status: int | None = None  # from exited()
+        self.exit_signal: str | None = None
+        self.closed_at: float | None = None  # clock time close_deferred ran
+        # Called (on the caller's thread) when exited() or close_deferred() changes what
+        # session.json says about this channel.
+        self.on_change: Callable[[], None] | None = None
         self._fd = fd
         self._clock = clock
         self._decoder = _Utf8Decoder(errors="replace")
+        self._input_decoder = _Utf8Decoder(errors="replace")
         self._buf = bytearray()
         self._dirty_since = 0.0  # clock time of the oldest byte in _buf
         self._closed = False
@@ -88,6 +108,11 @@ class CastWriter:
         """True once close() ran."""
         return self._closed
 
+    @property
+    def started(self) -> float:
+        """Clock time the channel's recording started (event time 0)."""
+        return self._start
+
     def output(self, data: bytes) -> None:
         """Record terminal output; a UTF-8 character split across calls is joined, bad bytes
         become U+FFFD."""
@@ -100,6 +125,28 @@ class CastWriter:
             # Built as bytes in the buffer: a large chunk is escaped, encoded and copied once.
             self._append_event(b'[%.6f, "o", ' % (now - self._start), _json_str(text).encode(),
                                now)
+
+    stderr = output  # a pty has one output stream: anything sent as stderr is terminal output
+
+    def input(self, data: bytes) -> None:
+        """Record user input (keystrokes) as ``"i"`` events, decoded like output."""
+        if self._closed or self.error is not None:
+            raise self._refusal()
+        self.input_bytes += len(data)
+        text = self._input_decoder.decode(data)
+        if text:
+            now = self._clock()
+            self._append_event(b'[%.6f, "i", ' % (now - self._start), _json_str(text).encode(),
+                               now)
+
+    def exited(self, status: int | None, signal: str | None) -> None:
+        """Record how the channel's command ended: an ``exit: N`` or ``exit: signal NAME``
+        marker, kept for session.json's channel entry too."""
+        label = exit_label(status, signal)
+        self.marker(label)
+        self.exit_status, self.exit_signal = status, signal
+        if self.on_change is not None:
+            self.on_change()
 
     def resize(self, width: int, height: int) -> None:
         """Record a window change."""
@@ -142,17 +189,21 @@ class CastWriter:
         if self._closed:
             return
         self._closed = True
+        self.closed_at = self._clock()
         already_failed = self.error is not None
         if not already_failed:
             try:
-                tail = self._decoder.decode(b"", final=True)
-                if tail:
-                    now = self._clock()
-                    line = f'[{now - self._start:.6f}, "o", {_json_str(tail)}]\n'
-                    self._append(line.encode(), now)
+                for code, decoder in (("i", self._input_decoder), ("o", self._decoder)):
+                    tail = decoder.decode(b"", final=True)
+                    if tail:
+                        now = self._clock()
+                        line = f'[{now - self._start:.6f}, "{code}", {_json_str(tail)}]\n'
+                        self._append(line.encode(), now)
                 self.flush()
             except RecordingError:
                 pass  # kept in self.error
+        if self.on_change is not None:
+            self.on_change()
         fd = self._fd
 
         def sync_and_close() -> None:
@@ -239,48 +290,49 @@ def _parse_line(line: bytes, at_start: bool) -> float | None:
     return None
 
 
-def _last_good_line(fd: int, size: int) -> tuple[int, bool, float, bytes] | None:
-    """Scan back from the end for the last valid line.
-
-    Returns (bytes to keep, whether a newline must be added, that line's event time, the line),
-    or None when the file holds no valid line at all. Only trailing invalid lines are dropped.
-    """
-    window = _TAIL_WINDOW
-    while True:
-        start = max(0, size - window)
-        data = os.pread(fd, size - start, start)
-        pos = len(data)  # data[pos:] is already judged torn
-        while pos > 0:
-            content_end = pos - 1 if data[pos - 1] == 0x0A else pos
-            newline = data.rfind(b"\n", 0, content_end)
-            if newline < 0 and start > 0:
-                break  # the line begins before this window: read more
-            line_start = newline + 1
-            line = data[line_start:content_end]
-            when = _parse_line(line, start + line_start == 0)
-            if when is not None:
-                return start + pos, content_end == pos, when, line
-            pos = line_start
-        if start == 0:
-            return None
-        window *= 4
+def _scan(fd: int) -> tuple[int, bool, float, bytes, list[int]] | None:
+    """Read every line: (bytes up to the end of the last valid line, whether that line lacks its
+    newline, its event time, the line, the numbers of invalid lines before it), or None when no
+    line is valid. Invalid lines after the last valid one are the torn tail a crash leaves."""
+    found: tuple[int, bool, float, bytes] | None = None
+    bad: list[int] = []
+    pending: list[int] = []  # invalid lines since the last valid one
+    offset = 0
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            offset += len(raw)
+            complete = raw.endswith(b"\n")
+            line = raw[:-1] if complete else raw
+            when = _parse_line(line, number == 1)
+            if when is None:
+                pending.append(number)
+                continue
+            bad += pending
+            pending = []
+            found = (offset, not complete, when, line)
+    if found is None:
+        return None
+    return (*found, bad)
 
 
-def close_interrupted(path: Path, fallback_header: dict[str, Any]) -> None:
+def close_interrupted(path: Path, fallback_header: dict[str, Any]) -> list[int]:
     """Close a .cast file a crash left open: drop a torn tail, append an "interrupted" marker
-    (at the last event's time), fsync. Everything complete already in the file is kept; a file
-    already ending with that marker (recovery itself interrupted) is left as it is. OSError."""
+    (at the last event's time), fsync. Every line is checked: invalid lines before the last valid
+    one are kept as found (they are evidence) and their numbers (1 = the header) returned, so the
+    caller can record the file as damaged. A file already ending with the marker (recovery itself
+    interrupted) is not changed. OSError."""
     fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
-        found = _last_good_line(fd, size)
+        found = _scan(fd)
+        bad: list[int]
         if found is None:  # not even a header reached the disk
-            keep, add_newline, when = 0, False, 0.0
+            keep, add_newline, when, bad = 0, False, 0.0, []
             tail = json.dumps(fallback_header, ensure_ascii=False) + "\n"
         else:
-            keep, add_newline, when, line = found
+            keep, add_newline, when, line, bad = found
             if keep == size and not add_newline and line.endswith(_INTERRUPTED_SUFFIX):
-                return
+                return bad
             tail = "\n" if add_newline else ""
         tail += f'[{when:.6f}, "m", "{INTERRUPTED}"]\n'
         os.ftruncate(fd, keep)
@@ -290,5 +342,6 @@ def close_interrupted(path: Path, fallback_header: dict[str, Any]) -> None:
             written = os.pwrite(fd, data, offset)
             data, offset = data[written:], offset + written
         os.fsync(fd)
+        return bad
     finally:
         os.close(fd)

@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bastion.config.model import Target
+from bastion.recording.layout import ChannelKind
+
+__all__ = ["ChannelInfo", "ChannelKind", "ChannelRecorder", "ChannelStages", "Pipeline",
+           "Stage", "StageContext", "StageFactory", "Stream"]
 
 
 class Stream(enum.IntEnum):
@@ -38,14 +42,6 @@ class Stream(enum.IntEnum):
 
     DATA = 0  # user input; terminal output; an exec's stdout
     STDERR = 1  # an exec's stderr (never on a pty)
-
-
-class ChannelKind(enum.Enum):
-    """What a session channel carries; chosen when the channel starts."""
-
-    SHELL = "shell"  # an interactive shell (with or without a pty)
-    EXEC = "exec"  # one command
-    SFTP = "sftp"  # the sftp subsystem
 
 
 @dataclass(frozen=True)

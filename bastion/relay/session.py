@@ -29,7 +29,7 @@ from bastion.errors import (
 )
 from bastion.identity.model import Identity
 from bastion.policy.access import Authorization, TargetRequest, authorize
-from bastion.recording import CastWriter, SessionRecording, Spool
+from bastion.recording import SessionRecording, Spool
 from bastion.relay.pipeline import ChannelKind, ChannelRecorder, StageFactory
 from bastion.relay.upstream import CertificateRequest, Upstream, dial
 
@@ -243,16 +243,15 @@ class ConnectionSession:
             raise AccessDenied("the session is closing")
         self._failure_handlers.append(on_failure)
         writer = await recording.open_channel_async(
-            kind.value, width=width, height=height, term=term, command=command,
+            kind, pty=pty, width=width, height=height, term=term, command=command,
             user=self.identity.name, target=self.authorization.target.name,
             login=self.authorization.login)
-        return len(recording.writers), _CastRecorder(writer)
+        return writer.number, writer
 
     def note_command(self, channel: int, line: str, verdict: str, rule: str | None) -> None:
         """Add a command line read on ``channel`` to session.json's ``commands``."""
         if self.recording is not None:
-            self.recording.append_field("commands", {
-                "channel": channel, "line": line, "verdict": verdict, "rule": rule})
+            self.recording.note_command(channel, None, line, verdict, rule)
 
     def _recording_failed(self, exc: RecordingError) -> None:
         # A flush of an idle channel failed in the background: fail closed on every channel.
@@ -313,20 +312,3 @@ class ConnectionSession:
                        "host_key_fingerprint": None},
         }
 
-
-class _CastRecorder:
-    """Adapts the asciicast writer to ``ChannelRecorder`` until it records input itself."""
-
-    def __init__(self, writer: CastWriter) -> None:
-        self._writer = writer
-        self.output = writer.output
-        self.stderr = writer.output
-        self.resize = writer.resize
-        self.marker = writer.marker
-        self.close_deferred = writer.close_deferred
-
-    def input(self, data: bytes) -> None:
-        return None
-
-    def exited(self, status: int | None, signal: str | None) -> None:
-        self._writer.marker(f"exit: signal {signal}" if signal else f"exit: {status}")

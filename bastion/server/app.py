@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -20,17 +21,18 @@ from bastion.credentials.ca import CertificateAuthority
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Credential, Vault, load_vault_key
 from bastion.errors import BastionError, UpstreamError
+from bastion.evidence.seal import Sealer
 from bastion.identity.model import Identity
 from bastion.identity.service import IdentityService
 from bastion.policy.access import Authorization
 from bastion.recording import SessionRecording, Spool
-from bastion.recording.seal import Sealer
 from bastion.relay.session import RelayServices
 from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
 from bastion.server.features import stage_factories
 from bastion.server.hardening import algorithm_options
 from bastion.server.limits import SourceLimits
+from bastion.state.sessions import KillRequest, RunningSession, SessionRegistry
 
 log = logging.getLogger("bastion.server")
 
@@ -64,6 +66,9 @@ class BastionServer:
         self._sealing: set[asyncio.Future[None]] = set()
         if self.sealer is not None:
             self.finished_hooks.append(self._seal_finished)
+        # Running sessions and kill requests in the state database (bastion sessions kill).
+        self.registry = SessionRegistry(self.identity.db)
+        self._registered: set[str] = set()
         # The user CA for certificate targets: loaded now, so a bad key stops the start.
         authority = (CertificateAuthority.from_config(config.ca) if config.ca is not None
                      else None)
@@ -171,8 +176,11 @@ class BastionServer:
         cfg = self.config
         Vault.open(cfg.vault.path, self._vault_key, create=True)  # fail fast on key or file
         self.spool.lock()
-        for path in self.spool.recover():
-            self.audit.emit("recording.recovered", session=path.name, state="interrupted")
+        self.registry.clear_node(cfg.server.node_id)  # rows a crash left behind
+        self.spool.recover()
+        for result in self.spool.recovery_results:
+            self.audit.emit("recording.recovered", session=result.path.name,
+                            state=result.state.value, problems=result.problems[:20])
         if self.sealer is not None:
             self._seal_leftovers()
         host_keys, notes = load_host_keys(cfg.server.host_keys, create=True)
@@ -234,6 +242,10 @@ class BastionServer:
                 self.spool.flush_due()
             except Exception:  # a flush error is handled by the writer on its next write
                 log.exception("flushing recordings failed")
+            try:
+                await self.sync_sessions()
+            except BastionError as exc:  # the state database is busy or gone: try again
+                log.warning("session registry: %s", exc)
             if idle:
                 now = time.monotonic()
                 for conn in list(self.connections.values()):
@@ -243,6 +255,57 @@ class BastionServer:
                                         user=session.identity.name)
                         conn.close_with_notice(f"idle for {idle:.0f}s; session closed",
                                                "closed", "idle timeout")
+
+    # -- running sessions and kills ---------------------------------------------------------
+    def _live_sessions(self) -> dict[str, BastionConnection]:
+        live: dict[str, BastionConnection] = {}
+        for conn in self.connections.values():
+            session = conn.session
+            if session is not None and session.recording is not None \
+                    and session.upstream is not None and not session.is_closed():
+                live[session.recording.session_id] = conn
+        return live
+
+    async def sync_sessions(self) -> None:
+        """Keep this node's rows of running sessions current; carry out kill requests. The
+        database work runs in a worker thread: the event loop never waits for it."""
+        live = self._live_sessions()
+        added = []
+        for session_id in live.keys() - self._registered:
+            session = live[session_id].session
+            assert session is not None and session.authorization is not None
+            added.append(RunningSession(
+                session_id=session_id, node=self.config.server.node_id,
+                user=session.identity.name, target=session.authorization.target.name,
+                login=session.authorization.login, client=session.client.address,
+                conn=session.client.conn_id, pid=os.getpid(), started=time.time()))
+        gone = self._registered - live.keys()
+        kills = await asyncio.get_running_loop().run_in_executor(
+            None, self._sync_registry, added, gone, bool(live))
+        self._registered = set(live)
+        live = self._live_sessions()  # as it is now, after the wait
+        for kill in kills:
+            if kill.session_id in live:
+                self.kill_session(live[kill.session_id], kill)
+
+    def _sync_registry(self, added: list[RunningSession], gone: set[str],
+                       any_live: bool) -> list[KillRequest]:
+        for row in added:
+            self.registry.register(row)
+        self.registry.unregister(gone)
+        return self.registry.pending_kills(self.config.server.node_id) if any_live else []
+
+    def kill_session(self, conn: BastionConnection, kill: KillRequest) -> None:
+        """End a session an analyst asked to end: a marker in its recording, the reason on
+        the user's terminal, the session ended as "killed"."""
+        for channel in conn.channels:
+            if channel.relay is not None:  # (a failing recording ends its channel itself)
+                channel.relay.marker(f"killed: {kill.reason} by {kill.requested_by}")
+        self.audit.emit("session.killed", conn=conn.conn_id, session=kill.session_id,
+                        by=kill.requested_by, reason=kill.reason)
+        conn.close_with_notice(f"session ended by {kill.requested_by}: {kill.reason}",
+                               "killed", f"killed by {kill.requested_by}: {kill.reason}")
+        self.registry.mark_done(kill.session_id)
 
     async def stop(self) -> None:
         """Stop listening and end every session with a notice; recordings are finished."""
@@ -268,6 +331,8 @@ class BastionServer:
         await asyncio.sleep(0)  # run the finished-recording callbacks the drain scheduled
         if self._sealing:
             await asyncio.gather(*self._sealing, return_exceptions=True)
+        with contextlib.suppress(BastionError):
+            self.registry.unregister(self._registered)
         self.audit.emit("server.stop")
 
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import asyncssh
 
+from bastion.audit import AuditLog
+from bastion.config.model import Config
 from bastion.errors import AuditUnavailable, BastionError
+from bastion.identity.service import IdentityService
 from bastion.policy.access import TargetRequest, parse_username
 from bastion.relay.channels import UserChannel
-from bastion.relay.session import ClientInfo, ConnectionSession
-from bastion.server.auth import ConnectionAuth, KbdIntAnswer
-
-if TYPE_CHECKING:
-    from bastion.server.app import BastionServer
+from bastion.relay.session import ClientInfo, ConnectionSession, RelayServices
+from bastion.server.auth import ConnectionAuth, KbdIntAnswer, LocalKeyIndex
+from bastion.server.limits import SourceLimits
 
 log = logging.getLogger("bastion.server")
 
@@ -28,10 +29,38 @@ _CLOSE_GRACE = 5.0  # seconds a client gets to hang up after its channels were e
 DEVICE_LOGIN_MARGIN = 60.0  # seconds a device login's connection may outlast its polling
 
 
+class ConnectionHost(Protocol):
+    """What a connection needs from the server that owns it (app.BastionServer provides it).
+
+    A protocol rather than an import of app.py, which imports this module: no import cycle.
+    """
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def audit(self) -> AuditLog: ...
+    @property
+    def local_keys(self) -> LocalKeyIndex: ...
+    @property
+    def identity(self) -> IdentityService: ...
+    @property
+    def relay_services(self) -> RelayServices: ...
+    @property
+    def limits(self) -> SourceLimits: ...
+
+    def admit(self, connection: BastionConnection) -> bool:
+        """Register a new connection unless the global cap is reached."""
+        ...
+
+    def forget(self, connection: BastionConnection) -> None:
+        """Drop a closed connection."""
+        ...
+
+
 class BastionConnection(asyncssh.SSHServer):
     """asyncssh's per-connection server object; holds this connection's auth and session."""
 
-    def __init__(self, server: BastionServer, conn_id: str) -> None:
+    def __init__(self, server: ConnectionHost, conn_id: str) -> None:
         self._server = server
         self.conn_id = conn_id
         self.conn: asyncssh.SSHServerConnection | None = None

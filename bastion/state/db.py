@@ -50,6 +50,28 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX totp_failures_identity ON totp_failures (identity, at);
     """,
+    # 3: running sessions (written by each node's server) and kill requests (bastion sessions
+    # kill); see bastion/state/sessions.py
+    """
+    CREATE TABLE running_sessions (
+        session_id TEXT PRIMARY KEY,
+        node       TEXT NOT NULL,
+        user       TEXT NOT NULL,
+        target     TEXT NOT NULL,
+        login      TEXT NOT NULL,
+        client     TEXT NOT NULL,
+        conn       TEXT NOT NULL,      -- connection number within the node's server
+        pid        INTEGER NOT NULL,   -- the server process (shown, never signalled)
+        started    REAL NOT NULL
+    );
+    CREATE TABLE session_kills (
+        session_id   TEXT PRIMARY KEY,
+        reason       TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested    REAL NOT NULL,
+        done         REAL               -- set by the server once the session was ended
+    );
+    """,
 )
 
 

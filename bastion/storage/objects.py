@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import StorageError
-from bastion.recording.manifest import hash_chunks
+from bastion.evidence.manifest import hash_chunks
 from bastion.storage.client import error_code, storage_error
 
 _CHUNK = 1 << 20

@@ -1,10 +1,11 @@
 """``bastion upload``: move sealed sessions from the spool to S3, verified, then clean up.
 
-Per session, in chain order: every recording (gzip-compressed), then ``manifest.sig``, then
-``manifest.json`` last, so a manifest in the bucket means its session is complete. Keys:
-``<prefix>/<YYYY>/<MM>/<DD>/<node>/<session_id>/<file>``. Only when every object of a session is
-verified in S3 does the run write ``uploaded.json`` in the session folder; only sessions with that
-marker are ever removed locally (at once, or after ``keep_days``), after a fresh HEAD check.
+Per session, in chain order: every file the manifest lists (recordings, streams, timing,
+session.json; gzip-compressed), then ``manifest.sig``, then ``manifest.json`` last, so a manifest
+in the bucket means its session is complete (keys: see keys.py). Only when every object of a
+session is verified in S3 does the run write ``uploaded.json`` in the session folder; only
+sessions with that marker are ever removed locally (at once, or after ``keep_days``), after a
+fresh HEAD check.
 
 A run holds ``<state_dir>/upload.lock`` (flock) so two runs never overlap. Any step may be
 interrupted: nothing is removed before verification, objects are never overwritten, and an
@@ -28,20 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import ManifestError, StorageError
-from bastion.recording.manifest import (
-    MANIFEST_NAME,
-    SESSION_META_NAME,
-    SIGNATURE_NAME,
-    Manifest,
-    hash_file,
-    parse_manifest,
-    session_date,
-)
-from bastion.recording.seal import is_sealed, unsealed_sessions
+from bastion.evidence.manifest import Manifest, hash_file, parse_manifest
+from bastion.evidence.seal import is_sealed, unsealed_sessions
+from bastion.recording.layout import MANIFEST_FILE, SESSION_FILE, SIGNATURE_FILE, UPLOADED_FILE
 from bastion.storage.client import StoreUnreachable
+from bastion.storage.keys import object_name, session_prefix
 from bastion.storage.objects import LockSettings, ObjectStore, Placed, compress, prepare
 
-UPLOADED_MARKER = "uploaded.json"
+UPLOADED_MARKER = UPLOADED_FILE
 
 EXIT_OK = 0  # everything found was uploaded and verified, or another run holds the lock
 EXIT_FAILED = 1  # at least one session could not be uploaded or verified
@@ -126,13 +121,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def session_prefix(prefix: str, manifest: Manifest) -> str:
-    """The key prefix of one session: ``<prefix>/YYYY/MM/DD/<node>/<session_id>``."""
-    parts = [prefix] if prefix else []
-    parts += [session_date(manifest.session_id), manifest.node_id, manifest.session_id]
-    return "/".join(parts)
-
-
 class Uploader:
     """One upload run over a spool."""
 
@@ -153,9 +141,9 @@ class Uploader:
             return []
         for entry in self.settings.spool_dir.iterdir():
             if entry.is_dir() and is_sealed(entry) and not (entry / UPLOADED_MARKER).exists():
-                raw = (entry / MANIFEST_NAME).read_bytes()
+                raw = (entry / MANIFEST_FILE).read_bytes()
                 try:
-                    found.append((entry, parse_manifest(raw, str(entry / MANIFEST_NAME))))
+                    found.append((entry, parse_manifest(raw, str(entry / MANIFEST_FILE))))
                 except ManifestError:
                     found.append((entry, Manifest(doc={"sequence": 0}, raw=raw)))
         return sorted(found, key=lambda item: (item[1].doc.get("sequence", 0), item[0].name))
@@ -164,19 +152,18 @@ class Uploader:
         """Roughly how many bytes the run will move (for the progress bar)."""
         total = 0
         for folder, manifest in pending:
-            if "recordings" in manifest.doc:
-                total += sum(entry.size for entry in manifest.recordings)
+            total += sum(entry.size for entry in manifest.files)
             with contextlib.suppress(OSError):
-                total += sum((folder / n).stat().st_size for n in (MANIFEST_NAME, SIGNATURE_NAME))
+                total += sum((folder / n).stat().st_size for n in (MANIFEST_FILE, SIGNATURE_FILE))
         return total
 
     # -- one session --------------------------------------------------------------------------
     def _upload_session(self, folder: Path, manifest: Manifest, lock: LockSettings) -> list[Placed]:
         if "session_id" not in manifest.doc:
-            raise ManifestError(f"{folder / MANIFEST_NAME}: unreadable manifest; not uploaded")
+            raise ManifestError(f"{folder / MANIFEST_FILE}: unreadable manifest; not uploaded")
         base = session_prefix(self.settings.prefix, manifest)
         placed = []
-        for entry in manifest.recordings:
+        for entry in manifest.files:
             local = folder / entry.name
             try:
                 size, sha = hash_file(local)
@@ -186,17 +173,17 @@ class Uploader:
             if (size, sha) != (entry.size, entry.sha256):
                 raise ManifestError(f"{local} does not match its manifest; not uploaded "
                                     "(investigate: the recording changed after sealing)")
-            packed = self.tmp_dir / f"{manifest.session_id}-{entry.name}.gz"
+            packed = self.tmp_dir / f"{manifest.session_id}-{object_name(entry.name)}"
             try:
                 compress(local, packed)
-                item = prepare(f"{base}/{entry.name}.gz", packed, entry.sha256, True,
+                item = prepare(f"{base}/{object_name(entry.name)}", packed, entry.sha256, True,
                                self.settings.multipart_threshold)
                 placed.append(self.store.place(item, lock, _ignore))
                 self.progress(entry.size)  # progress counts local bytes, as the total does
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     packed.unlink()
-        for name in (SIGNATURE_NAME, MANIFEST_NAME):  # the manifest last: it completes the set
+        for name in (SIGNATURE_FILE, MANIFEST_FILE):  # the manifest last: it completes the set
             local = folder / name
             _, sha = hash_file(local)
             item = prepare(f"{base}/{name}", local, sha, False, self.settings.multipart_threshold)
@@ -320,10 +307,11 @@ def _ignore(_count: int) -> None:
 def _remove_session(folder: Path) -> bool:
     """Remove the files of an uploaded session that S3 (or its manifest) holds; then the
     folder if nothing else is in it. Returns whether the folder is gone."""
-    manifest = parse_manifest((folder / MANIFEST_NAME).read_bytes(), str(folder))
-    names = [e.name for e in manifest.recordings]
-    # session.json's content is in the signed manifest; uploaded.json goes last.
-    for name in [*names, SIGNATURE_NAME, SESSION_META_NAME, MANIFEST_NAME, UPLOADED_MARKER]:
+    manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes(), str(folder))
+    names = [e.name for e in manifest.files if e.name != SESSION_FILE]
+    # session.json is in S3 (schema 2) or its content in the signed manifest (schema 1);
+    # uploaded.json goes last.
+    for name in [*names, SIGNATURE_FILE, SESSION_FILE, MANIFEST_FILE, UPLOADED_MARKER]:
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,12 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "bastion.example.toml"
+# The console script installed beside this interpreter (the venv), as an operator runs it.
+BASTION = str(Path(sys.executable).with_name("bastion"))
 
 
 def _bastion(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bastion", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([BASTION, *args], capture_output=True, text=True, timeout=60,
                           check=False, stdin=subprocess.DEVNULL)
 
 

@@ -19,12 +19,12 @@ pytestmark = pytest.mark.e2e
 
 
 def _sessions_with(stack: DemoStack, needle: str) -> list[Path]:
-    """Session dirs whose exec recording header names a command containing ``needle``."""
+    """Session dirs with a channel whose command contains ``needle`` (session.json)."""
     found = []
-    for cast in stack.spool_dir.glob("*/*-exec.cast"):
-        header = json.loads(cast.read_text(encoding="utf-8").splitlines()[0])
-        if needle in (header.get("bastion", {}).get("command") or ""):
-            found.append(cast.parent)
+    for meta_path in stack.spool_dir.glob("*/session.json"):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if any(needle in (c.get("command") or "") for c in meta.get("channels", [])):
+            found.append(meta_path.parent)
     return found
 
 
@@ -68,8 +68,13 @@ def test_exec_50mb_binary_arrives_byte_identical_and_is_recorded(
     [session] = _sessions_with(demo_stack, marker)
     meta = wait_for_session_end(session)
     assert meta["state"] == "closed"
-    assert meta["recordings"] == ["1-exec.cast"]
-    assert (session / "1-exec.cast").stat().st_size > 50 * 1024 * 1024
+    [channel] = meta["channels"]
+    assert channel["kind"] == "exec" and not channel["pty"] and channel["exit_status"] == 0
+    # Byte-exact: the recorded stdout is the file itself.
+    recorded = session / "1-exec.stdout"
+    assert recorded.stat().st_size == payload.stat().st_size
+    assert hashlib.sha256(recorded.read_bytes()).digest() == hashlib.sha256(
+        payload.read_bytes()).digest()
 
 
 def test_exec_session_is_recorded_with_header_and_audited(demo_stack: DemoStack,
@@ -78,16 +83,14 @@ def test_exec_session_is_recorded_with_header_and_audited(demo_stack: DemoStack,
                       "printf 'caf\\303\\251 recorded\\n'"])
     assert result.returncode == 0, result.stderr
     [session] = _sessions_with(demo_stack, "recorded")
-    lines = (session / "1-exec.cast").read_text(encoding="utf-8").splitlines()
-    header = json.loads(lines[0])
-    assert header["version"] == 2
-    assert header["bastion"]["session_id"] == session.name
-    assert header["bastion"]["user"] == "demo"
-    assert header["bastion"]["target"] == "web01"
-    assert header["bastion"]["login"] == demo_stack.login
-    output = "".join(e[2] for e in map(json.loads, lines[1:]) if e[1] == "o")
-    assert "café recorded" in output
-    meta = json.loads((session / "session.json").read_text(encoding="utf-8"))
+    assert (session / "1-exec.stdout").read_bytes() == "café recorded\n".encode()
+    timing = (session / "1-exec.timing").read_text().split()
+    assert timing[0] == "O" and timing[2] == str(len("café recorded\n".encode()))
+    meta = wait_for_session_end(session)
+    assert meta["session_id"] == session.name
+    assert meta["channels"][0]["command"] == "printf 'caf\\303\\251 recorded\\n'"
+    assert meta["channels"][0]["exit_status"] == 0
+    assert meta["target"]["name"] == "web01" and meta["target"]["login"] == demo_stack.login
     assert meta["target"]["host_key_fingerprint"].startswith("SHA256:")
     assert meta["identity"]["name"] == "demo"
     events = read_events(demo_stack.state_dir / "audit.jsonl")

@@ -1,4 +1,5 @@
-"""The real asciinema 2.4 CLI reads bastion's recordings, finished and crash-recovered."""
+"""Real players read bastion's recordings: asciinema 2.4 the casts (finished, crash-recovered,
+with input events), util-linux scriptreplay the exec streams."""
 
 from __future__ import annotations
 
@@ -53,3 +54,43 @@ def test_asciinema_cat_prints_recorded_output(tmp_path: Path) -> None:
     assert survivor.recover() == [crashed.path]
     assert asciinema_cat(writer.path) == " 03:00:00 up 1 day\n"
     survivor.unlock()
+
+
+def test_asciinema_cat_plays_a_cast_with_input_events(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", "node-1")
+    spool.lock()
+    rec = spool.start_session({"identity": {}, "client": {}, "target": {"name": "web01"}})
+    writer = rec.open_channel("exec", pty=True, width=80, height=24, term="xterm",
+                              command="bash", user="alice", target="web01", login="deploy")
+    writer.output(b"$ ")
+    writer.input(b"stty -echo\r")  # typed, not echoed: only in the "i" events
+    writer.input(b"touch /tmp/hidden\r")
+    writer.output(b"\r\n$ ")
+    writer.exited(0, None)
+    rec.finish("closed", "client closed")
+    spool.unlock()
+    lines = writer.path.read_text(encoding="utf-8").splitlines()
+    assert lines[3].endswith('"i", "touch /tmp/hidden\\r"]')
+    assert asciinema_cat(writer.path) == "$ \r\n$ "
+
+
+def test_scriptreplay_plays_an_exec_stream_as_documented(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", "node-1")
+    spool.lock()
+    rec = spool.start_session({"identity": {}, "client": {}, "target": {"name": "web01"}})
+    writer = rec.open_channel("exec", pty=False, width=0, height=0, term=None,
+                              command="sh", user="alice", target="web01", login="deploy")
+    writer.input(b"ls\n")
+    writer.output(b"line one\n")
+    writer.stderr(b"warning\n")
+    writer.output(b"\x00\xffbinary\n")
+    rec.finish("closed", "client closed")
+    spool.unlock()
+    # The README's command: scriptreplay skips a log's first line (script's header).
+    done = subprocess.run(
+        ["bash", "-c", "(echo; cat 1-exec.stdout) > \"$OUT\"; "
+                       "scriptreplay -T 1-exec.timing -O \"$OUT\" -d 1000"],
+        cwd=rec.path, env={"OUT": str(tmp_path / "out"), "PATH": "/usr/bin:/bin"},
+        capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"line one\n\x00\xffbinary\n\n"  # scriptreplay ends with a newline

@@ -45,14 +45,16 @@ def test_upload_several_sessions_then_a_rerun_uploads_nothing(
     assert code == 0, (summary, stderr)
     assert summary["status"] == "ok"
     assert sorted(summary["uploaded"]) == sorted(f.name for f in folders)
-    assert summary["objects_uploaded"] == 9  # per session: recording, signature, manifest
+    # per session: recording, session.json, signature, manifest
+    assert summary["objects_uploaded"] == 12
     assert summary["object_lock"] == "GOVERNANCE for 1 days"
     assert not any(f.exists() for f in folders)  # verified in S3, so removed locally
 
     keys = [key for key, _ in site.versions()]
     day = folders[0].name[:8]
     base = f"evidence/{day[:4]}/{day[4:6]}/{day[6:8]}/{NODE}/{folders[0].name}"
-    assert {f"{base}/1-shell.cast.gz", f"{base}/manifest.sig", f"{base}/manifest.json"} <= set(keys)
+    assert {f"{base}/1-shell.cast.gz", f"{base}/session.json.gz", f"{base}/manifest.sig",
+            f"{base}/manifest.json"} <= set(keys)
     head = store.client().head_object(Bucket=site.bucket, Key=f"{base}/manifest.json",
                                       ChecksumMode="ENABLED")
     assert head["ChecksumSHA256"]
@@ -92,7 +94,7 @@ def test_interrupted_run_is_verified_not_reuploaded(store: SeaweedS3, tmp_path: 
     client.put_object(Bucket=site.bucket, Key=key, Body=(tmp_path / "packed.gz").read_bytes())
     code, summary, stderr = site.upload()
     assert code == 0, (summary, stderr)
-    assert summary["uploaded"] == [folder.name] and summary["objects_uploaded"] == 2
+    assert summary["uploaded"] == [folder.name] and summary["objects_uploaded"] == 3
     assert len([k for k, _ in site.versions() if k == key]) == 1  # not overwritten
     assert site.verify().returncode == 0
 
@@ -195,7 +197,7 @@ def test_two_uploads_at_once_never_overlap(store: SeaweedS3, tmp_path: Path) -> 
     uploaded = [s for r in results for s in r["uploaded"]]
     assert len(uploaded) == 2 == len(set(uploaded))  # each session went up exactly once
     keys = [key for key, _ in site.versions()]
-    assert len(keys) == len(set(keys)) == 12  # no object has a second version
+    assert len(keys) == len(set(keys)) == 16  # no object has a second version
 
 
 def test_the_store_refuses_an_object_whose_sha256_does_not_match(store: SeaweedS3) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import asyncssh
@@ -16,7 +16,8 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "s3cret-Pa55word"
-BASTION = shutil.which("bastion") or "bastion"
+# The console script installed beside this interpreter (the venv), as an operator runs it.
+BASTION = str(Path(sys.executable).with_name("bastion"))
 
 
 def run(*args: str, stdin: str = "", env: dict[str, str] | None = None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,9 @@ import pytest
 from harness.evidence import NODE, Site
 
 from bastion.demo.s3 import SeaweedS3
-from bastion.recording.canonical import canonical_json
-from bastion.recording.seal import generate_signing_key
+from bastion.evidence.canonical import jcs
+from bastion.evidence.signing import generate_signing_key
+from bastion.recording import ChannelKind, Spool
 
 pytestmark = pytest.mark.e2e
 
@@ -83,22 +86,22 @@ def test_every_tampering_is_caught_and_named(store: SeaweedS3, tmp_path: Path) -
     doc = json.loads(get(f"{keys[1]}/manifest.json"))
     doc["target"]["login"] = "nobody"
     client.put_object(Bucket=site.bucket, Key=f"{keys[1]}/manifest.json",
-                      Body=canonical_json(doc))
+                      Body=jcs(doc))
     # 4: a bad signature
     sig = json.loads(get(f"{keys[3]}/manifest.sig"))
     raw = bytearray(base64.b64decode(sig["signature"]))
     raw[10] ^= 0x80
     sig["signature"] = base64.b64encode(bytes(raw)).decode()
-    client.put_object(Bucket=site.bucket, Key=f"{keys[3]}/manifest.sig", Body=canonical_json(sig))
+    client.put_object(Bucket=site.bucket, Key=f"{keys[3]}/manifest.sig", Body=jcs(sig))
     # 5: a manifest removed from the middle of the chain (its whole session deleted)
-    for suffix in ("manifest.json", "manifest.sig", "1-shell.cast.gz"):
+    for suffix in ("manifest.json", "manifest.sig", "1-shell.cast.gz", "session.json.gz"):
         client.delete_object(Bucket=site.bucket, Key=f"{keys[4]}/{suffix}")
 
     code, result = report(site)
     assert code == 1 and not result["ok"]
     found = named_failures(result)
     assert found[ids[0]] == [found[ids[0]][0]]
-    assert found[ids[0]][0].startswith("recordings: recording 1-shell.cast was altered")
+    assert found[ids[0]][0].startswith("files: file 1-shell.cast was altered")
     assert found[ids[1]][0].startswith("signature: signature (key id ed25519:")
     assert found[ids[3]][0].startswith("signature: signature (key id ed25519:")
     assert ids[2] not in found and ids[5] not in found and ids[4] not in found
@@ -110,7 +113,7 @@ def test_every_tampering_is_caught_and_named(store: SeaweedS3, tmp_path: Path) -
     # Human output names each failure, and the verdict.
     human = site.verify()
     assert human.returncode == 1
-    assert f"FAIL {ids[0]}: recordings: recording 1-shell.cast was altered" in human.stdout
+    assert f"FAIL {ids[0]}: files: file 1-shell.cast was altered" in human.stdout
     assert "NOT VERIFIED (5 failures): 5 sessions" in human.stdout
 
 
@@ -142,3 +145,44 @@ def test_versioned_bucket_first_written_version_counts(store: SeaweedS3, tmp_pat
                              "after upload (the first-written version was verified)"]
     assert found[ids[1]] == ["versions: manifest.json was deleted (a delete marker hides it)"]
     assert "chain" not in found  # the first-written manifests still form the whole chain
+
+
+def test_byte_exact_streams_upload_and_verify(store: SeaweedS3, tmp_path: Path) -> None:
+    bucket = "verify-streams"
+    store.create_bucket(bucket, object_lock=False)
+    site = Site(tmp_path, store, bucket, lock_mode="none")
+    payload = os.urandom(8 * 1024 * 1024)  # above the multipart threshold, even gzipped
+    spool = Spool(site.spool, NODE)
+    spool.lock()
+    rec = spool.start_session({"identity": {}, "client": {}, "target": {"name": "web01"}})
+    writer = rec.open_channel(ChannelKind.EXEC, pty=False, width=0, height=0, term=None,
+                              command="cat > f", user="u", target="web01", login="deploy")
+    for start in range(0, len(payload), 32768):
+        writer.input(payload[start:start + 32768])
+    writer.exited(0, None)
+    rec.finish("closed", "client closed")
+    spool.unlock()
+    site.sealer.seal(rec.path)
+    code, summary, stderr = site.upload()
+    assert code == 0, (summary, stderr)
+    day = rec.session_id[:8]
+    base = f"evidence/{day[:4]}/{day[4:6]}/{day[6:8]}/{NODE}/{rec.session_id}"
+    keys = {key for key, _ in site.versions()}
+    assert keys == {f"{base}/{name}" for name in (
+        "1-exec.stdin.gz", "1-exec.stdout.gz", "1-exec.stderr.gz", "1-exec.timing.gz",
+        "session.json.gz", "manifest.sig", "manifest.json")}
+    client = store.client()
+    stored = gzip.decompress(client.get_object(Bucket=bucket,
+                                               Key=f"{base}/1-exec.stdin.gz")["Body"].read())
+    assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(payload).hexdigest()
+    code, result = report(site)
+    assert code == 0 and result["ok"], result
+
+    flipped = bytearray(stored)
+    flipped[len(flipped) // 2] ^= 0x01
+    client.put_object(Bucket=bucket, Key=f"{base}/1-exec.stdin.gz",
+                      Body=gzip.compress(bytes(flipped)))
+    code, result = report(site)
+    assert code == 1
+    assert named_failures(result)[rec.session_id][0].startswith(
+        "files: file 1-exec.stdin was altered")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-URL_RE = re.compile(r"(https?://\S+user_code=\S+)")
+URL_RE = re.compile(r"open this URL on any device:\s+(https?://\S+)\s+and enter this code:\s+(\S+)")
 
 
 class SshClient:
@@ -78,8 +78,9 @@ class SshClient:
                              f"stderr:\n{self.stderr}")
 
     def verification_url(self, timeout: float = 20.0) -> str:
-        """The verification_uri_complete the bastion showed."""
-        return self.wait_for_stderr(URL_RE, timeout).group(1)
+        """The URL a person would open after typing the code the bastion showed into it."""
+        url, code = self.wait_for_stderr(URL_RE, timeout).groups()
+        return f"{url}?user_code={code}"
 
     def finish(self, timeout: float = 30.0) -> int:
         """Wait for ssh to exit; return its status."""

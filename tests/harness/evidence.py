@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bastion.demo.s3 import SeaweedS3
-from bastion.recording.seal import Sealer, Signer, generate_signing_key
+from bastion.evidence.seal import Sealer
+from bastion.evidence.signing import Signer, generate_signing_key
 from bastion.recording.spool import Spool
 
 NODE = "bastion-test"

@@ -63,7 +63,7 @@ def test_certificate_names_one_login_for_minutes_from_one_address(ca_key,
     assert seen["Critical Options"] == ["source-address 192.0.2.7/32"]  # no force-command
     assert seen["Extensions"] == ["permit-pty"]
     issued = minted.issued
-    assert issued.record() == {"serial": issued.serial, "key_id": "ann@local session S1"}
+    assert issued.record() == {"serial": str(issued.serial), "key_id": "ann@local session S1"}
     assert issued.valid_after == NOW - 60 and issued.valid_before == NOW + 300
     stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))  # noqa: E731
     assert seen["Valid"] == [f"from {stamp(NOW - 60)} to {stamp(NOW + 300)}"]

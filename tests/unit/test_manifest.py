@@ -15,19 +15,20 @@ from bastion.cli.main import _register, cli
 from bastion.config.load import parse_config
 from bastion.config.reader import Source
 from bastion.errors import ConfigError, ManifestError
-from bastion.recording.canonical import canonical_json, is_canonical
-from bastion.recording.manifest import parse_manifest
-from bastion.recording.seal import Sealer, SignatureFile, Signer, is_sealed, load_public_key
+from bastion.evidence.canonical import is_legacy_canonical, legacy_canonical_json
+from bastion.evidence.manifest import parse_manifest
+from bastion.evidence.seal import Sealer, is_sealed
+from bastion.evidence.signing import SignatureFile, Signer, load_public_key
 
 
-def test_canonical_form_sorts_keys_without_spaces_in_utf8() -> None:
-    data = canonical_json({"b": 1, "a": {"z": [1, "é"], "y": None}, "c": True})
+def test_legacy_canonical_form_sorts_keys_without_spaces_in_utf8() -> None:
+    data = legacy_canonical_json({"b": 1, "a": {"z": [1, "é"], "y": None}, "c": True})
     assert data == '{"a":{"y":null,"z":[1,"é"]},"b":1,"c":true}'.encode()
-    assert is_canonical(data)
-    assert not is_canonical(b'{"b":1, "a":2}')
-    assert not is_canonical(b'{"b":1,"a":2}')
+    assert is_legacy_canonical(data)
+    assert not is_legacy_canonical(b'{"b":1, "a":2}')
+    assert not is_legacy_canonical(b'{"b":1,"a":2}')
     with pytest.raises(ManifestError):
-        canonical_json({"x": float("nan")})
+        legacy_canonical_json({"x": float("nan")})
 
 
 def test_sealing_writes_signed_manifest_linked_to_the_previous(tmp_path: Path) -> None:

@@ -75,11 +75,18 @@ def test_device_challenge_shows_what_the_user_needs(tmp_path: Path) -> None:
     challenge = run(flow(StubService(tmp_path)).begin())
     assert isinstance(challenge, Challenge) and challenge.prompts == ()
     text = challenge.instructions
-    assert "https://idp/device?user_code=WXYZ-1234" in text
-    assert "\n  WXYZ-1234\n" in text and "expires in 10 minutes" in text
+    # By default the code is typed, not carried by a one-click link (RFC 8628 section 5.4).
+    assert "user_code=" not in text and "https://idp/device" in text
+    assert "and enter this code:\n\n  WXYZ-1234\n" in text and "expires in 10 minutes" in text
     assert "from 192.0.2.7 port 5555 for deploy@web01" in text
     assert text.isascii()  # OpenSSH escapes anything else in instructions
     assert challenge.banner is not None and "\u2588" in challenge.banner
+
+
+def test_one_click_url_only_when_configured(tmp_path: Path) -> None:
+    challenge = run(flow(StubService(tmp_path, show_complete_url=True)).begin())
+    assert "https://idp/device?user_code=WXYZ-1234" in challenge.instructions
+    assert "check that it shows this code" in challenge.instructions
 
 
 def test_idp_text_cannot_inject_terminal_escapes(tmp_path: Path) -> None:

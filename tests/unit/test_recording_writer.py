@@ -90,7 +90,7 @@ def test_header_and_session_metadata(spool: Spool) -> None:
                                  "kind": "shell", "command": None}
 
     meta = json.loads((rec.path / "session.json").read_text())
-    assert meta["schema"] == 1
+    assert meta["schema"] == 2
     assert meta["session_id"] == rec.session_id
     assert meta["node_id"] == "node-1"
     assert meta["state"] == "active"
@@ -214,7 +214,7 @@ def test_close_fsyncs_and_finish_records_the_end(spool: Spool,
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     rec.set_field("target.host_key_fingerprint", "SHA256:hostkey")
-    rec.append_field("commands", {"t": 1.0, "line": "ls"})
+    rec.note_command(1, 1.0, "ls", "allow")
     rec.finish("closed", "client closed")
     assert synced[0] == cast_fd  # the recording, then session.json and its directory
     assert len(synced) >= 3
@@ -228,7 +228,8 @@ def test_close_fsyncs_and_finish_records_the_end(spool: Spool,
     assert meta["recordings"] == ["1-shell.cast"]
     assert meta["target"]["host_key_fingerprint"] == "SHA256:hostkey"
     assert meta["target"]["name"] == "web01"
-    assert meta["commands"] == [{"t": 1.0, "line": "ls"}]
+    assert meta["commands"] == [{"channel": 1, "t": 1.0, "line": "ls", "verdict": "allow",
+                                 "rule": None}]
     assert not (rec.path / "session.json.tmp").exists()
     with pytest.raises(RecordingError, match="is closed"):
         writer.output(b"late")

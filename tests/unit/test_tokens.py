@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
 
 import pytest
 from joserfc import jwt
-from joserfc.jwk import ECKey, OctKey, RSAKey
+from joserfc.jwk import ECKey, RSAKey
 
 from bastion.errors import IdentityError
 from bastion.identity.tokens import IdTokenValidator, identity_from_claims
@@ -124,9 +126,16 @@ def test_alg_none_refused() -> None:
 @pytest.mark.filterwarnings("ignore:This key should not be used")
 def test_hmac_with_public_key_refused() -> None:
     # The classic confusion: HS256 "signed" with the RSA public key as the shared secret.
+    # Forged by hand: joserfc 1.8 refuses to make an HMAC key of a public key at all.
     public_pem = KEY.as_pem(private=False)
-    token = sign(claims(), key=OctKey.import_key(public_pem), alg="HS256")
-    refused(token, "algorithm 'HS256'")
+    signing_input = b".".join(_b64(json.dumps(part).encode()) for part in
+                              ({"alg": "HS256", "kid": "k1"}, claims()))
+    mac = hmac.new(public_pem, signing_input, hashlib.sha256).digest()
+    refused((signing_input + b"." + _b64(mac)).decode(), "algorithm 'HS256'")
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def test_validator_rejects_symmetric_allowlist() -> None:

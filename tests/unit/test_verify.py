@@ -13,10 +13,11 @@ from harness.evidence import make_sealer, record_sessions
 
 from bastion.cli.main import _register, cli
 from bastion.errors import VerificationFailed
-from bastion.recording.canonical import canonical_json
-from bastion.recording.seal import Sealer, generate_signing_key, load_public_key
-from bastion.replay.verify import (
-    LocalSource,
+from bastion.evidence.canonical import jcs
+from bastion.evidence.seal import Sealer
+from bastion.evidence.signing import generate_signing_key, load_public_key
+from bastion.evidence.sources import LocalSource
+from bastion.evidence.verify import (
     Report,
     TrustedKey,
     Verifier,
@@ -63,7 +64,7 @@ def test_changed_byte_in_a_recording(sealed: tuple[list[Path], Path, Sealer]) ->
     cast.write_bytes(bytes(data))
     report = run(folders[0].parent, pub)
     assert not report.ok
-    assert failures(report) == [f"{folders[1].name}: recordings: recording 1-shell.cast was "
+    assert failures(report) == [f"{folders[1].name}: files: file 1-shell.cast was "
                                 f"altered: " + failures(report)[0].split("altered: ")[1]]
 
 
@@ -72,7 +73,7 @@ def test_changed_manifest_field(sealed: tuple[list[Path], Path, Sealer]) -> None
     path = folders[1] / "manifest.json"
     doc = json.loads(path.read_bytes())
     doc["identity"]["subject"] = "somebody-else"
-    path.write_bytes(canonical_json(doc))
+    path.write_bytes(jcs(doc))
     found = failures(run(folders[0].parent, pub))
     assert f"{folders[1].name}: signature: signature" in found[0]
     assert any("chain" in f for f in found)  # the unsigned manifest is a hole in the chain
@@ -85,7 +86,7 @@ def test_bad_signature(sealed: tuple[list[Path], Path, Sealer]) -> None:
     sig = bytearray(base64.b64decode(doc["signature"]))
     sig[0] ^= 0xFF
     doc["signature"] = base64.b64encode(bytes(sig)).decode()
-    path.write_bytes(canonical_json(doc))
+    path.write_bytes(jcs(doc))
     found = failures(run(folders[0].parent, pub))
     assert found[0].startswith(f"{folders[2].name}: signature: signature (key id ed25519:")
 
@@ -113,7 +114,7 @@ def test_replaced_manifest_even_if_validly_signed(sealed: tuple[list[Path], Path
     path = folders[1] / "manifest.json"
     doc = json.loads(path.read_bytes())
     doc["end_reason"] = "nothing happened here"
-    raw = canonical_json(doc)
+    raw = jcs(doc)
     path.write_bytes(raw)
     (folders[1] / "manifest.sig").write_bytes(sealer.signer.signature_file(raw))
     found = failures(run(folders[0].parent, pub))
@@ -167,6 +168,6 @@ def test_verify_cli_exit_codes_and_json(sealed: tuple[list[Path], Path, Sealer])
     assert report["ok"] is False and report["failures"] == 1
     [failed] = [s for s in report["sessions"] if not s["ok"]]
     assert failed["session_id"] == folders[3].name
-    assert failed["failures"][0]["check"] == "recordings"
+    assert failed["failures"][0]["check"] == "files"
     nokey = runner.invoke(cli, ["verify", str(folders[0].parent)], env={"BASTION_CONFIG": ""})
     assert nokey.exit_code == 2 and "no trusted public key" in nokey.output

@@ -13,7 +13,6 @@ crash at any step neither forks the chain (two manifests with one number) nor le
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import fcntl
@@ -25,130 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from bastion.errors import ConfigError, ManifestError
+from bastion.evidence.canonical import jcs
+from bastion.evidence.manifest import build_manifest, read_session_meta
+from bastion.evidence.signing import Signer
+from bastion.fsutil import write_atomic
+from bastion.recording.layout import MANIFEST_FILE, SESSION_FILE, SIGNATURE_FILE, SessionState
 
-from bastion.errors import ConfigError, ManifestError, VerificationFailed
-from bastion.fsutil import write_atomic, write_new_private
-from bastion.recording.canonical import canonical_json
-from bastion.recording.manifest import (
-    MANIFEST_NAME,
-    SIGNATURE_NAME,
-    build_manifest,
-    read_session_meta,
-)
-
-SIGNATURE_ALGORITHM = "ed25519"
 _FILE_MODE = 0o640
-
-
-def key_id_of(public: Ed25519PublicKey) -> str:
-    """The default key id: ``ed25519:`` and the first 16 hex digits of SHA-256(raw key)."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return f"ed25519:{hashlib.sha256(raw).hexdigest()[:16]}"
-
-
-def public_pem(public: Ed25519PublicKey) -> str:
-    """A public key as PEM (SubjectPublicKeyInfo), the form ``--public-key`` files hold."""
-    return public.public_bytes(serialization.Encoding.PEM,
-                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-
-def generate_signing_key(path: Path) -> Ed25519PublicKey:
-    """Write a new Ed25519 private key (PKCS#8 PEM, mode 0600, never overwritten) and
-    its public key beside it as ``<path>.pub``; return the public key."""
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    try:
-        write_new_private(path, pem)
-    except FileExistsError:
-        raise ConfigError(f"{path} already exists; not overwriting a signing key") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    public = key.public_key()
-    Path(f"{path}.pub").write_text(public_pem(public), encoding="ascii")
-    return public
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Read a trusted Ed25519 public key from a PEM file."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read public key {path}: {exc.strerror}") from None
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        raise ConfigError(f"{path}: not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path}: not an Ed25519 public key")
-    return key
-
-
-class Signer:
-    """Signs manifest bytes with the node's Ed25519 key."""
-
-    def __init__(self, key: Ed25519PrivateKey, key_id: str | None = None) -> None:
-        self._key = key
-        self.public = key.public_key()
-        self.key_id = key_id or key_id_of(self.public)
-
-    @classmethod
-    def from_file(cls, path: Path, key_id: str | None = None) -> Signer:
-        """Load the private key written by ``bastion keygen signing``."""
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from None
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError):
-            raise ConfigError(f"{path}: not an unencrypted PEM private key") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError(f"{path}: not an Ed25519 private key")
-        return cls(key, key_id)
-
-    def signature_file(self, manifest: bytes) -> bytes:
-        """The ``manifest.sig`` bytes (canonical JSON) for ``manifest``."""
-        return canonical_json({
-            "algorithm": SIGNATURE_ALGORITHM,
-            "key_id": self.key_id,
-            "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-            "signature": base64.b64encode(self._key.sign(manifest)).decode("ascii"),
-        })
-
-
-@dataclass(frozen=True)
-class SignatureFile:
-    """A parsed ``manifest.sig``."""
-
-    key_id: str
-    signature: bytes
-
-    @classmethod
-    def parse(cls, raw: bytes, where: str = "manifest.sig") -> SignatureFile:
-        """Parse signature-file bytes; any defect is a VerificationFailed."""
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-            if not isinstance(doc, dict) or doc.get("algorithm") != SIGNATURE_ALGORITHM:
-                raise ValueError("algorithm is not ed25519")
-            key_id, sig = doc["key_id"], doc["signature"]
-            if not isinstance(key_id, str) or not isinstance(sig, str):
-                raise ValueError("key_id and signature must be strings")
-            signature = base64.b64decode(sig, validate=True)
-        except (UnicodeDecodeError, ValueError, KeyError) as exc:
-            raise VerificationFailed(f"{where}: malformed signature file ({exc})") from None
-        return cls(key_id=key_id, signature=signature)
-
-    def verify(self, manifest: bytes, public: Ed25519PublicKey) -> bool:
-        """Whether the signature over ``manifest`` verifies with ``public``."""
-        try:
-            public.verify(self.signature, manifest)
-        except InvalidSignature:
-            return False
-        return True
 
 
 @dataclass(frozen=True)
@@ -215,7 +98,7 @@ class Sealer:
                                 "restore it from backup or the last uploaded manifest") from None
 
     def _store_head(self, head: ChainHead) -> None:
-        _write(self._head_path, canonical_json({
+        _write(self._head_path, jcs({
             "node_id": self.node_id, "sequence": head.sequence, "digest": head.digest,
             "session_id": head.session_id}))
 
@@ -226,7 +109,7 @@ class Sealer:
             return
         except (OSError, ValueError) as exc:
             raise ManifestError(f"{self._pending_path} is unreadable ({exc})") from None
-        manifest = Path(pending["session_dir"]) / MANIFEST_NAME
+        manifest = Path(pending["session_dir"]) / MANIFEST_FILE
         with contextlib.suppress(OSError):
             if hashlib.sha256(manifest.read_bytes()).hexdigest() == pending["digest"]:
                 self._store_head(ChainHead(pending["sequence"], pending["digest"],
@@ -235,10 +118,10 @@ class Sealer:
 
     def seal(self, session_dir: Path) -> Path:
         """Seal a finished session folder; return its manifest path (idempotent)."""
-        manifest_path = session_dir / MANIFEST_NAME
+        manifest_path = session_dir / MANIFEST_FILE
         with self._locked():
             self._settle_pending()
-            if manifest_path.exists() and (session_dir / SIGNATURE_NAME).exists():
+            if manifest_path.exists() and (session_dir / SIGNATURE_FILE).exists():
                 return manifest_path
             meta = read_session_meta(session_dir)
             if meta.get("node_id") != self.node_id:
@@ -249,10 +132,10 @@ class Sealer:
                                  previous=head.digest, sealed_at=_now())
             digest = hashlib.sha256(raw).hexdigest()
             try:
-                _write(self._pending_path, canonical_json({
+                _write(self._pending_path, jcs({
                     "session_dir": str(session_dir.resolve()), "session_id": meta["session_id"],
                     "sequence": head.sequence + 1, "digest": digest}))
-                _write(session_dir / SIGNATURE_NAME, self.signer.signature_file(raw))
+                _write(session_dir / SIGNATURE_FILE, self.signer.signature_file(raw))
                 _write(manifest_path, raw)  # the commit point
                 self._store_head(ChainHead(head.sequence + 1, digest, meta["session_id"]))
                 self._pending_path.unlink()
@@ -278,7 +161,7 @@ class Sealer:
 
 def is_sealed(session_dir: Path) -> bool:
     """Whether a session folder holds both manifest.json and manifest.sig."""
-    return (session_dir / MANIFEST_NAME).is_file() and (session_dir / SIGNATURE_NAME).is_file()
+    return (session_dir / MANIFEST_FILE).is_file() and (session_dir / SIGNATURE_FILE).is_file()
 
 
 def unsealed_sessions(spool_dir: Path) -> list[Path]:
@@ -290,10 +173,10 @@ def unsealed_sessions(spool_dir: Path) -> list[Path]:
         if not entry.is_dir() or entry.name.startswith(".") or is_sealed(entry):
             continue
         try:
-            meta = json.loads((entry / "session.json").read_text(encoding="utf-8"))
+            meta = json.loads((entry / SESSION_FILE).read_text(encoding="utf-8"))
             state, end = meta["state"], str(meta.get("end") or "")
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if state != "active":
+        if state != SessionState.ACTIVE.value:
             found.append((end, entry.name, entry))
     return [entry for _, _, entry in sorted(found)]

@@ -1,0 +1,99 @@
+"""Reading hostile or damaged recordings: one clear ReplayError, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import ReplayError, UsageError
+from bastion.replay.cast import CastParser, read_cast
+from bastion.replay.timing import parse_time
+
+HEADER = json.dumps({"version": 2, "width": 80, "height": 24})
+
+BAD = {
+    "empty": b"",
+    "not json": b"hello\n",
+    "version 1": b'{"version": 1, "width": 80, "height": 24}\n',
+    "header a list": b"[1, 2]\n",
+    "huge width": b'{"version": 2, "width": 10000000, "height": 24}\n',
+    "width a string": b'{"version": 2, "width": "80", "height": 24}\n',
+    "event not a list": (HEADER + '\n{"t": 1}\n').encode(),
+    "event too short": (HEADER + '\n[1, "o"]\n').encode(),
+    "negative time": (HEADER + '\n[-1, "o", "x"]\n').encode(),
+    "NaN time": (HEADER + '\n[NaN, "o", "x"]\n').encode(),
+    "infinite time": (HEADER + '\n[Infinity, "o", "x"]\n').encode(),
+    "time a string": (HEADER + '\n["1", "o", "x"]\n').encode(),
+    "time a bool": (HEADER + '\n[true, "o", "x"]\n').encode(),
+    "data a number": (HEADER + '\n[1, "o", 5]\n').encode(),
+    "bad resize": (HEADER + '\n[1, "r", "80xx24"]\n').encode(),
+    "resize huge": (HEADER + '\n[1, "r", "99999999x5"]\n').encode(),
+    "deep nesting": (HEADER + "\n" + "[" * 100000 + "\n").encode(),
+    "binary garbage": HEADER.encode() + b"\n\xff\xfe\x00\x01garbage\n",
+    "torn event": (HEADER + '\n[1.0, "o", "unfinished').encode(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_recordings_are_one_clear_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "1-shell.cast"
+    path.write_bytes(BAD[name])
+    with pytest.raises(ReplayError) as caught:
+        read_cast(path)
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_codes_skipped_and_time_never_goes_back(tmp_path: Path) -> None:
+    path = tmp_path / "1-shell.cast"
+    path.write_text("\n".join([HEADER, '[2.0, "o", "a"]', '[1.0, "o", "b"]', '[3, "x", "?"]',
+                               '[4, "i", "ls\\r"]', ""]), encoding="utf-8")
+    cast = read_cast(path)
+    assert [(e.t, e.code, e.data) for e in cast.events] == [
+        (2.0, "o", "a"), (2.0, "o", "b"), (4.0, "i", "ls\r")]
+
+
+def test_parser_waits_for_a_torn_line() -> None:
+    parser = CastParser("live")
+    assert parser.feed((HEADER + '\n[1, "o", "he').encode()) == []
+    events = parser.feed(b'llo"]\n')
+    assert [e.data for e in events] == ["hello"]
+
+
+def test_cli_on_a_hostile_recording_prints_one_line(tmp_path: Path) -> None:
+    session = tmp_path / "spool" / "20260101T000000Z-0123456789ab"
+    session.mkdir(parents=True)
+    (session / "session.json").write_text(json.dumps({
+        "schema": 1, "session_id": session.name, "state": "closed",
+        "recordings": ["1-shell.cast"]}), encoding="utf-8")
+    (session / "1-shell.cast").write_bytes(BAD["NaN time"])
+    config = tmp_path / "bastion.toml"
+    config.write_text(f'[paths]\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'spool_dir = "{tmp_path / "spool"}"\n[vault]\nkey_env = "X"\n',
+                      encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "bastion", "replay", str(session), "--config",
+                           str(config), "--no-verify", "--screen", "--at", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith(
+        "bastion: warning:")]
+    assert len(errors) == 1 and errors[0].startswith("bastion: "), proc.stderr
+    assert "line 2" in errors[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("0", 0.0), ("90", 90.0), ("1:30", 90.0), ("12:03", 723.0), ("01:02:03", 3723.0),
+    ("12:03.5", 723.5), ("75:00", 4500.0), (" 5 ", 5.0)])
+def test_parse_time(text: str, seconds: float) -> None:
+    assert parse_time(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1:2:3:4", "-5", "1:60", "1.5:00", "1::2", "1e9",
+                                  "nan", "1:99:00"])
+def test_parse_time_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_time(text)

@@ -1,0 +1,86 @@
+"""Keyframe seeking gives exactly the screen a linear replay gives, at any moment; drawing
+writes only the player's own sequences."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastion.replay.cast import Cast, Event
+from bastion.replay.render import draw_rows, status_line
+from bastion.replay.screens import Emulator, Timeline
+
+PIECES = ["hello ", "\r\n", "\x1b[31mred\x1b[0m", "\x1b[2J", "\x1b[H", "\x1b[5;10H*",
+          "\x1b[?1049h", "\x1b[?1049l", "\x1b]0;title\x07", "\x1b[1;3", "4m", "日本",
+          "\x1b7", "\x1b8", "\x1b[3;20r", "\x1bM", "\x1b(0q\x1b(B", "x" * 90, "\x1b[K",
+          "\x1b]52;c;", "AAAA\x07", "\t|", "\x1b[2P", "\x1b[4h ins \x1b[4l"]
+
+
+def _linear(cast: Cast, count: int) -> Emulator:
+    emu = Emulator(cast.width, cast.height)
+    for event in cast.events[:count]:
+        emu.apply(event)
+    return emu
+
+
+def _state(emu: Emulator) -> tuple[object, ...]:
+    screen = emu.screen
+    return (screen.display, screen.cursor.x, screen.cursor.y, screen.columns, screen.lines,
+            [[screen.buffer[y][x] for x in range(screen.columns)] for y in range(screen.lines)])
+
+
+events_strategy = st.lists(
+    st.tuples(st.floats(min_value=0, max_value=3, allow_nan=False),
+              st.one_of(st.sampled_from(PIECES).map(lambda p: ("o", p)),
+                        st.sampled_from(["40x10", "80x24", "20x5"]).map(lambda r: ("r", r)),
+                        st.just(("m", "command: ls")))),
+    min_size=1, max_size=120)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events_strategy, st.lists(st.floats(min_value=0, max_value=400, allow_nan=False),
+                                 min_size=1, max_size=6))
+def test_seek_equals_linear_replay(raw: list[tuple[float, tuple[str, str]]],
+                                   moments: list[float]) -> None:
+    t = 0.0
+    events = []
+    for gap, (code, data) in raw:
+        t += gap
+        events.append(Event(t, code, data))
+    cast = Cast("test", 30, 8, {}, events)
+    timeline = Timeline(cast, every_seconds=1.0, every_bytes=64)
+    for moment in moments:  # out of order on purpose: seeks go back and forth
+        emu, count = timeline.emulator_at(moment)
+        assert count == sum(1 for e in events if e.t <= moment)
+        assert _state(emu) == _state(_linear(cast, count))
+
+
+def test_restored_keyframes_are_independent() -> None:
+    events = [Event(float(i), "o", f"line {i}\r\n") for i in range(50)]
+    cast = Cast("test", 20, 5, {}, events)
+    timeline = Timeline(cast, every_seconds=5.0)
+    first, _ = timeline.emulator_at(20)
+    first.apply(Event(21, "o", "\x1b[2JCHANGED"))
+    again, _ = timeline.emulator_at(20)
+    assert again.lines() == _linear(cast, 21).lines()
+    assert "CHANGED" not in "".join(again.lines())
+
+
+def test_screen_text_holds_no_control_characters() -> None:
+    cast = Cast("t", 20, 3, {}, [Event(0, "o", "a\x1b]0;x\x07b\x9b6nc\x90q\x9cd")])
+    emu, _ = Timeline(cast).emulator_at(1)
+    assert emu.lines()[0] == "abcd"
+
+
+def test_drawing_writes_only_our_own_sequences() -> None:
+    hostile = ("\x1b[31mred\x1b]52;c;AAAA\x07\x1bP$qm\x1b\\\x9b6n\x1b[6n\x1b[>c"
+               "\x1b[1;44mbold-on-blue\x1b[38;2;1;2;3mtc\x1b[?1000h 日本 \u200b\u0085")
+    cast = Cast("t", 40, 4, {}, [Event(0, "o", hostile)])
+    emu, _ = Timeline(cast).emulator_at(1)
+    drawn = draw_rows(emu.screen, range(4), 40, 4) + status_line(5, 40, "status")
+    without_ours = re.sub(r"\x1b\[(\d+;\d+H|[0-9;]*m|K)", "", drawn)
+    assert "\x1b" not in without_ours and not any("\x80" <= c <= "\x9f" for c in drawn)
+    assert "red" in without_ours and "bold-on-blue" in without_ours
+    assert "\x1b[0;1;31;44m" in drawn or "\x1b[0;1;44m" in drawn
