@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncssh
 
 from bastion.config.ca import host_ca_line, parse_ca, source_addresses
+from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_command_control
 from bastion.config.identity import IdentityConfig, parse_identity
 from bastion.config.model import (
     GROUP_NAME,
@@ -60,6 +61,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
     identity = (parse_identity(root.table("identity")) if root.has("identity")
                 else IdentityConfig())
+    commands = parse_command_control(root, {t.name for t in targets})
     ca = parse_ca(root.table("ca")) if root.has("ca") else None
     root.done()
 
@@ -78,7 +80,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                 f'{target.name} uses auth = "certificate")', "certificate")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity, ca=ca)
+                  evidence=evidence, storage=storage, identity=identity, commands=commands,
+                  ca=ca)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -174,6 +177,7 @@ def _target(t: Table) -> Target:
         default_login=t.string("default_login", None, pattern=LOGIN_NAME, what="a login name"),
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
         record_input=t.boolean("record_input", True),
+        unresolved=t.string("unresolved", None, pattern=UNRESOLVED_PATTERN, what=UNRESOLVED_WHAT),
         auth=TargetAuth(t.string("auth", "vault", pattern="vault|certificate",
                                  what='"vault" or "certificate"')),
         host_cas=host_cas,

@@ -83,6 +83,7 @@ class Target:
     default_login: str | None = None
     connect_timeout: float = 10.0
     record_input: bool = True  # keystrokes of pty channels into the recording
+    unresolved: str | None = None  # command control: "deny", "approve" or "warn"; None: global
     auth: TargetAuth = TargetAuth.VAULT
     host_cas: tuple[str, ...] = ()  # host CA public key lines whose host certificates it trusts
     source_addresses: tuple[str, ...] = ()  # certificates' source-address; () = as dialled
@@ -162,6 +163,40 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class CommandRule:
+    """A command-control rule (``[[commands]]``): what it matches, where, and what it does.
+
+    Exactly one of ``command`` (a basename glob, with optional required ``options`` and
+    ``args`` patterns) or ``regex`` (re2, searched in the normalized command text) is set.
+    Empty scope lists mean "everyone/everywhere".
+    """
+
+    name: str
+    action: str  # "deny", "approve", "warn" or "allow"
+    command: str | None = None
+    options: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    regex: str | None = None
+    targets: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    logins: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    message: str = ""
+    line: int | None = None  # where the rule starts in the config file
+
+
+@dataclass(frozen=True)
+class CommandControl:
+    """All command rules, and what happens to commands that cannot be resolved.
+
+    ``unresolved`` None means "not set": the default (``deny``) applies wherever rules apply.
+    """
+
+    rules: tuple[CommandRule, ...] = ()
+    unresolved: str | None = None
+
+
+@dataclass(frozen=True)
 class CaKeyConfig:
     """Where one user CA key comes from: a private key source, or (``[ca.next]`` only) just
     its public key line, for a CA that targets trust before the bastion signs with it."""
@@ -197,6 +232,7 @@ class Config:
     evidence: EvidenceConfig | None = None
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
+    commands: CommandControl = CommandControl()
     ca: CaConfig | None = None
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 

@@ -25,6 +25,7 @@ from bastion.credentials.ca import generate_ca_key
 from bastion.credentials.hostkeys import generate_host_key
 from bastion.credentials.vault import Vault, private_key_credential
 from bastion.credentials.vaultkey import generate_vault_key, write_vault_key
+from bastion.demo.command_rules import demo_command_sections
 from bastion.demo.idp import IdpServer
 from bastion.demo.procs import ManagedProcess, free_port
 from bastion.demo.s3 import SeaweedS3
@@ -46,7 +47,7 @@ class DemoStack:
                  keep_target_key: bool = False, with_idp: bool = True,
                  idp_options: Mapping[str, Any] | None = None,
                  identity_config: Mapping[str, Any] | None = None,
-                 with_s3: bool = True,
+                 with_s3: bool = True, command_rules: bool = True,
                  certificate_targets: Sequence[str] = CERTIFICATE_TARGETS) -> None:
         self.workdir = Path(workdir).resolve()
         self.bastion_host = LOOPBACK
@@ -66,6 +67,8 @@ class DemoStack:
         self.s3: SeaweedS3 | None = None
         self.s3_bucket = "bastion-evidence"
         self.s3_prefix = "demo"
+        # Command control: the demo's [[commands]] rules (bastion/demo/command_rules.py).
+        self.command_rules = command_rules
         self.signing_key_path = self.workdir / "keys" / "signing.key"
         self.sso_key_path = self.workdir / "keys" / "sso_ed25519"
         self.sso_ssh_config_path = self.workdir / "ssh_config_sso"
@@ -110,6 +113,8 @@ class DemoStack:
             self.setup_targets()
             self.setup_vault()
             self.setup_access()
+            if self.command_rules:
+                self.setup_command_rules()
             if self.with_idp:
                 self.setup_identity()
             if self.with_s3:
@@ -246,6 +251,10 @@ class DemoStack:
             "access": [{"groups": list(DEMO_GROUPS), "targets": ["*"],
                         "logins": [self.login]}],
         })
+
+    def setup_command_rules(self) -> None:
+        """The demo's command rules: deny rm -rf and power-off, approve service stops, warn sudo."""
+        self.merge_config(demo_command_sections())
 
     def setup_identity(self) -> None:
         """Start the demo IdP, point [identity] at it, and make a key the bastion does not know."""
