@@ -72,8 +72,20 @@ class UpstreamError(BastionError):
     """The onward connection to a target failed."""
 
 
+class CertificateRefused(UpstreamError):
+    """A target refused the bastion's certificate; its serial and key id are kept for audit."""
+
+    def __init__(self, message: str, certificate: dict[str, object]) -> None:
+        super().__init__(message)
+        self.certificate = certificate
+
+
 class HostKeyMismatch(UpstreamError):
     """The target presented a host key other than the pinned one."""
+
+
+class CertificateAuthorityError(BastionError):
+    """The user CA key cannot be loaded or written, or a certificate cannot be issued."""
 
 
 class IdentityError(AuthenticationError):

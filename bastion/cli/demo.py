@@ -57,6 +57,8 @@ def _print_usage(stack: DemoStack) -> None:
 bastion demo is running: bastion on {stack.bastion_host}:{stack.bastion_port}, \
 targets {", ".join(stack.target_names)} (login {stack.login}).
 
+How the bastion logs in to each target:
+{"".join(f"    {line}{chr(10)}" for line in stack.target_auth_summary())}
 Open a shell on {stack.target_names[0]} through the bastion:
     {commands[0]}
 Run one command:

@@ -12,7 +12,7 @@ from bastion.credentials.vault import generate_vault_key, key_id, write_vault_ke
 
 @click.group()
 def keygen() -> None:
-    """Generate host, vault or signing keys."""
+    """Generate host, vault, signing or user CA keys."""
 
 
 @keygen.command("host")
@@ -36,9 +36,11 @@ def keygen_vault(out: str) -> None:
 
 def _add_signing() -> None:
     # Imported late: the evidence commands import the CLI group module.
+    from bastion.cli.ca import keygen_ca
     from bastion.cli.evidence import keygen_signing
 
     keygen.add_command(keygen_signing)
+    keygen.add_command(keygen_ca)
 
 
 _add_signing()

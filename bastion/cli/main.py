@@ -69,6 +69,8 @@ def _register() -> None:
     cli.add_command(sessions_cmd.sessions)
     from bastion.cli import commands as commands_cmd
     cli.add_command(commands_cmd.check_command)
+    from bastion.cli import ca as ca_cmd
+    cli.add_command(ca_cmd.ca)
 
 
 def main() -> None:

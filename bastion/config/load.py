@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncssh
 
 from bastion.config.approvals import ApprovalsConfig, parse_approvals
+from bastion.config.ca import host_ca_line, parse_ca, source_addresses
 from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_command_control
 from bastion.config.identity import IdentityConfig, parse_identity
 from bastion.config.masking import MaskingConfig, parse_masking, parse_target_masking
@@ -24,6 +25,7 @@ from bastion.config.model import (
     ServerConfig,
     StorageConfig,
     Target,
+    TargetAuth,
     VaultConfig,
 )
 from bastion.config.reader import Source, Table
@@ -78,6 +80,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     approvals = (parse_approvals(root.table("approvals")) if root.has("approvals")
                  else ApprovalsConfig())
     commands = parse_command_control(root, {t.name for t in targets})
+    ca = parse_ca(root.table("ca")) if root.has("ca") else None
     root.done()
 
     _unique(root, "users", [u.name for u in users])
@@ -101,11 +104,16 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
         check_rule_targets(Table({}, ("transfers", index), source), names, scoped.targets)
     for index, forward in enumerate(forwarding):
         check_rule_targets(Table({}, ("forwarding", index), source), names, forward.targets)
+    for index, target in enumerate(targets):
+        if target.auth is TargetAuth.CERTIFICATE and ca is None:
+            raise Table({}, ("targets", index), source).error(
+                "auth", f'"vault", or a [ca] section to sign certificates with (target '
+                f'{target.name} uses auth = "certificate")', "certificate")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
                   evidence=evidence, storage=storage, identity=identity, commands=commands,
                   masking=masking, transfers=transfers, forwarding=forwarding,
-                  approvals=approvals)
+                  approvals=approvals, ca=ca)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -188,9 +196,10 @@ def _target(t: Table, masking: MaskingConfig) -> Target:
         except (asyncssh.KeyImportError, ValueError):
             raise t.error("host_key", "an OpenSSH public host key line", key) from None
     known_hosts = t.filepath("known_hosts", None)
-    if not host_keys and known_hosts is None:
-        raise t.error("host_key", "a pinned host key (host_key or known_hosts): "
-                      "bastion never trusts a target's key on first use")
+    host_cas = _host_cas(t)
+    if not host_keys and known_hosts is None and not host_cas:
+        raise t.error("host_key", "a pinned host key (host_key or known_hosts) or a host CA "
+                      "(host_ca): bastion never trusts a target's key on first use")
     target = Target(
         name=name,
         host=t.string("host"),
@@ -202,9 +211,21 @@ def _target(t: Table, masking: MaskingConfig) -> Target:
         record_input=t.boolean("record_input", True),
         unresolved=t.string("unresolved", None, pattern=UNRESOLVED_PATTERN, what=UNRESOLVED_WHAT),
         masking=parse_target_masking(t, masking),
+        auth=TargetAuth(t.string("auth", "vault", pattern="vault|certificate",
+                                 what='"vault" or "certificate"')),
+        host_cas=host_cas,
+        source_addresses=source_addresses(t),
     )
     t.done()
     return target
+
+
+def _host_cas(t: Table) -> tuple[str, ...]:
+    lines: tuple[str, ...] = t.strings("host_cas", ())
+    if t.has("host_ca"):
+        lines = (t.string("host_ca"), *lines)
+    return tuple(host_ca_line(t, "host_ca" if t.has("host_ca") else "host_cas", line)
+                 for line in lines)
 
 
 def _access(t: Table) -> AccessRule:
@@ -282,6 +303,11 @@ def check_files(config: Config) -> list[str]:
         if target.known_hosts and not target.known_hosts.is_file():
             problems.append(f"{config.source}: targets {target.name}: known_hosts "
                             f"{target.known_hosts} does not exist")
+    if config.ca is not None:
+        for name, source in (("ca", config.ca.key), ("ca.next", config.ca.next)):
+            if source is not None and source.key_file and not source.key_file.is_file():
+                problems.append(f"{config.source}: {name}.key_file {source.key_file} "
+                                "does not exist")
     if config.vault.key_file and not config.vault.key_file.is_file():
         problems.append(f"{config.source}: vault.key_file {config.vault.key_file} does not exist")
     return problems

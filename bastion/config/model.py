@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from bastion.config.masking import MaskingConfig, TargetMasking
@@ -64,9 +65,16 @@ class LocalUser:
     groups: tuple[str, ...] = ()
 
 
+class TargetAuth(StrEnum):
+    """How the bastion logs in to a target."""
+
+    VAULT = "vault"  # a key or password stored in the vault
+    CERTIFICATE = "certificate"  # a short-lived certificate from the bastion's user CA
+
+
 @dataclass(frozen=True)
 class Target:
-    """A host users may reach; its host key is always pinned."""
+    """A host users may reach; its host key is pinned or certified by a trusted host CA."""
 
     name: str
     host: str
@@ -78,6 +86,9 @@ class Target:
     record_input: bool = True  # keystrokes of pty channels into the recording
     unresolved: str | None = None  # command control: "deny", "approve" or "warn"; None: global
     masking: TargetMasking = field(default_factory=TargetMasking)
+    auth: TargetAuth = TargetAuth.VAULT
+    host_cas: tuple[str, ...] = ()  # host CA public key lines whose host certificates it trusts
+    source_addresses: tuple[str, ...] = ()  # certificates' source-address; () = as dialled
 
 
 @dataclass(frozen=True)
@@ -230,6 +241,28 @@ class CommandControl:
 
 
 @dataclass(frozen=True)
+class CaKeyConfig:
+    """Where one user CA key comes from: a private key source, or (``[ca.next]`` only) just
+    its public key line, for a CA that targets trust before the bastion signs with it."""
+
+    key_file: Path | None = None
+    key_env: str | None = None
+    key_credential: str | None = None
+    public_key: str | None = None
+
+
+@dataclass(frozen=True)
+class CaConfig:
+    """The user certificate authority that signs short-lived certificates for targets."""
+
+    key: CaKeyConfig
+    next: CaKeyConfig | None = None  # a second CA, trusted alongside while the CA is rolled
+    sign_with_next: bool = False  # sign with ``next`` (the middle step of a roll)
+    validity: float = 300.0  # seconds a certificate is valid after it is issued
+    clock_skew: float = 60.0  # seconds it is valid before it is issued (target clocks behind)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, read from ``source``."""
 
@@ -248,6 +281,7 @@ class Config:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     transfers: tuple[TransferRule, ...] = ()
     forwarding: tuple[ForwardRule, ...] = ()
+    ca: CaConfig | None = None
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -10,12 +10,12 @@ import base64
 import binascii
 import hashlib
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from bastion.config.model import VaultConfig
-from bastion.errors import ConfigError, VaultError
+from bastion.credentials.keysource import KeySourceSpec, read_key_source, read_private_file
+from bastion.errors import VaultError
 from bastion.fsutil import write_new_private
 from bastion.secret import Secret
 
@@ -54,22 +54,7 @@ def write_vault_key(path: Path, key: Secret[bytes]) -> None:
 def read_vault_key_file(path: Path, what: str | None = None) -> Secret[bytes]:
     """Read a key file; refuse one that everybody may read, like ssh refuses open private keys."""
     what = what or f"vault key file {path}"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise VaultError(f"{what}: no such file") from None
-    except OSError as exc:
-        raise VaultError(f"{what}: cannot read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fh.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise VaultError(f"{what}: not a regular file")
-        if mode & 0o077:  # like ssh with a private key: only its owner may read it
-            # A setup mistake, like a bad config value: exit status 2 from every command.
-            raise ConfigError(f"{what} is accessible to other users (mode {mode & 0o777:04o}); "
-                             f"run chmod 600 {path}")
-        data = fh.read(_MAX_KEY_TEXT + 1)
-    return decode_vault_key(data, what)
+    return decode_vault_key(read_private_file(path, what, VaultError, _MAX_KEY_TEXT), what)
 
 
 def decode_vault_key(data: bytes | str, what: str) -> Secret[bytes]:
@@ -94,25 +79,9 @@ def decode_vault_key(data: bytes | str, what: str) -> Secret[bytes]:
 
 def load_vault_key(cfg: VaultConfig, environ: Mapping[str, str] = os.environ) -> Secret[bytes]:
     """The vault key from the first of ``key_file``, ``key_env``, ``key_credential`` that is set."""
-    if cfg.key_file is not None:
-        return read_vault_key_file(cfg.key_file)
-    if cfg.key_env is not None:
-        what = f"vault key in environment variable {cfg.key_env}"
-        value = environ.get(cfg.key_env)
-        if value is None:
-            raise VaultError(f"environment variable {cfg.key_env} (vault.key_env) is not set")
-        return decode_vault_key(value, what)
-    if cfg.key_credential is not None:
-        directory = environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise VaultError(f"systemd credential {cfg.key_credential} (vault.key_credential): "
-                             "$CREDENTIALS_DIRECTORY is not set; run under systemd with "
-                             f"LoadCredential={cfg.key_credential}:... or "
-                             f"LoadCredentialEncrypted={cfg.key_credential}")
-        path = Path(directory) / cfg.key_credential
-        return read_vault_key_file(
-            path, f"systemd credential {cfg.key_credential} ({path})")
-    raise VaultError("no vault key source configured (vault.key_file, key_env or key_credential)")
+    spec = KeySourceSpec("vault", "vault key", cfg.key_file, cfg.key_env, cfg.key_credential)
+    data, what = read_key_source(spec, VaultError, _MAX_KEY_TEXT, environ)
+    return decode_vault_key(data, what)
 
 
 def _check_length(key: Secret[bytes], what: str) -> None:

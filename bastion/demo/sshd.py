@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -54,6 +55,18 @@ def generate_key_pair(path: Path, comment: str) -> str:
     return Path(f"{path}.pub").read_text(encoding="utf-8").strip()
 
 
+def sign_host_key(ca_key: Path, public_key: Path, identity: str,
+                  principals: Sequence[str]) -> Path:
+    """Sign a host public key with a host CA (ssh-keygen -h); return the -cert.pub path."""
+    result = subprocess.run(
+        [find_ssh_keygen(), "-q", "-s", str(ca_key), "-I", identity, "-h",
+         "-n", ",".join(principals), str(public_key)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BastionError(f"ssh-keygen cannot sign {public_key}: {result.stderr.strip()}")
+    return public_key.with_name(public_key.name.removesuffix(".pub") + "-cert.pub")
+
+
 def _children(parent: int) -> list[int]:
     """Pids whose parent is ``parent`` (from /proc; empty where there is no /proc)."""
     pids = []
@@ -92,7 +105,10 @@ _BIND_ATTEMPTS = 5  # tries with a new free port when another process took the c
 class SshdTarget:
     """OpenSSH sshd on 127.0.0.1:<free port>; the login that works is the user running it."""
 
-    def __init__(self, name: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, name: str, workdir: Path, port: int | None = None, *,
+                 user_ca_keys: Sequence[str] = (), host_ca_key: Path | None = None,
+                 host_cert_principals: Sequence[str] = (),
+                 expose_auth_info: bool = False) -> None:
         self.name = name
         self.workdir = workdir
         # sshd cannot report a port it picked, so a free one is chosen beforehand; another
@@ -107,6 +123,16 @@ class SshdTarget:
         self.log_path = workdir / "sshd.log"
         self._host_key_line: str | None = None
         self.process: ManagedProcess | None = None
+        # Certificates: user CAs this sshd trusts (TrustedUserCAKeys; a login needs a
+        # certificate naming it as a principal), and a host CA that signs its host key.
+        self.user_ca_keys = tuple(user_ca_keys)
+        self.trusted_user_ca_path = workdir / "trusted_user_ca_keys"
+        self.host_ca_key = host_ca_key
+        self.host_cert_principals = tuple(host_cert_principals)  # () = the address it is dialled at
+        self.host_certificate_path: Path | None = None
+        # ExposeAuthInfo: a session sees how it logged in ($SSH_USER_AUTH names a file holding
+        # the certificate), so tests can read what a certificate allowed.
+        self.expose_auth_info = expose_auth_info
 
     @property
     def host(self) -> str:
@@ -132,6 +158,23 @@ class SshdTarget:
             fh.write(public_key_line.strip() + "\n")
         self.authorized_keys_path.chmod(0o600)
 
+    def trust_user_ca(self, public_key_line: str) -> None:
+        """Trust one more user CA (sshd reads the file at each login; no restart needed, but
+        the TrustedUserCAKeys line is written only if a CA was given before ``start``)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.trusted_user_ca_path.open("a", encoding="utf-8") as fh:
+            fh.write(public_key_line.strip() + "\n")
+
+    def _certificate_config(self) -> list[str]:
+        lines = []
+        if self.trusted_user_ca_path.exists():
+            lines.append(f"TrustedUserCAKeys {_quote(self.trusted_user_ca_path)}")
+        if self.host_certificate_path is not None:
+            lines.append(f"HostCertificate {_quote(self.host_certificate_path)}")
+        if self.expose_auth_info:
+            lines.append("ExposeAuthInfo yes")
+        return lines
+
     def _write_config(self) -> None:
         lines = [
             f"ListenAddress {self.host}",
@@ -154,6 +197,7 @@ class SshdTarget:
             "LogLevel VERBOSE",
             # scp and sftp (OpenSSH 9 scp speaks sftp) need a subsystem.
             "Subsystem sftp internal-sftp",
+            *self._certificate_config(),
         ]
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -166,6 +210,16 @@ class SshdTarget:
         self._host_key_line = Path(f"{self.host_key_path}.pub").read_text(
             encoding="utf-8").strip()
         self.authorized_keys_path.touch(mode=0o600, exist_ok=True)
+        trusted = (self.trusted_user_ca_path.read_text(encoding="utf-8").splitlines()
+                   if self.trusted_user_ca_path.exists() else [])
+        for line in self.user_ca_keys:
+            if line.strip() not in trusted:  # a restart adds nothing twice
+                self.trust_user_ca(line)
+        if self.host_ca_key is not None and self.host_certificate_path is None:
+            self.host_certificate_path = sign_host_key(
+                self.host_ca_key, Path(f"{self.host_key_path}.pub"), f"{self.name} host",
+                self.host_cert_principals or [self.host])
+        self._write_config()
         if os.geteuid() == 0 and not PRIVSEP_DIR.is_dir():
             # sshd running as root chroots its pre-auth child into this empty directory.
             PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import tomli_w
 
 from bastion.config import check_files, load_config
 from bastion.config.model import Config
+from bastion.credentials.ca import generate_ca_key
 from bastion.credentials.hostkeys import generate_host_key
 from bastion.credentials.vault import Vault, private_key_credential
 from bastion.credentials.vaultkey import generate_vault_key, write_vault_key
@@ -34,6 +35,7 @@ from bastion.errors import ConfigError, UsageError
 
 LOOPBACK = "127.0.0.1"
 TARGET_NAMES = ("web01", "db01")
+CERTIFICATE_TARGETS = ("db01",)  # these trust the bastion's user CA; the others use the vault
 DEMO_USER = "demo"
 DEMO_GROUPS = ("ops",)
 DEMO_APPROVER_EMAIL = "alice@example.com"  # the demo IdP's alice approves held commands
@@ -47,7 +49,8 @@ class DemoStack:
                  keep_target_key: bool = False, with_idp: bool = True,
                  idp_options: Mapping[str, Any] | None = None,
                  identity_config: Mapping[str, Any] | None = None,
-                 with_s3: bool = True, command_rules: bool = True) -> None:
+                 with_s3: bool = True, command_rules: bool = True,
+                 certificate_targets: Sequence[str] = CERTIFICATE_TARGETS) -> None:
         self.workdir = Path(workdir).resolve()
         self.bastion_host = LOOPBACK
         # 0: `bastion serve` binds a free port itself and reports it (no free_port() race with
@@ -89,6 +92,11 @@ class DemoStack:
         self.vault_key_path = self.keys_dir / "vault.key"
 
         self.targets: dict[str, SshdTarget] = {}
+        # Targets that hold no key of the bastion's: their sshd trusts the user CA instead.
+        self.certificate_targets = tuple(n for n in certificate_targets
+                                         if n in self.target_names)
+        self.ca_key_path = self.keys_dir / "user_ca"
+        self.ca_line = ""
         self.host_key_line = ""
         self.user_key_line = ""
         self.config: dict[str, Any] = {}  # the TOML document, merged section by section
@@ -105,6 +113,7 @@ class DemoStack:
         """Build everything and start it; on any failure stop what was started and re-raise."""
         try:
             self.prepare_workdir()
+            self.setup_ca()
             self.setup_targets()
             self.setup_vault()
             self.setup_access()
@@ -193,20 +202,32 @@ class DemoStack:
                       "audit_log": str(self.state_dir / "audit.jsonl")},
         })
 
+    def setup_ca(self) -> None:
+        """The user CA that certificate targets trust, and [ca] (only if there are some)."""
+        if not self.certificate_targets:
+            return
+        self.ca_line = generate_ca_key(self.ca_key_path)
+        self.merge_config({"ca": {"key_file": str(self.ca_key_path), "validity": "5m"}})
+
     def setup_targets(self) -> None:
-        """Start one sshd per target name, all accepting the one target key for ``login``."""
+        """Start one sshd per target name: vault targets accept the one target key for
+        ``login``, certificate targets only certificates from the bastion's CA."""
         target_public = generate_key_pair(self.target_key_path, "bastion demo target key")
         entries = []
         for name in self.target_names:
-            target = SshdTarget(name, self.workdir / "targets" / name)
-            target.authorize(target_public)
+            certificate = name in self.certificate_targets
+            target = SshdTarget(name, self.workdir / "targets" / name,
+                                user_ca_keys=(self.ca_line,) if certificate else ())
+            if not certificate:
+                target.authorize(target_public)
             self.add_cleanup(target.stop)
             target.start()
             assert target.process is not None
             self.processes.append(target.process)
             self.targets[name] = target
             entries.append({"name": name, "host": target.host, "port": target.port,
-                            "host_key": target.host_key_line, "default_login": self.login})
+                            "host_key": target.host_key_line, "default_login": self.login,
+                            **({"auth": "certificate"} if certificate else {})})
         self.merge_config({"targets": entries})
 
     def setup_vault(self) -> None:
@@ -217,7 +238,8 @@ class DemoStack:
         credential = private_key_credential(
             self.target_key_path.read_text(encoding="utf-8"), str(self.target_key_path))
         for name in self.target_names:
-            vault.set(name, self.login, credential)
+            if name not in self.certificate_targets:
+                vault.set(name, self.login, credential)
         vault.save()
         if not self.keep_target_key:
             self.target_key_path.unlink()
@@ -419,6 +441,17 @@ class DemoStack:
         argv = ["ssh", "-F", str(self.ssh_config_path), "-p", str(self.bastion_port),
                 f"{login or self.login}@{target}@{self.bastion_host}"]
         return [*argv, "--", *command] if command else argv
+
+    def target_auth_summary(self) -> list[str]:
+        """One line per target saying how the bastion logs in to it (for the banner)."""
+        lines = []
+        for name in self.target_names:
+            if name in self.certificate_targets:
+                lines.append(f"{name}: a certificate from the bastion's CA, made for each "
+                             "session (its sshd trusts only the CA; its log names you)")
+            else:
+                lines.append(f"{name}: the key kept in the bastion's vault")
+        return lines
 
     def example_commands(self) -> list[str]:
         """Shell commands to show the person running the demo."""

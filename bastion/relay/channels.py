@@ -159,7 +159,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             no_target = request is None or request.target is None
             if self.session.refusal is None and no_target and not await self._choose_target():
                 return
-            upstream = await self.session.connect(self._request)
+            upstream = await self.session.connect(self._request, pty=self._term is not None)
             relay = await self._open_relay()
             for factory in self.session.services.stage_factories:
                 # An exec is judged (and may wait for approval) before it is dialled.

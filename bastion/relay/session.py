@@ -16,14 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bastion.audit import AuditLog
-from bastion.config.model import Config, Target
+from bastion.config.model import Config, Target, TargetAuth
+from bastion.credentials.ca import CertificateAuthority, certificate_key_id
 from bastion.credentials.vault import Credential
-from bastion.errors import AccessDenied, BastionError, RecordingError, SessionLimit
+from bastion.errors import (
+    AccessDenied,
+    BastionError,
+    CertificateAuthorityError,
+    CertificateRefused,
+    RecordingError,
+    SessionLimit,
+)
 from bastion.identity.model import Identity
 from bastion.policy.access import Authorization, TargetRequest, authorize
 from bastion.recording import SessionRecording, Spool
 from bastion.relay.pipeline import ChannelKind, ChannelRecorder, StageFactory
-from bastion.relay.upstream import Upstream, dial
+from bastion.relay.upstream import CertificateRequest, Upstream, dial
 
 log = logging.getLogger("bastion.relay")
 
@@ -66,6 +74,7 @@ class RelayServices:
     # The features on the channel pipeline (command control, masking, transfers), in order.
     stage_factories: Sequence[StageFactory] = field(default_factory=tuple)
     masking: MaskingService | None = None  # None: masking is switched off
+    certificate_authority: CertificateAuthority | None = None  # signs for certificate targets
 
 
 @dataclass(frozen=True)
@@ -83,13 +92,16 @@ class ConnectionSession:
 
     def __init__(self, services: RelayServices, identity: Identity, client: ClientInfo,
                  request: TargetRequest | None, refusal: BastionError | None, *,
-                 totp_passed: bool = False) -> None:
+                 totp_passed: bool = False,
+                 pty_requested: Callable[[], bool] | None = None) -> None:
         self.services = services
         self.identity = identity
         self.client = client
         self.request = request  # what the SSH user name asked for (None: the menu)
         self.totp_passed = totp_passed  # a TOTP code was given while authenticating
         self.refusal = refusal  # a request that could not even be parsed: refused on first use
+        # Whether a channel of this connection asked for a terminal (the SSH layer knows).
+        self._pty_requested = pty_requested
         self.authorization: Authorization | None = None
         self.upstream: Upstream | None = None
         self.recording: SessionRecording | None = None
@@ -134,11 +146,16 @@ class ConnectionSession:
             raise
         return auth
 
-    async def connect(self, request: TargetRequest | None) -> Upstream:
+    async def connect(self, request: TargetRequest | None, *,
+                      pty: bool | None = None) -> Upstream:
         """Authorize this channel's request; the first one also opens the recording and dials.
 
         A connection has one target: later channels are authorized again (policy may have
         changed) and must ask for the same target and login, or they are refused.
+
+        ``pty``: whether the channel that opens the connection needs a terminal, so that a
+        certificate permits one only then. None: ask ``pty_requested`` (given by the SSH
+        layer), else permit one.
         """
         async with self._lock:
             if self._closed:
@@ -170,13 +187,15 @@ class ConnectionSession:
                     raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
                                        "sessions open, the most allowed")
                 self._counted = True
-            try:
-                credential = self.services.credential_for(auth, self.client.conn_id,
-                                                          self.identity.name)
-            except BastionError as exc:  # no credential, or a vault damaged while running
-                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
-                           reason=str(exc), **auth.audit_fields())
-                raise
+            credential: Credential | CertificateRequest | None = None
+            if auth.target.auth is TargetAuth.VAULT:
+                try:
+                    credential = self.services.credential_for(auth, self.client.conn_id,
+                                                              self.identity.name)
+                except BastionError as exc:  # no credential, or a vault damaged while running
+                    audit.emit("session.refused", conn=self.client.conn_id,
+                               user=self.identity.name, reason=str(exc), **auth.audit_fields())
+                    raise
             spool = self.services.spool
             recording = await asyncio.wrap_future(
                 spool.submit(spool.start_session, self._metadata(auth)))
@@ -189,11 +208,17 @@ class ConnectionSession:
             audit.emit("target.selected", conn=self.client.conn_id, user=self.identity.name,
                        session=recording.session_id, **auth.audit_fields())
             try:
+                if credential is None:
+                    if pty is None:
+                        pty = self._pty_requested() if self._pty_requested else True
+                    credential = self._certificate_request(recording.session_id, pty)
                 upstream = await dial(auth, credential, cfg.server.keepalive_interval)
             except BastionError as exc:
+                refused = ({"certificate": exc.certificate}
+                           if isinstance(exc, CertificateRefused) else {})
                 audit.emit("session.refused", conn=self.client.conn_id,
                            session=recording.session_id, user=self.identity.name,
-                           reason=str(exc), **auth.audit_fields())
+                           reason=str(exc), **auth.audit_fields(), **refused)
                 self._end_state, self._end_reason = "refused", str(exc)
                 self._finish_recording()
                 raise
@@ -204,14 +229,28 @@ class ConnectionSession:
             # The idle clock starts with the session, not with the dial (a slow target must
             # not use up the user's idle allowance).
             self.last_activity = time.monotonic()
-            recording.set_field("target", {
+            target_meta: dict[str, Any] = {
                 "name": auth.target.name, "address": upstream.address,
                 "port": auth.target.port, "login": auth.login,
-                "host_key_fingerprint": upstream.host_key_fingerprint})
+                "host_key_fingerprint": upstream.host_key_fingerprint}
+            certificate: dict[str, Any] = {}
+            if upstream.certificate is not None:
+                target_meta["certificate"] = upstream.certificate.record()
+                certificate["certificate"] = upstream.certificate.record()
+            recording.set_field("target", target_meta)
             audit.emit("session.start", conn=self.client.conn_id,
                        session=recording.session_id, user=self.identity.name,
-                       client=f"{self.client.address}:{self.client.port}", **auth.audit_fields())
+                       client=f"{self.client.address}:{self.client.port}", **auth.audit_fields(),
+                       **certificate)
             return self.upstream
+
+    def _certificate_request(self, session_id: str, permit_pty: bool) -> CertificateRequest:
+        authority = self.services.certificate_authority
+        if authority is None:
+            raise CertificateAuthorityError("this target logs in with a certificate, but no "
+                                            "[ca] is configured")
+        key_id = certificate_key_id(self.identity.name, self.identity.issuer, session_id)
+        return CertificateRequest(authority, key_id, permit_pty)
 
     @property
     def session_id(self) -> str:

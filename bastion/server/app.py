@@ -17,6 +17,7 @@ import asyncssh
 
 from bastion.audit import AuditLog
 from bastion.config.model import Config
+from bastion.credentials.ca import CertificateAuthority
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Credential, Vault, key_id, load_vault_key
 from bastion.errors import BastionError, UpstreamError, VaultError, WrongVaultKey
@@ -71,12 +72,16 @@ class BastionServer:
         # Running sessions and kill requests in the state database (bastion sessions kill).
         self.registry = SessionRegistry(self.identity.db)
         self._registered: set[str] = set()
+        # The user CA for certificate targets: loaded now, so a bad key stops the start.
+        authority = (CertificateAuthority.from_config(config.ca) if config.ca is not None
+                     else None)
         features = build_features(config, self.approvals)
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
             counter=self, on_finished=self._recording_finished,
             totp_required=self._totp_required,
-            stage_factories=features.stage_factories, masking=features.masking)
+            stage_factories=features.stage_factories, masking=features.masking,
+            certificate_authority=authority)
 
     # -- shared services -------------------------------------------------------------------
     def credential_for(self, authorization: Authorization, conn: str, user: str) -> Credential:

@@ -219,7 +219,14 @@ class BastionConnection(asyncssh.SSHServer):
         client = ClientInfo(conn_id=self.conn_id, address=self.peer[0], port=self.peer[1],
                             key_fingerprint=self.auth.key_fingerprint)
         self.session = ConnectionSession(self._server.relay_services, identity, client,
-                                         request, refusal, totp_passed=self.auth.totp_passed)
+                                         request, refusal, totp_passed=self.auth.totp_passed,
+                                         pty_requested=self._pty_requested)
+
+    def _pty_requested(self) -> bool:
+        """Whether a session channel of this connection has a terminal (a certificate for the
+        target then permits one; the upstream connection is shared by all channels)."""
+        return any(channel.chan is not None and channel.chan.get_terminal_type() is not None
+                   for channel in self.channels)
 
     # -- channels ------------------------------------------------------------------------------
     def session_requested(self) -> UserChannel | ApproverSession | bool:
