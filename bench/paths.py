@@ -53,7 +53,8 @@ class RelaySshd(SshdTarget):
 class BenchEnv:
     """Starts every requested path and writes one ssh_config with a Host per path."""
 
-    def __init__(self, workdir: Path, wanted: tuple[str, ...], *, masking: bool = True) -> None:
+    def __init__(self, workdir: Path, wanted: tuple[str, ...], *, masking: bool = True,
+                 commands: bool = True) -> None:
         self.workdir = workdir
         self.wanted = wanted
         self.masking = masking  # the shipped default is on
@@ -62,8 +63,9 @@ class BenchEnv:
         self.known_hosts = workdir / "known_hosts"
         self.client_key = workdir / "client_ed25519"
         self.bound_key = workdir / "bound_ed25519"
+        # The demo's command rules switch command control on (commands=False: off).
         self.stack = DemoStack(workdir / "stack", target_names=("web01",),
-                               keep_target_key=True, with_idp=False)
+                               keep_target_key=True, with_idp=False, command_rules=commands)
         self.jump: RelaySshd | None = None
         self.tlog: RelaySshd | None = None
         self.tlog_log = workdir / "tlog" / "tlog.json"

@@ -50,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="idle sessions held through the bastion (default 1000, quick 50)")
     parser.add_argument("--login-seconds", type=float,
                         help="seconds per login-rate run (default 10, quick 3)")
+    parser.add_argument("--commands", choices=("on", "off"), default="on",
+                        help="command control with the demo's rules (default on)")
     parser.add_argument("--masking", choices=("on", "off"), default="on",
                         help="the bastion's output masking (default on, as shipped)")
     parser.add_argument("--transfer-mb", type=float,
@@ -417,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": machine(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        with BenchEnv(workdir, args.wanted, masking=args.masking == "on") as env:
+        with BenchEnv(workdir, args.wanted, masking=args.masking == "on",
+                      commands=args.commands == "on") as env:
             result["paths"] = {p: {"measured": p in env.paths,
                                    **({"reason": env.unavailable[p]}
                                       if p in env.unavailable else {})}
