@@ -16,7 +16,7 @@ from bastion.identity.bindings import KeyBindings
 from bastion.identity.model import LOCAL_ISSUER
 from bastion.identity.qr import qr_text
 from bastion.identity.totp import TotpStore
-from bastion.state.db import StateDB
+from bastion.state.backends import open_state
 
 
 def _audit(config: Config) -> AuditLog:
@@ -51,7 +51,7 @@ def keys() -> None:
 def keys_list(config_path: str, include_expired: bool, as_json: bool) -> None:
     """Show key bindings: key, identity, groups, expiry."""
     config = load_config(config_path)
-    bindings = KeyBindings(StateDB.in_state_dir(config.paths.state_dir))
+    bindings = KeyBindings(open_state(config))
     rows = bindings.entries(include_expired=include_expired)
     for b in rows:
         if as_json:
@@ -80,7 +80,7 @@ def keys_revoke(config_path: str, fingerprint: str | None, identity: str | None,
     if sum(x is not None and x is not False for x in (fingerprint, identity, everything)) != 1:
         raise UsageError("give exactly one of: FINGERPRINT, --identity ISSUER|SUBJECT, --all")
     config = load_config(config_path)
-    bindings = KeyBindings(StateDB.in_state_dir(config.paths.state_dir))
+    bindings = KeyBindings(open_state(config))
     if fingerprint is not None:
         if not fingerprint.startswith("SHA256:"):
             fingerprint = "SHA256:" + fingerprint
@@ -105,7 +105,7 @@ def totp() -> None:
 
 
 def _store(config: Config) -> TotpStore:
-    return TotpStore(StateDB.in_state_dir(config.paths.state_dir), load_vault_key(config.vault))
+    return TotpStore(open_state(config), load_vault_key(config.vault))
 
 
 @totp.command("enroll")

@@ -66,6 +66,8 @@ def _register() -> None:
     cli.add_command(sessions_cmd.sessions)
     from bastion.cli import commands as commands_cmd
     cli.add_command(commands_cmd.check_command)
+    from bastion.cli import migrate as migrate_cmd
+    cli.add_command(migrate_cmd.migrate)
 
 
 def main() -> None:

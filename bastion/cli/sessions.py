@@ -21,7 +21,7 @@ from bastion.replay.catalog import Catalog, Summary
 from bastion.replay.sanitize import one_line
 from bastion.replay.search import Filters, Hit, compile_pattern, find, parse_when
 from bastion.replay.transcript import clock
-from bastion.state.db import StateDB
+from bastion.state.backends import open_state
 from bastion.state.sessions import MAX_REASON, SessionRegistry
 from bastion.storage.client import make_client
 
@@ -50,7 +50,7 @@ def _filters(f: Any) -> click.Command:
 
 
 def _running_ids(config: Config) -> frozenset[str]:
-    db = StateDB.in_state_dir(config.paths.state_dir)
+    db = open_state(config)
     try:
         return frozenset(s.session_id for s in SessionRegistry(db).running())
     finally:
@@ -192,7 +192,7 @@ def kill_cmd(session: str, reason: str, wait: bool, config_path: str) -> None:
         raise UsageError("--reason must say why (the user sees it)")
     config = load_config(config_path)
     who = analyst()
-    db = StateDB.in_state_dir(config.paths.state_dir)
+    db = open_state(config)
     try:
         registry = SessionRegistry(db)
         running = registry.get_running(session)

@@ -25,6 +25,7 @@ from bastion.config.model import (
     VaultConfig,
 )
 from bastion.config.reader import Source, Table
+from bastion.config.state import StateConfig, parse_state
 from bastion.errors import ConfigError
 
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
@@ -60,6 +61,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     identity = (parse_identity(root.table("identity")) if root.has("identity")
                 else IdentityConfig())
     commands = parse_command_control(root, {t.name for t in targets})
+    state = parse_state(root.table("state")) if root.has("state") else StateConfig()
     root.done()
 
     _unique(root, "users", [u.name for u in users])
@@ -72,7 +74,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
-                  evidence=evidence, storage=storage, identity=identity, commands=commands)
+                  evidence=evidence, storage=storage, identity=identity, commands=commands,
+                  state=state)
 
 
 def _paths(t: Table) -> PathsConfig:

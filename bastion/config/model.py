@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bastion.config.state import StateConfig
 from bastion.secret import Secret
 
 # Names that may appear in an SSH user name. Targets and logins are checked against these
@@ -200,6 +201,7 @@ class Config:
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
     commands: CommandControl = CommandControl()
+    state: StateConfig = field(default_factory=StateConfig)
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from bastion.identity.oidc import DeviceAuthorization, OidcProvider
 from bastion.identity.tokens import IdTokenValidator, identity_from_claims
 from bastion.identity.totp import TotpStore, totp_required
 from bastion.secret import Secret
+from bastion.state.backends import open_state
 from bastion.state.db import StateDB
 
 
@@ -45,8 +46,8 @@ class IdentityService:
 
     @classmethod
     def open(cls, config: Config, audit: AuditLog, vault_key: Secret[bytes]) -> IdentityService:
-        """Open the state database under ``paths.state_dir``."""
-        return cls(config, audit, StateDB.in_state_dir(config.paths.state_dir), vault_key)
+        """Open the state database the config names (checking its schema)."""
+        return cls(config, audit, open_state(config), vault_key)
 
     @property
     def device_login_enabled(self) -> bool:
