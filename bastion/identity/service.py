@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 from bastion.audit import AuditLog
 from bastion.config.model import Config
-from bastion.errors import IdentityError
+from bastion.errors import BastionError, IdentityError
 from bastion.identity.bindings import KeyBinding, KeyBindings
 from bastion.identity.device import wait_for_id_token
 from bastion.identity.model import Identity
@@ -16,6 +18,8 @@ from bastion.identity.totp import TotpStore, totp_required
 from bastion.secret import Secret
 from bastion.state.backends import open_state
 from bastion.state.db import StateDB
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,19 @@ class IdentityService:
 
     def binding_used(self, binding: KeyBinding, conn: str, client: str) -> None:
         """Note that a connection signed in with a bound key."""
-        self.bindings.touch(binding.fingerprint)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (the CLI, a test): touch it here
+            self.bindings.touch(binding.fingerprint)
+        else:  # a worker thread: the server's event loop does not wait on the database
+            loop.run_in_executor(None, self._touch, binding.fingerprint)
         self.audit.emit("binding.used", conn=conn, client=client, **binding.audit_fields())
+
+    def _touch(self, fingerprint: str) -> None:
+        try:
+            self.bindings.touch(fingerprint)
+        except BastionError as exc:  # last_used is information only
+            log.warning("cannot note the use of key binding %s: %s", fingerprint, exc)
 
     def bind(self, identity: Identity, keys: list[ProvenKey], conn: str, client: str) -> None:
         """Bind the keys a device login proved to its identity for the configured TTL."""

@@ -199,24 +199,28 @@ class BastionServer:
     def _new_connection(self) -> BastionConnection:
         return BastionConnection(self, str(next(self._conn_ids)))
 
-    def _end_revoked(self) -> None:
+    async def _end_revoked(self) -> None:
         """End live connections whose key binding was revoked (``bastion keys revoke``).
 
         Bindings are only deleted by a revocation (expired rows stay until revoked), so a
         connection whose binding row is gone, or now names someone else, has lost the access it
-        rests on.
+        rests on. The query runs in a worker thread (with PostgreSQL it is a network round
+        trip, and it reads every binding): the event loop does not wait for it.
         """
         watched = [c for c in self.connections.values()
                    if c.session is not None and c.auth is not None and c.auth.bound_keys]
         if not watched:
             return
         try:
-            owner = {b.fingerprint: b.identity.key
-                     for b in self.identity.bindings.entries(include_expired=True)}
+            entries = await asyncio.to_thread(self.identity.bindings.entries,
+                                              include_expired=True)
         except BastionError as exc:
             log.error("cannot check key revocations: %s", exc)
             return
+        owner = {b.fingerprint: b.identity.key for b in entries}
         for conn in watched:
+            if self.connections.get(conn.conn_id) is not conn:
+                continue  # it ended while the query ran
             assert conn.auth is not None and conn.session is not None
             if all(owner.get(f) == conn.session.identity.key for f in conn.auth.bound_keys):
                 continue
@@ -232,7 +236,7 @@ class BastionServer:
             await asyncio.sleep(_UPKEEP_INTERVAL)
             rounds += 1
             if rounds % _REVOCATION_EVERY == 0:
-                self._end_revoked()
+                await self._end_revoked()
             try:
                 self.spool.flush_due()
             except Exception:  # a flush error is handled by the writer on its next write
@@ -300,7 +304,10 @@ class BastionServer:
                         by=kill.requested_by, reason=kill.reason)
         conn.close_with_notice(f"session ended by {kill.requested_by}: {kill.reason}",
                                "killed", f"killed by {kill.requested_by}: {kill.reason}")
-        self.registry.mark_done(kill.session_id)
+        # Marked in a worker thread: the event loop never waits for the database.
+        done = asyncio.get_running_loop().run_in_executor(None, self.registry.mark_done,
+                                                          kill.session_id)
+        done.add_done_callback(_log_state_failure)
 
     async def stop(self) -> None:
         """Stop listening and end every session with a notice; recordings are finished."""
@@ -329,6 +336,11 @@ class BastionServer:
         with contextlib.suppress(BastionError):
             self.registry.unregister(self._registered)
         self.audit.emit("server.stop")
+
+
+def _log_state_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.warning("session registry: %s", exc)
 
 
 async def serve(config: Config, audit: AuditLog, ready: Callable[[int], None] | None = None,

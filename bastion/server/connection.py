@@ -143,7 +143,7 @@ class BastionConnection(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         assert self.auth is not None and self.conn is not None
         if self.auth.attempts_exhausted:
             self.auth.failed("too many authentication attempts")
@@ -155,6 +155,7 @@ class BastionConnection(asyncssh.SSHServer):
             self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                                  "bastion: too many keys offered")
             return False
+        await self.auth.lookup_binding(key)  # off the event loop (PostgreSQL: a round trip)
         return self.auth.validate_public_key(key)
 
     def kbdint_auth_supported(self) -> bool:
