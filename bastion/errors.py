@@ -98,3 +98,7 @@ class StorageError(BastionError):
 
 class ReplayError(BastionError):
     """A recording cannot be replayed."""
+
+
+class ProxyHeaderError(BastionError):
+    """A PROXY protocol header is missing, malformed, or came from an untrusted address."""

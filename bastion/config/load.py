@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import asyncssh
@@ -109,9 +111,21 @@ def _server(t: Table, paths: PathsConfig) -> ServerConfig:
         idle_timeout=t.duration("idle_timeout", 900.0),
         keepalive_interval=t.duration("keepalive_interval", 30.0),
         keepalive_count_max=t.integer("keepalive_count_max", 3, lo=1, hi=100),
+        proxy_protocol_from=_networks(t, "proxy_protocol_from"),
     )
     t.done()
     return server
+
+
+def _networks(t: Table, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    networks = []
+    for text in t.strings(key, ()):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=True))
+        except ValueError:
+            raise t.error(key, 'a list of addresses or networks ("10.0.0.5/32", "10.1.0.0/16")',
+                          text) from None
+    return tuple(networks)
 
 
 def _vault(t: Table, paths: PathsConfig) -> VaultConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from bastion.config.state import StateConfig
@@ -34,6 +35,9 @@ class ServerConfig:
     idle_timeout: float = 900.0
     keepalive_interval: float = 30.0
     keepalive_count_max: int = 3
+    # Load balancers whose connections start with a PROXY protocol v2 header (the real client
+    # address); empty: no header is accepted from anyone.
+    proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
