@@ -8,10 +8,12 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -31,6 +33,7 @@ from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
 from bastion.server.features import stage_factories
 from bastion.server.hardening import algorithm_options
 from bastion.server.limits import SourceLimits
+from bastion.server.proxy import ProxyListener
 from bastion.state.sessions import KillRequest, RunningSession, SessionRegistry
 
 log = logging.getLogger("bastion.server")
@@ -56,7 +59,8 @@ class BastionServer:
         self._no_connections = asyncio.Event()
         self._conn_ids = itertools.count(1)
         self._per_identity: Counter[str] = Counter()
-        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._acceptor: asyncssh.SSHAcceptor | ProxyListener | None = None
+        self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
         self._upkeep: asyncio.Task[None] | None = None
         self.finished_hooks: list[Callable[[SessionRecording], None]] = []
         # Evidence: seal each finished recording (signed manifest, hash chain) when configured.
@@ -181,8 +185,7 @@ class BastionServer:
         host_keys, notes = load_host_keys(cfg.server.host_keys, create=True)
         for note in notes:
             log.warning("%s", note)
-        self._acceptor = await asyncssh.create_server(
-            self._new_connection, cfg.server.listen, cfg.server.port,
+        ssh_options: dict[str, Any] = dict(
             server_host_keys=host_keys, server_version="bastion",
             # An outer bound only: each connection keeps its own, shorter login timer.
             login_timeout=cfg.server.login_timeout + cfg.identity.device_poll_timeout
@@ -190,14 +193,39 @@ class BastionServer:
             keepalive_interval=cfg.server.keepalive_interval or None,
             keepalive_count_max=cfg.server.keepalive_count_max,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False,
-            line_editor=False, encoding=None, reuse_address=True,
-            **algorithm_options())
+            line_editor=False, encoding=None, **algorithm_options())
+        if cfg.server.proxy_protocol_from:
+            # Behind a load balancer: accept TCP here, take its PROXY header off, and run
+            # asyncssh on each socket with the client's real address.
+            self._ssh_options = asyncssh.SSHServerConnectionOptions(**ssh_options)
+            self._acceptor = ProxyListener(
+                cfg.server.listen, cfg.server.port, cfg.server.proxy_protocol_from,
+                self._proxied_connection, self._proxy_refused)
+            await self._acceptor.start()
+        else:
+            self._acceptor = await asyncssh.create_server(
+                self._new_connection, cfg.server.listen, cfg.server.port, reuse_address=True,
+                **ssh_options)
         self._upkeep = asyncio.get_running_loop().create_task(self._upkeep_loop())
         self.audit.emit("server.start", listen=cfg.server.listen, port=self.port)
         log.info("listening on %s:%d", cfg.server.listen, self.port)
 
     def _new_connection(self) -> BastionConnection:
         return BastionConnection(self, str(next(self._conn_ids)))
+
+    async def _proxied_connection(self, sock: socket.socket, client: tuple[str, int]) -> None:
+        """Run SSH on a socket whose PROXY header was read; ``client`` is the real address."""
+        conn_id = str(next(self._conn_ids))
+        try:
+            await asyncssh.run_server(
+                sock, options=self._ssh_options,
+                server_factory=lambda: BastionConnection(self, conn_id, client))
+        except (OSError, asyncssh.Error) as exc:  # refused or gone before signing in: the
+            log.debug("[conn=%s] %s", conn_id, exc)  # connection object audited it already
+
+    def _proxy_refused(self, peer: tuple[str, int], reason: str) -> None:
+        self.audit.emit("connection.refused", conn=str(next(self._conn_ids)),
+                        client=f"{peer[0]}:{peer[1]}", reason=reason)
 
     async def _end_revoked(self) -> None:
         """End live connections whose key binding was revoked (``bastion keys revoke``).

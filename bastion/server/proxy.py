@@ -20,6 +20,7 @@ import asyncio
 import ipaddress
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -29,6 +30,10 @@ SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 FIXED = 16  # signature, version/command, family/transport, length
 MAX_LENGTH = 1024  # addresses (at most 216 bytes, UNIX) plus TLVs; more is refused as hostile
 HEADER_TIMEOUT = 5.0  # seconds a listed balancer has to send the whole header
+# How long a connection from an unlisted address may take to send its first bytes before it is
+# handed to asyncssh unpeeked (SSH clients speak first in practice; one that waits for the
+# server's banner is delayed by this much, and only when proxy_protocol_from is set).
+FIRST_BYTES_WAIT = 1.0
 
 
 class Command(Enum):
@@ -140,3 +145,106 @@ def trusted(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in net for net in networks)
+
+
+ConnectionStarter = Callable[[socket.socket, tuple[str, int]], Awaitable[None]]
+Refusal = Callable[[tuple[str, int], str], None]
+
+
+async def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has bytes to read (or EOF) within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await asyncio.wait_for(ready, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+class ProxyListener:
+    """Accepts TCP itself (instead of asyncssh) to take the PROXY header off connections from
+    the listed balancers, then hands each socket to ``start`` with the client's address."""
+
+    def __init__(self, host: str, port: int,
+                 networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+                 start: ConnectionStarter, refuse: Refusal) -> None:
+        self._host, self._port = host, port
+        self._networks = networks
+        self._start, self._refuse = start, refuse
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Bind and listen (the address asyncssh would have used), then accept in a task."""
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop())
+
+    def get_port(self) -> int:
+        """The port listened on."""
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
+
+    async def _accept_loop(self) -> None:
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(self._sock)
+            except OSError:  # out of descriptors, a reset before accept: keep accepting
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            task = loop.create_task(self._handle(conn, (str(address[0]), int(address[1]))))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            if trusted(peer[0], self._networks):
+                header = await read_header(conn)
+                client = header.source or peer
+            elif await _readable(conn, FIRST_BYTES_WAIT) and looks_like_header(conn):
+                raise ProxyHeaderError("PROXY header from an address not in "
+                                       "server.proxy_protocol_from")
+            else:
+                client = peer
+        except ProxyHeaderError as exc:
+            self._refuse(peer, str(exc))
+            conn.close()
+            return
+        await self._start(conn, client)
+
+    def close(self) -> None:
+        """Stop accepting; connections being set up are dropped."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._sock is not None:
+            self._sock.close()
+
+    async def wait_closed(self) -> None:
+        """Wait for the accept task and the set-up tasks to end."""
+        tasks = [t for t in (self._accepting, *self._handlers) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)

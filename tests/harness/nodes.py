@@ -37,14 +37,16 @@ class Node:
 class SharedStateStack(DemoStack):
     """The demo stack on PostgreSQL; ``add_node()`` starts further nodes on the same state."""
 
-    def __init__(self, workdir: Path, state_url: str, **options: Any) -> None:
+    def __init__(self, workdir: Path, state_url: str, *,
+                 server_options: dict[str, Any] | None = None, **options: Any) -> None:
         super().__init__(workdir, **options)
         self.state_url = state_url
+        self.server_options = dict(server_options or {})  # merged into every node's [server]
         self.nodes: list[Node] = []
 
     def write_config(self) -> None:
-        """The demo config plus ``[state] url``."""
-        self.merge_config({"state": {"url": self.state_url}})
+        """The demo config plus ``[state] url`` (and the extra [server] options)."""
+        self.merge_config({"state": {"url": self.state_url}, "server": self.server_options})
         super().write_config()
 
     def start_bastion(self, timeout: float = 30.0) -> None:

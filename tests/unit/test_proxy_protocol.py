@@ -17,6 +17,7 @@ from bastion.server.proxy import (
     MAX_LENGTH,
     SIGNATURE,
     Command,
+    ProxyHeader,
     looks_like_header,
     parse_header,
     read_header,
@@ -98,7 +99,7 @@ def test_trusted_networks() -> None:
 
 
 def test_read_takes_exactly_the_header_off_a_socket() -> None:
-    async def scenario() -> tuple[object, bytes, bool]:
+    async def scenario() -> tuple[ProxyHeader, bytes, bool]:
         left, right = socket.socketpair()
         left.setblocking(False)
         ssh = b"SSH-2.0-OpenSSH_9.2\r\n"
@@ -112,7 +113,7 @@ def test_read_takes_exactly_the_header_off_a_socket() -> None:
 
     parsed, rest, peeked = asyncio.run(scenario())
     assert peeked
-    assert getattr(parsed, "source") == ("127.0.0.2", 51000)
+    assert parsed.source == ("127.0.0.2", 51000)
     assert rest == b"SSH-2.0-OpenSSH_9.2\r\n"
 
 
