@@ -109,6 +109,23 @@ def bulk(argv: list[str], timeout: float) -> BulkRun:
     return BulkRun(time.perf_counter() - start, received, status)
 
 
+def upload(argv: list[str], payload: Path, timeout: float) -> BulkRun:
+    """Run ``argv`` (an ssh writing its stdin to a file) fed with ``payload``; time it to the
+    exit. ``received`` is the payload's size when ssh exits 0 (the caller checks the file)."""
+    start = time.perf_counter()
+    with payload.open("rb") as data:
+        proc = subprocess.Popen(argv, stdin=data, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            status = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            status = -1
+        finally:
+            _stop(proc)
+    size = payload.stat().st_size if status == 0 else 0
+    return BulkRun(time.perf_counter() - start, size, status)
+
+
 # -- 2. keystroke echo latency -------------------------------------------------------------------
 def _read_until(fd: int, needle: bytes, timeout: float) -> bool:
     seen = b""

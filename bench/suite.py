@@ -125,8 +125,11 @@ class Suite:
         """200 MB of text through a pty (cat) and 200 MB of binary through exec, per path."""
         size = int(self.args.size_mb * MB)
         text, binary = measure.make_payloads(self.workdir / "payload", size)
+        received = self.workdir / "payload" / "uploaded.bin"
         kinds = {"bulk_pty_text": (f"cat {shlex.quote(str(text))}", True),
-                 "bulk_exec_binary": (f"cat {shlex.quote(str(binary))}", False)}
+                 "bulk_exec_binary": (f"cat {shlex.quote(str(binary))}", False),
+                 # The other way: the binary piped into a file on the target (exec stdin).
+                 "bulk_exec_upload": (f"cat > {shlex.quote(str(received))}", False)}
         paths = self.env.paths
         for name, (command, tty) in kinds.items():
             seconds: dict[str, list[float]] = {p: [] for p in paths}
@@ -141,8 +144,15 @@ class Suite:
                     profiler = self._profiler(name) if path == "bastion" and round_no == 0 \
                         else None
                     cpu0 = measure.cpu_seconds(self.env.bastion_pid)
-                    run = measure.bulk(self.env.ssh(path, command, tty=tty),
-                                       timeout=max(120.0, size / MB * 3))
+                    argv = self.env.ssh(path, command, tty=tty)
+                    limit = max(120.0, size / MB * 3)
+                    if name == "bulk_exec_upload":
+                        run = measure.upload(argv, binary, timeout=limit)
+                        if run.exit_status == 0 and received.stat().st_size != size:
+                            run = measure.BulkRun(run.seconds, received.stat().st_size, 1)
+                        received.unlink(missing_ok=True)
+                    else:
+                        run = measure.bulk(argv, timeout=limit)
                     if path == "bastion":
                         bastion_cpu.append(measure.cpu_seconds(self.env.bastion_pid) - cpu0)
                     if profiler is not None:
@@ -281,13 +291,16 @@ class Suite:
 def verdicts(r: dict[str, Any]) -> dict[str, Any]:
     """Each target of issue 5: the figure and whether it is met (None: not measured)."""
     out: dict[str, Any] = {}
-    for name in ("bulk_pty_text", "bulk_exec_binary"):
+    # Issue 9: text through a pty at most as slow as a jump host, binary either way within 1.2x
+    # (every byte recorded byte-exact on the way).
+    limits = {"bulk_pty_text": 1.0, "bulk_exec_binary": 1.2, "bulk_exec_upload": 1.2}
+    for name, limit in limits.items():
         figures = r.get(name)
         if not figures:
             continue
         vs_jump = figures["ratio_vs_jump"].get("bastion")
-        out[f"{name}_vs_jump"] = {"value": vs_jump, "target": "<= 1.0",
-                                  "met": None if vs_jump is None else vs_jump <= 1.0}
+        out[f"{name}_vs_jump"] = {"value": vs_jump, "target": f"<= {limit}",
+                                  "met": None if vs_jump is None else vs_jump <= limit}
         secs = figures["seconds"]
         for peer in ("tlog", "ssh-mitm"):
             if peer in secs and "bastion" in secs:
@@ -321,7 +334,8 @@ def table(r: dict[str, Any], paths: list[str]) -> str:
     """The figures as markdown tables."""
     lines = []
     for name, label in (("bulk_pty_text", "bulk text via pty, s"),
-                        ("bulk_exec_binary", "bulk binary via exec, s")):
+                        ("bulk_exec_binary", "bulk binary via exec, s"),
+                        ("bulk_exec_upload", "bulk binary upload via exec stdin, s")):
         f = r.get(name)
         if not f:
             continue

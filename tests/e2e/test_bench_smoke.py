@@ -35,9 +35,10 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
         pytest.fail(f"bench/run did not finish within 240 s:\n{stderr[-2000:]}")
     assert proc.returncode == 0, stderr[-2000:]
     figures = json.loads(out.read_text(encoding="utf-8"))
-    assert {"machine", "command", "paths", "bulk_pty_text", "bulk_exec_binary", "echo_latency",
+    assert {"machine", "command", "paths", "bulk_pty_text", "bulk_exec_binary",
+            "bulk_exec_upload", "echo_latency",
             "idle_sessions", "login_rate", "scp_1gb", "targets"} <= set(figures)
-    for name in ("bulk_pty_text", "bulk_exec_binary"):
+    for name in ("bulk_pty_text", "bulk_exec_binary", "bulk_exec_upload"):
         bulk = figures[name]
         assert bulk["failures"] == {}
         assert set(bulk["seconds"]) == {"direct", "jump", "bastion"}
