@@ -50,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="idle sessions held through the bastion (default 1000, quick 50)")
     parser.add_argument("--login-seconds", type=float,
                         help="seconds per login-rate run (default 10, quick 3)")
+    parser.add_argument("--state", default="sqlite", choices=["sqlite", "postgresql"],
+                        help="the bastion's state backend (postgresql: a throwaway cluster)")
     parser.add_argument("--skip", default="", help="comma-separated: bulk,echo,idle,login")
     parser.add_argument("--profile", type=Path,
                         help="write py-spy profiles of the bastion's bulk runs to this dir")
@@ -401,10 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"command": "bench/run " + shlex.join(sys.argv[1:] if argv is None
                                                                    else argv),
                               "mode": "quick" if args.quick else "full",
+                              "state_backend": args.state,
                               "machine": machine(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        with BenchEnv(workdir, args.wanted) as env:
+        with BenchEnv(workdir, args.wanted, args.state) as env:
             result["paths"] = {p: {"measured": p in env.paths,
                                    **({"reason": env.unavailable[p]}
                                       if p in env.unavailable else {})}

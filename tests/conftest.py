@@ -11,12 +11,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from harness.postgres import ThrowawayPostgres
 from harness.ssh import ssh_base_argv
 from harness.state import StateBackend, postgres_backend, sqlite_backend
 from harness.targets import SshdTargets
 from harness.tmux import TmuxFactory, TmuxSession
 
+from bastion.demo.postgres import ThrowawayPostgres
 from bastion.demo.stack import DemoStack
 
 # The programs installed beside this interpreter (the project's .venv: bastion, asciinema, weed,

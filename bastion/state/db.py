@@ -7,9 +7,10 @@ names and positions alike. Every change is one short ``transaction()``; reads ar
 
 Schema changes are appended to ``MIGRATIONS`` (never edited once released: a migration that ran
 stays run) and only add tables, columns and indexes, so that nodes still on the previous version
-keep working on a migrated shared database during a node-by-node upgrade. The schema version is the number of migrations applied. SQLite applies them when the
-file is opened (one host, nothing to coordinate); PostgreSQL only through ``bastion migrate``,
-and a server refuses a database whose schema is older or newer than its own (see
+keep working on a migrated shared database during a node-by-node upgrade. The schema version is
+the number of migrations applied. SQLite applies them when the file is opened (one host,
+nothing to coordinate); PostgreSQL only through ``bastion migrate``, and a server refuses a
+database whose schema is older or newer than its own (see
 ``bastion.state.backends.open_state``), so several nodes never race to change a shared schema.
 """
 

@@ -15,11 +15,11 @@ import pytest
 from harness.device_login import SshClient
 from harness.haproxy import HaproxyFront
 from harness.nodes import SharedStateStack
-from harness.postgres import ThrowawayPostgres
 from harness.wait import wait_until
 
 from bastion.audit import read_events
 from bastion.demo.idp import complete_device_login
+from bastion.demo.postgres import ThrowawayPostgres
 from bastion.server.proxy import SIGNATURE
 
 pytestmark = pytest.mark.e2e

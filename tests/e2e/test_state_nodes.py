@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from harness.device_login import SshClient
 from harness.nodes import Node, SharedStateStack
-from harness.postgres import ThrowawayPostgres
 from harness.wait import wait_until
 
 from bastion.audit import read_events
 from bastion.config import load_config
 from bastion.demo.idp import complete_device_login
+from bastion.demo.postgres import ThrowawayPostgres
 from bastion.state.backends import open_state
 from bastion.state.sessions import SessionRegistry
 

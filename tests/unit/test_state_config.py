@@ -11,9 +11,9 @@ import asyncssh
 import psycopg
 import pytest
 import tomli_w
-from harness.postgres import ThrowawayPostgres
 
 from bastion.config import load_config
+from bastion.demo.postgres import ThrowawayPostgres
 from bastion.errors import ConfigError, StateError
 from bastion.state.backends import open_state
 from bastion.state.db import MIGRATIONS

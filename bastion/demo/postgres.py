@@ -1,5 +1,6 @@
-"""A throwaway PostgreSQL cluster for tests: initdb in a temp dir, one server on a free port on
-127.0.0.1 (its unix socket in the temp dir), stopped by pid and removed afterwards.
+"""A throwaway PostgreSQL cluster for tests and the benchmark: initdb in a temp dir, one server
+on a free port on 127.0.0.1 (its unix socket in the temp dir), stopped by pid and removed
+afterwards.
 
 PostgreSQL refuses to run as root, so as root the cluster belongs to the ``postgres`` user that
 Debian's package creates (the processes are started with ``user=`` and nothing else changes).
@@ -22,8 +23,9 @@ from pathlib import Path
 from types import TracebackType
 
 import psycopg
+from psycopg import sql
 
-from bastion.demo.procs import free_port, port_open
+from bastion.demo.procs import ProcessFailed, free_port, port_open
 
 SUPERUSER = "bastion"
 
@@ -33,8 +35,8 @@ def postgres_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                    key=lambda p: int(Path(p).parent.parent.name))
     if not found:
-        raise RuntimeError("PostgreSQL is not installed (scripts/setup installs Debian's "
-                           "postgresql)")
+        raise ProcessFailed("PostgreSQL is not installed (scripts/setup installs Debian's "
+                            "postgresql)")
     return Path(found[-1]).parent
 
 
@@ -73,7 +75,7 @@ class ThrowawayPostgres:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = (self.dir / "server.log").read_text(errors="replace")[-2000:]
                 self.stop()
-                raise RuntimeError(f"PostgreSQL did not start:\n{tail}")
+                raise ProcessFailed(f"PostgreSQL did not start:\n{tail}")
             time.sleep(0.1)
         return self
 
@@ -94,7 +96,7 @@ class ThrowawayPostgres:
         """Create an empty database; return its URL."""
         name = "t_" + uuid.uuid4().hex[:12]
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
 
     def stop(self) -> None:
