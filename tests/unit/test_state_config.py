@@ -3,6 +3,8 @@ check at start behave as documented on both backends (a real throwaway PostgreSQ
 
 from __future__ import annotations
 
+import base64
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +119,15 @@ def test_sqlite_migrates_itself_and_migrate_reports_it(tmp_path: Path) -> None:
     db = open_state(load_config(path))
     assert db.backend == "sqlite" and db.schema_version == len(MIGRATIONS)
     db.close()
+
+
+def test_serve_refuses_an_unmigrated_postgresql(tmp_path: Path,
+                                                postgres_cluster: ThrowawayPostgres) -> None:
+    path = write_config(tmp_path, {"url": postgres_cluster.new_database()})
+    (tmp_path / "vault.key").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    (tmp_path / "vault.key").chmod(0o600)
+    serve = subprocess.run([sys.executable, "-m", "bastion", "serve", "--config", str(path)],
+                           capture_output=True, text=True, timeout=120)
+    assert serve.returncode != 0
+    assert serve.stderr.strip().splitlines()[-1].startswith("bastion: state database ")
+    assert "run `bastion migrate`" in serve.stderr and "Traceback" not in serve.stderr
