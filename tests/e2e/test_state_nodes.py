@@ -5,6 +5,7 @@ through one node's config refuses the key on the other."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -96,6 +97,16 @@ def test_kill_through_one_node_ends_a_session_on_the_other(stack: SharedStateSta
     finally:
         db.close()
     assert running.user == "alice" and running.target == "web01"
+    # `bastion sessions list` through node A shows the session node B is running.
+    listed = cli(stack.config_path, "sessions", "list", "--json", "--local-only")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    [row] = [r for r in rows if r["session_id"] == running.session_id]
+    assert (row["node"], row["state"], row["user"], row["target"]) == (
+        "node-b", "active", "alice", "web01")
+    running_only = cli(stack.config_path, "sessions", "list", "--json", "--local-only",
+                       "--running")
+    assert running.session_id in running_only.stdout
     kill = cli(stack.config_path, "sessions", "kill", running.session_id, "--reason",
                "maintenance window")
     assert kill.returncode == 0, kill.stderr
