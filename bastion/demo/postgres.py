@@ -62,6 +62,11 @@ class ThrowawayPostgres:
         subprocess.run([str(self.bin / "initdb"), "-D", str(data), "-U", SUPERUSER,
                         "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"],
                        check=True, capture_output=True, cwd=self.dir, **self._run_as())  # type: ignore[call-overload]
+        return self.resume()
+
+    def resume(self) -> ThrowawayPostgres:
+        """(Re)start the server on the cluster's port and wait until it takes connections."""
+        data = self.dir / "data"
         log = (self.dir / "server.log").open("ab")
         self.proc = subprocess.Popen(  # type: ignore[call-overload]
             [str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port),
@@ -101,6 +106,11 @@ class ThrowawayPostgres:
 
     def stop(self) -> None:
         """Fast shutdown by pid (SIGINT), SIGKILL to the group if it lingers; remove the dir."""
+        self.pause()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def pause(self) -> None:
+        """Stop the server (an outage), keeping the cluster for ``resume()``."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGINT)
@@ -110,7 +120,6 @@ class ThrowawayPostgres:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> ThrowawayPostgres:
         return self.start()

@@ -9,6 +9,7 @@ an ``Identity``; nothing else in the server needs to change for them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from bastion.identity.login import Challenge, LoginFlow
 from bastion.identity.model import LOCAL_ISSUER, Identity
 from bastion.identity.service import IdentityService, ProvenKey
 from bastion.policy.access import parse_username
+
+log = logging.getLogger(__name__)
 
 _MAX_PROVEN_KEYS = 16  # keys one connection may have bound; more count as failed attempts
 MAX_OFFERED_KEYS = 32  # keys one connection may offer (queried or signed); more end it
@@ -130,8 +133,14 @@ class ConnectionAuth:
             return
         fingerprint = key.get_fingerprint("sha256")
         if fingerprint not in self._looked_up and len(self._looked_up) < MAX_OFFERED_KEYS:
-            self._looked_up[fingerprint] = await asyncio.to_thread(self._ids.binding_for,
-                                                                   fingerprint)
+            try:
+                binding = await asyncio.to_thread(self._ids.binding_for, fingerprint)
+            except BastionError as exc:
+                # The state database is unreachable: the key counts as not bound (fail closed:
+                # at most a device login is offered, and binding its key then fails too).
+                log.warning("[conn=%s] key binding lookup: %s", self._conn_id, exc)
+                binding = None
+            self._looked_up[fingerprint] = binding
 
     def _known(self, key: asyncssh.SSHKey) -> tuple[Identity, KeyBinding | None] | None:
         identity = self._keys.lookup(key)

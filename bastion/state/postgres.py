@@ -27,6 +27,7 @@ from bastion.secret import Secret
 from bastion.state.db import MIGRATIONS, Cursor, Row, StateDB, postgresql_dialect, statements
 
 MIGRATE_LOCK = 0x62617374  # pg_advisory_xact_lock key of `bastion migrate` ("bast")
+RECONNECT_WINDOW = 10.0  # seconds one series of reconnection attempts lasts (see the pool)
 
 
 class PgRow:
@@ -122,6 +123,14 @@ class PostgresStateDB(StateDB):
                              f"{_first_line(exc)}") from None
         self._pool = psycopg_pool.ConnectionPool(
             url.reveal(), min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
+            # A connection is checked as it is taken from the pool: after a database restart
+            # or failover the first operations get a fresh connection instead of an error.
+            check=psycopg_pool.ConnectionPool.check_connection,
+            # psycopg_pool retries a lost connection with exponential backoff (1, 2, 4, ... s)
+            # until reconnect_timeout; after a long outage the next try could then be a minute
+            # away while the database is back. A short window ends that series soon, and the
+            # next login that needs a connection starts a fresh one at once.
+            reconnect_timeout=RECONNECT_WINDOW,
             kwargs={"autocommit": True, "row_factory": _row_factory,
                     "connect_timeout": max(1, int(connect_timeout))},
             name="bastion-state")
