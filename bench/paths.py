@@ -55,9 +55,11 @@ class RelaySshd(SshdTarget):
 class BenchEnv:
     """Starts every requested path and writes one ssh_config with a Host per path."""
 
-    def __init__(self, workdir: Path, wanted: tuple[str, ...], state: str = "sqlite") -> None:
+    def __init__(self, workdir: Path, wanted: tuple[str, ...], *, masking: bool = True,
+                 state: str = "sqlite") -> None:
         self.workdir = workdir
         self.wanted = wanted
+        self.masking = masking  # the shipped default is on
         self.state = state  # the bastion's state backend: "sqlite" or "postgresql"
         self.unavailable: dict[str, str] = {}  # path -> reason it is not measured
         self.ssh_config = workdir / "ssh_config"
@@ -161,6 +163,8 @@ class BenchEnv:
         # Room for the concurrency run; everything else is the demo's (shipped) config.
         stack.merge_config({"server": {"max_sessions_per_user": BENCH_SESSIONS_CAP,
                                        "max_connections": BENCH_SESSIONS_CAP}})
+        if not self.masking:
+            stack.merge_config({"masking": {"enabled": False}})
         if self.state == "postgresql":  # a throwaway cluster, migrated like a real deployment
             cluster = ThrowawayPostgres().start()
             self._cleanups.append(cluster.stop)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import measure
+from bench import measure, transfers
 from bench.install import ensure_py_spy
 from bench.paths import ALL_PATHS, BenchEnv
 
@@ -52,7 +52,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds per login-rate run (default 10, quick 3)")
     parser.add_argument("--state", default="sqlite", choices=["sqlite", "postgresql"],
                         help="the bastion's state backend (postgresql: a throwaway cluster)")
-    parser.add_argument("--skip", default="", help="comma-separated: bulk,echo,idle,login")
+    parser.add_argument("--masking", choices=("on", "off"), default="on",
+                        help="the bastion's output masking (default on, as shipped)")
+    parser.add_argument("--transfer-mb", type=float,
+                        help="file size of the transfers figure (default 1000, quick 20)")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated: bulk,echo,idle,login,transfers")
     parser.add_argument("--profile", type=Path,
                         help="write py-spy profiles of the bastion's bulk runs to this dir")
     parser.add_argument("--profile-format", default="flamegraph",
@@ -62,6 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.size_mb = args.size_mb or (20 if quick else 200)
+    args.transfer_mb = args.transfer_mb or (20 if quick else 1000)
     args.rounds = args.rounds or (1 if quick else 3)
     args.samples = args.samples or (200 if quick else 1000)
     args.load_sessions = args.load_sessions if args.load_sessions is not None else (
@@ -277,15 +283,19 @@ class Suite:
         self.result["login_rate"] = out
         self.env.clear_recordings()
 
+    # -- 5 ----------------------------------------------------------------------------------------
+    def transfers(self) -> None:
+        """scp (both modes), sftp and rsync of one file up and down: bastion vs jump host."""
+        self.result["transfers"] = transfers.run(
+            self.env, self.workdir, int(self.args.transfer_mb * MB), self.args.rounds, self.log)
+
     def run(self) -> dict[str, Any]:
         """All selected measurements, then the verdicts against the issue's targets."""
-        steps = {"bulk": self.bulk, "echo": self.echo, "idle": self.idle, "login": self.login}
+        steps = {"bulk": self.bulk, "echo": self.echo, "idle": self.idle, "login": self.login,
+                 "transfers": self.transfers}
         for name, step in steps.items():
             if name not in self.args.skipped:
                 step()
-        self.result["scp_1gb"] = {"status": "n/a", "reason": "bastion has no file-transfer "
-                                  "support yet (scp/sftp subsystems are refused); measured "
-                                  "once the transfer issue lands"}
         self.result["targets"] = verdicts(self.result)
         return self.result
 
@@ -329,6 +339,8 @@ def verdicts(r: dict[str, Any]) -> dict[str, Any]:
     if login:
         rate = login["bastion"]["per_second"]
         out["logins_per_s"] = {"value": rate, "target": ">= 50", "met": rate >= 50}
+    if r.get("transfers"):
+        out.update(transfers.verdicts(r["transfers"]))
     return out
 
 
@@ -381,7 +393,8 @@ def table(r: dict[str, Any], paths: list[str]) -> str:
                      f"{login['bastion']['per_second']} "
                      f"(x direct {login['ratio_vs_direct'].get('bastion')}); bastion CPU "
                      f"{login['bastion'].get('bastion_cpu_ms_per_login')} ms per login")
-    lines.append(f"\nscp 1 GB: {r['scp_1gb']['status']} ({r['scp_1gb']['reason']})")
+    if r.get("transfers"):
+        lines += transfers.table(r["transfers"])
     lines.append("\ntargets:")
     for name, v in r.get("targets", {}).items():
         mark = {True: "met", False: "NOT met", None: "n/a"}[v["met"]]
@@ -407,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": machine(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        with BenchEnv(workdir, args.wanted, args.state) as env:
+        with BenchEnv(workdir, args.wanted, masking=args.masking == "on",
+                      state=args.state) as env:
             result["paths"] = {p: {"measured": p in env.paths,
                                    **({"reason": env.unavailable[p]}
                                       if p in env.unavailable else {})}

@@ -11,6 +11,7 @@ import asyncssh
 
 from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_command_control
 from bastion.config.identity import IdentityConfig, parse_identity
+from bastion.config.masking import MaskingConfig, parse_masking, parse_target_masking
 from bastion.config.model import (
     GROUP_NAME,
     LOGIN_NAME,
@@ -28,6 +29,7 @@ from bastion.config.model import (
 )
 from bastion.config.reader import Source, Table
 from bastion.config.state import StateConfig, parse_state
+from bastion.config.transfers import check_rule_targets, parse_forward_rule, parse_transfer_rule
 from bastion.errors import ConfigError
 
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
@@ -56,12 +58,15 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     server = _server(root.table("server"), paths)
     vault = _vault(root.table("vault"), paths)
     users = tuple(_user(t) for t in root.tables("users"))
-    targets = tuple(_target(t) for t in root.tables("targets"))
+    masking = parse_masking(root.table("masking")) if root.has("masking") else MaskingConfig()
+    targets = tuple(_target(t, masking) for t in root.tables("targets"))
     access = tuple(_access(t) for t in root.tables("access"))
     evidence = parse_evidence(root.table("evidence")) if root.has("evidence") else None
     storage = parse_storage(root.table("storage")) if root.has("storage") else None
     identity = (parse_identity(root.table("identity")) if root.has("identity")
                 else IdentityConfig())
+    transfers = tuple(parse_transfer_rule(t) for t in root.tables("transfers"))
+    forwarding = tuple(parse_forward_rule(t) for t in root.tables("forwarding"))
     commands = parse_command_control(root, {t.name for t in targets})
     state = parse_state(root.table("state")) if root.has("state") else StateConfig()
     root.done()
@@ -74,10 +79,14 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
             if name != "*" and name not in names:
                 raise Table({}, ("access", index), source).error(
                     "targets", f"names of [[targets]] or \"*\" (no target is called {name!r})")
+    for index, scoped in enumerate(transfers):
+        check_rule_targets(Table({}, ("transfers", index), source), names, scoped.targets)
+    for index, forward in enumerate(forwarding):
+        check_rule_targets(Table({}, ("forwarding", index), source), names, forward.targets)
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
                   evidence=evidence, storage=storage, identity=identity, commands=commands,
-                  state=state)
+                  masking=masking, transfers=transfers, forwarding=forwarding, state=state)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -160,7 +169,7 @@ def _user(t: Table) -> LocalUser:
     return user
 
 
-def _target(t: Table) -> Target:
+def _target(t: Table, masking: MaskingConfig) -> Target:
     name = t.string("name", pattern=TARGET_NAME,
                  what="a target name of letters, digits, '_' or '-' (no dots)")
     host_keys = t.strings("host_keys", ())
@@ -185,6 +194,7 @@ def _target(t: Table) -> Target:
         connect_timeout=t.duration("connect_timeout", 10.0, allow_zero=False),
         record_input=t.boolean("record_input", True),
         unresolved=t.string("unresolved", None, pattern=UNRESOLVED_PATTERN, what=UNRESOLVED_WHAT),
+        masking=parse_target_masking(t, masking),
     )
     t.done()
     return target

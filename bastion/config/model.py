@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
+from bastion.config.masking import MaskingConfig, TargetMasking
 from bastion.config.state import StateConfig
 from bastion.secret import Secret
 
@@ -81,6 +82,7 @@ class Target:
     connect_timeout: float = 10.0
     record_input: bool = True  # keystrokes of pty channels into the recording
     unresolved: str | None = None  # command control: "deny", "approve" or "warn"; None: global
+    masking: TargetMasking = field(default_factory=TargetMasking)
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,34 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class TransferRule:
+    """A restriction on file transfers (sftp, scp, rsync) for some people on some targets.
+
+    Transfers are allowed whenever the session is; every rule that applies only takes away
+    (``upload``/``download`` false, paths outside ``allow_paths`` or inside ``deny_paths``).
+    """
+
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ("*",)
+    upload: bool = True  # create, write, rename, remove, mkdir, rmdir, setstat, symlink
+    download: bool = True  # read file contents
+    allow_paths: tuple[str, ...] = ()  # globs; empty: every path (that deny_paths leaves)
+    deny_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ForwardRule:
+    """Port forwards (``ssh -L``) some people may open on some targets; none without a rule."""
+
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ("*",)
+    local: tuple[str, ...] = ()  # "host:port" patterns ("*" allowed in host or port)
+    open_from: str = "target"  # "target": through the target's sshd; "bastion": from here
+
+
+@dataclass(frozen=True)
 class CommandRule:
     """A command-control rule (``[[commands]]``): what it matches, where, and what it does.
 
@@ -205,6 +235,9 @@ class Config:
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
     commands: CommandControl = CommandControl()
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    transfers: tuple[TransferRule, ...] = ()
+    forwarding: tuple[ForwardRule, ...] = ()
     state: StateConfig = field(default_factory=StateConfig)
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 

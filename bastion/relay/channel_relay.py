@@ -55,6 +55,7 @@ class ChannelRelay:
         self._pausers: set[str] = set()
         self._ended = False
         self.attached = False  # input is held by the channel until the target's side is open
+        self._stages_closed = False
         self._size_recorded = self._size_to_record = (info.width, info.height)
         self._size_recorded_at = float("-inf")
         self._resize_timer: asyncio.TimerHandle | None = None
@@ -179,6 +180,7 @@ class ChannelRelay:
             self._record(lambda rec: rec.exited(status, signal))
             self.audit("channel.exit", exit_status=status, exit_signal=signal,
                        lost=status is None and signal is None)
+        self._close_stages()
         self._user.target_closed(target, exc)
 
     def _cancel_timers(self) -> None:
@@ -186,12 +188,20 @@ class ChannelRelay:
             self._resize_timer.cancel()
             self._resize_timer = None
 
+    def _close_stages(self) -> None:
+        """Close every stage once (they write their summaries), then note masking's counts."""
+        if self._stages_closed:
+            return
+        self._stages_closed = True
+        self.pipeline.close()
+        self._session.note_masks(self.info.channel)
+
     def hang_up(self) -> None:
         """The user went away: as a terminal hang-up would, SIGHUP, then close the target."""
         self._record_size()  # the last window size is not lost to the coalescing
         self._cancel_timers()
+        self._close_stages()
         self._ended = True
-        self.pipeline.close()
         if self._target is not None:
             self._target.send_signal("HUP")
             self._target.close()
@@ -200,8 +210,8 @@ class ChannelRelay:
     def stop(self) -> None:
         """End the relay from the bastion's side (refusal, recording failure, kill)."""
         self._cancel_timers()
+        self._close_stages()
         self._ended = True
-        self.pipeline.close()
         if self._target is not None:
             self._target.close()
             self._target = None
@@ -209,7 +219,7 @@ class ChannelRelay:
     # -- StageContext --------------------------------------------------------------------------
     def notify_user(self, text: str) -> None:
         """Show one ``bastion:`` line to the user and record it."""
-        line = f"bastion: {_printable(text)}"
+        line = f"bastion: {_printable(self._session.mask_text(text))}"
         if not self._record(lambda rec: rec.marker(f"notice: {line}")):
             return
         if self.info.pty:
@@ -238,7 +248,12 @@ class ChannelRelay:
         return True
 
     def note_command(self, line: str, verdict: str, rule: str | None = None) -> None:
-        """A command line read: marker, session.json ``commands`` and an audit event."""
+        """A command line read: marker, session.json ``commands`` and an audit event.
+
+        Masked here too, whatever the caller did: a secret typed on a command line
+        (``mysql -pSECRET``) must not reach the disk through the record of it.
+        """
+        line = self._session.mask_text(line)
         self.marker(f"command: {line}")
         if verdict != "allow":
             self.marker(f"{verdict}: {line}" + (f" (rule {rule})" if rule else ""))

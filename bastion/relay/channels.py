@@ -46,6 +46,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         self._size = (80, 24, 0, 0)
         self._modes: dict[int, int] = {}
         self._command: str | None = None
+        self._subsystem: str | None = None  # "sftp": relayed to the target's sftp subsystem
         self._menu: TargetMenu | None = None
         self._request = session.request  # this channel's target: the user name's, or the menu's
         self._pending: list[bytes] = []
@@ -71,6 +72,9 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem == "sftp":  # watched by the sftp stages (bastion/relay/sftp_stage.py)
+            self._subsystem = subsystem
+            return True
         self.session.services.audit.emit(
             "channel.refused", conn=self.session.client.conn_id, user=self.session.identity.name,
             kind="subsystem", subsystem=subsystem[:64], reason="subsystems are not enabled")
@@ -144,6 +148,8 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
     @property
     def kind(self) -> ChannelKind:
         """What this channel carries."""
+        if self._subsystem is not None:
+            return ChannelKind.SFTP
         return ChannelKind.EXEC if self._command is not None else ChannelKind.SHELL
 
     async def _start(self) -> None:
@@ -155,7 +161,8 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             upstream = await self.session.connect(self._request)
             relay = await self._open_relay()
             target, _ = await upstream.conn.create_session(
-                lambda: TargetChannel(relay), self._command, term_type=self._term,
+                lambda: TargetChannel(relay), self._command, subsystem=self._subsystem,
+                term_type=self._term,
                 term_size=(relay.info.width, relay.info.height, 0, 0) if self._term else None,
                 term_modes=self._modes or None, encoding=None)
         except BastionError as exc:
@@ -194,9 +201,10 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             command=self._command, on_failure=self.recording_failed)
         info = ChannelInfo(
             kind=self.kind, pty=pty, term=self._term, width=width, height=height,
-            command=self._command, subsystem=None, session_id=session.session_id,
+            command=self._command, subsystem=self._subsystem, session_id=session.session_id,
             channel=number, user=session.identity.name, identity_key=session.identity.key,
-            groups=tuple(session.identity.groups), target=auth.target, login=auth.login)
+            groups=tuple(session.identity.groups), target=auth.target, login=auth.login,
+            email=session.identity.email)
         # Keystrokes on a pty are recorded unless the target's config says not to; an exec's
         # stdin always is (it is the program a piped script runs).
         record_input = auth.target.record_input or not pty

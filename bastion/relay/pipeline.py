@@ -62,6 +62,7 @@ class ChannelInfo:
     groups: tuple[str, ...]
     target: Target
     login: str
+    email: str | None = None  # the identity's e-mail: rules may name people by it
 
 
 class StageContext(Protocol):

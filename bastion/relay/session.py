@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bastion.audit import AuditLog
-from bastion.config.model import Config
+from bastion.config.model import Config, Target
 from bastion.credentials.vault import Credential
 from bastion.errors import AccessDenied, BastionError, RecordingError, SessionLimit
 from bastion.identity.model import Identity
@@ -26,6 +26,22 @@ from bastion.relay.pipeline import ChannelKind, ChannelRecorder, StageFactory
 from bastion.relay.upstream import Upstream, dial
 
 log = logging.getLogger("bastion.relay")
+
+
+class MaskingService(Protocol):
+    """What the relay asks of masking outside the byte stream (bastion/masking)."""
+
+    def mask_text(self, text: str, target: Target | None = None) -> str:
+        """``text`` with the secrets masking detects on ``target`` masked."""
+        ...
+
+    def channel_counts(self, session_id: str, number: int) -> dict[str, int]:
+        """How many secrets of each detector a channel's stages found."""
+        ...
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a finished session's counts."""
+        ...
 
 
 class SessionCounter(Protocol):
@@ -49,6 +65,7 @@ class RelayServices:
     totp_required: Callable[[Identity, str], bool]
     # The features on the channel pipeline (command control, masking, transfers), in order.
     stage_factories: Sequence[StageFactory] = field(default_factory=tuple)
+    masking: MaskingService | None = None  # None: masking is switched off
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,7 @@ class ConnectionSession:
         self._lock = asyncio.Lock()
         self._counted = False
         self._failure_handlers: list[Callable[[RecordingError], None]] = []
+        self._masks: dict[str, dict[str, int]] = {}  # per channel number: counts per detector
         self._closed = False
         self._end_state = "closed"
         self._end_reason = "closed"
@@ -215,6 +233,23 @@ class ConnectionSession:
         if self.recording is not None:
             self.recording.note_command(channel, None, line, verdict, rule)
 
+    def mask_text(self, text: str) -> str:
+        """``text`` (a command line, a notice) with secrets masked before it is written."""
+        masking = self.services.masking
+        if masking is None or self.authorization is None:
+            return text
+        return masking.mask_text(text, self.authorization.target)
+
+    def note_masks(self, channel: int) -> None:
+        """Put what masking found on ``channel`` into session.json ``masks`` (-> manifest)."""
+        masking = self.services.masking
+        if masking is None or self.recording is None:
+            return
+        counts = masking.channel_counts(self.recording.session_id, channel)
+        if counts:
+            self._masks[str(channel)] = dict(counts)
+            self.recording.set_field("masks", dict(self._masks))
+
     def _recording_failed(self, exc: RecordingError) -> None:
         # A flush of an idle channel failed in the background: fail closed on every channel.
         for handler in list(self._failure_handlers):
@@ -234,6 +269,8 @@ class ConnectionSession:
             self.upstream.close()
         if self._counted:
             self.services.counter.release(self.identity.key)
+        if self.recording is not None and self.services.masking is not None:
+            self.services.masking.forget_session(self.recording.session_id)
         if self.recording is not None and self.authorization is not None:
             self.services.audit.emit(
                 "session.end", conn=self.client.conn_id, session=self.recording.session_id,

@@ -30,7 +30,7 @@ from bastion.recording import SessionRecording, Spool
 from bastion.relay.session import RelayServices
 from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
-from bastion.server.features import stage_factories
+from bastion.server.features import build_features
 from bastion.server.hardening import algorithm_options
 from bastion.server.limits import SourceLimits
 from bastion.server.proxy import ProxyListener
@@ -72,11 +72,12 @@ class BastionServer:
         # Running sessions and kill requests in the state database (bastion sessions kill).
         self.registry = SessionRegistry(self.identity.db)
         self._registered: set[str] = set()
+        features = build_features(config)
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
             counter=self, on_finished=self._recording_finished,
             totp_required=self._totp_required,
-            stage_factories=stage_factories(config))
+            stage_factories=features.stage_factories, masking=features.masking)
 
     # -- shared services -------------------------------------------------------------------
     def credential_for(self, authorization: Authorization) -> Credential:

@@ -1,14 +1,15 @@
 """One SSH connection to the bastion: asyncssh callbacks, each a decision that denies by default.
 
-Only session channels are accepted, and only after authentication produced an identity. TCP/IP
-and UNIX forwarding, X11 and agent forwarding are refused (asyncssh's defaults, kept on purpose).
+Only session channels are accepted, and only after authentication produced an identity. Local TCP
+forwards (``ssh -L``) are decided by ``[[forwarding]]`` rules (bastion/relay/forwarding.py); remote
+and UNIX forwarding, X11 and agent forwarding are refused, and audited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 import asyncssh
@@ -18,6 +19,7 @@ from bastion.config.model import Config
 from bastion.errors import AuditUnavailable, BastionError
 from bastion.identity.service import IdentityService
 from bastion.policy.access import TargetRequest, parse_username
+from bastion.relay import forwarding
 from bastion.relay.channels import UserChannel
 from bastion.relay.session import ClientInfo, ConnectionSession, RelayServices
 from bastion.server.auth import ConnectionAuth, KbdIntAnswer, LocalKeyIndex
@@ -84,6 +86,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.auth = ConnectionAuth(srv.config, srv.audit, srv.local_keys, self.conn_id,
                                    f"{self.peer[0]}:{self.peer[1]}", srv.identity)
         self.auth.watch_signatures(conn)
+        forwarding.watch_channel_requests(conn, lambda: self.session)
         if not srv.limits.open_unauthenticated(self.peer[0]):
             # Strangers from one address share a small allowance: close at once, so silent
             # sockets from there cannot hold the bastion (no protocol owed to them yet).
@@ -230,6 +233,17 @@ class BastionConnection(asyncssh.SSHServer):
         channel = UserChannel(self.session)
         self.channels.append(channel)
         return channel
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> Awaitable[forwarding.UserSide]:
+        if self.session is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            "bastion: not signed in")
+        return forwarding.local_forward(self.session, dest_host, dest_port, orig_host,
+                                        orig_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return forwarding.refuse_remote_forward(self.session, listen_host, listen_port)
 
     def close_with_notice(self, notice: str, state: str, reason: str) -> None:
         """End every channel with a notice and close the connection (idle, shutdown)."""

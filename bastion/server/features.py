@@ -8,11 +8,72 @@ the screen it reads, and masking comes before the recorder in both directions.
 
 from __future__ import annotations
 
-from bastion.config.model import Config
-from bastion.relay.pipeline import StageFactory
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from bastion.config.model import Config, Target
+from bastion.masking import MaskingFactory
+from bastion.masking.seam import Stage as MaskingStage
+from bastion.relay.pipeline import ChannelInfo, ChannelStages, Stage, StageContext, StageFactory
+from bastion.relay.scp_stage import ExecTransferFactory
+from bastion.relay.session import MaskingService
+from bastion.relay.sftp_stage import SftpStageFactory
 
 
-def stage_factories(config: Config) -> tuple[StageFactory, ...]:
-    """The configured features' stage factories."""
+@dataclass(frozen=True)
+class Features:
+    """What the configured features give the relay: stage factories and the masking service."""
+
+    stage_factories: tuple[StageFactory, ...]
+    masking: MaskingService | None
+
+
+def build_features(config: Config) -> Features:
+    """The configured features, in the order data passes them."""
     factories: list[StageFactory] = []
-    return tuple(factories)
+    # Transfers first: they read the file-transfer protocols as the user and target speak
+    # them; masking last, right before the recorder.
+    factories.append(SftpStageFactory(config))  # sftp channels: audit, ops log, [[transfers]]
+    factories.append(ExecTransferFactory(config))  # scp -t/-f and rsync --server execs
+    masking: MaskingService | None = None
+    if config.masking.enabled:
+        factory = MaskingFactory(config.masking)
+        masking = _Masking(factory)
+        factories.append(masking_feature(factory))  # last: the recorder comes next
+    return Features(tuple(factories), masking)
+
+
+class _Masking:
+    """The masking factory as the relay's MaskingService."""
+
+    def __init__(self, factory: MaskingFactory) -> None:
+        self._factory = factory
+
+    def mask_text(self, text: str, target: Target | None = None) -> str:
+        return self._factory.mask_text(text, target)
+
+    def channel_counts(self, session_id: str, number: int) -> dict[str, int]:
+        channel = self._factory.channel(session_id, number)
+        return {} if channel is None else channel.counts()
+
+    def forget_session(self, session_id: str) -> None:
+        self._factory.forget_session(session_id)
+
+
+def masking_feature(factory: MaskingFactory) -> StageFactory:
+    """The masking factory as a relay StageFactory (masking, below relay, cannot import it)."""
+    def build(info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
+        stages = factory(info, ctx)
+        if stages is None:
+            return None
+        return ChannelStages(input=_relay(stages.input), output=_relay(stages.output),
+                             input_record=_relay(stages.input_record),
+                             output_record=_relay(stages.output_record))
+    return build
+
+
+def _relay(stages: Sequence[MaskingStage]) -> Sequence[Stage]:
+    # masking.seam.Stage has relay.pipeline.Stage's attributes and methods (the pipeline drives
+    # it by them); the classes differ only because masking may not import relay.
+    return cast(Sequence[Stage], stages)

@@ -24,7 +24,8 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [str(REPO / "bench" / "run"), "--paths", "direct,jump,bastion", "--size-mb", "2",
          "--rounds", "1", "--samples", "20", "--load-sessions", "2", "--sessions", "3",
-         "--login-seconds", "1", "--json", str(out), "--workdir", str(tmp_path / "work")],
+         "--login-seconds", "1", "--transfer-mb", "1", "--json", str(out),
+         "--workdir", str(tmp_path / "work")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHON": sys.executable})
     try:
@@ -37,7 +38,7 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     figures = json.loads(out.read_text(encoding="utf-8"))
     assert {"machine", "command", "paths", "bulk_pty_text", "bulk_exec_binary",
             "bulk_exec_upload", "echo_latency",
-            "idle_sessions", "login_rate", "scp_1gb", "targets"} <= set(figures)
+            "idle_sessions", "login_rate", "transfers", "targets"} <= set(figures)
     for name in ("bulk_pty_text", "bulk_exec_binary", "bulk_exec_upload"):
         bulk = figures[name]
         assert bulk["failures"] == {}
@@ -55,5 +56,9 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     login = figures["login_rate"]
     assert login["direct"]["done"] > 0 and login["bastion"]["done"] > 0
     assert login["bastion"]["failed"] == 0
-    assert figures["scp_1gb"]["status"] == "n/a"
+    for method, directions in figures["transfers"]["methods"].items():
+        for direction, transfer in directions.items():
+            assert transfer["failures"] == {}, (method, direction, transfer)
+            assert set(transfer["seconds"]) == {"jump", "bastion"}
+    assert set(figures["transfers"]["methods"]) == {"scp", "scp -O", "sftp", "rsync"}
     assert "| bastion |" in stdout  # the printed table
