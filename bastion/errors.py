@@ -40,6 +40,10 @@ class VaultError(BastionError):
     """The credential vault cannot be opened, decrypted or written."""
 
 
+class WrongVaultKey(VaultError):
+    """The vault is sealed under another key than the one given (e.g. after a rotation)."""
+
+
 class RecordingError(BastionError):
     """A recording cannot be opened or written; the session must not run."""
 
@@ -98,6 +102,10 @@ class StorageError(BastionError):
 
 class ReplayError(BastionError):
     """A recording cannot be replayed."""
+
+
+class ApprovalError(BastionError):
+    """An approval request cannot be decided: unknown, already decided, or not yours to decide."""
 
 
 class ProxyHeaderError(BastionError):

@@ -25,6 +25,27 @@ from bastion.demo.stack import DemoStack
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 
 
+BIG_FILE = 1024 * 1024  # payloads and recordings above this are not kept after a run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drop_big_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """pytest keeps the temp dirs of the last three runs; tests that move 50-100 MB would leave
+    hundreds of MB each time. After the run (every stack stopped: this fixture is torn down
+    last), files above 1 MiB are deleted; configs, logs and small recordings stay for
+    post-mortems."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    for root, _dirs, files in os.walk(base):
+        for name in files:
+            path = Path(root) / name
+            try:
+                if not path.is_symlink() and path.stat().st_size > BIG_FILE:
+                    path.unlink()
+            except OSError:
+                continue  # gone already, or not ours to delete
+
+
 @pytest.fixture(scope="module")
 def sshd_targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdTargets]:
     """Two started OpenSSH sshd targets (web01, db01) accepting one generated client key."""
@@ -36,7 +57,9 @@ def sshd_targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdTarge
 @pytest.fixture(scope="session")
 def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
     """The whole demo (two sshd targets, vault, config, ``bastion serve``), started once."""
-    with DemoStack(tmp_path_factory.mktemp("demo")) as stack:
+    # Without the demo's command rules: they hold `bash -s` and other unresolved execs for an
+    # approver. Command control has its own stacks (tests/e2e/test_commands_*.py).
+    with DemoStack(tmp_path_factory.mktemp("demo"), command_rules=False) as stack:
         yield stack
 
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import click
 
-from bastion.config import check_files, load_config
+from bastion.cli.display import printable
+from bastion.config import load_config
 from bastion.errors import ConfigError
+from bastion.server.preflight import preflight
 
 
 @click.command("check-config")
-@click.argument("config_file", metavar="FILE", type=click.Path(dir_okay=False))
+@click.argument("config_file", metavar="FILE")
 def check_config(config_file: str) -> None:
-    """Validate FILE; print what it defines, or the first error with its line."""
+    """Validate FILE and what `bastion serve` needs from the machine (listen address, keys,
+    directories, vault); print what it defines, or the first error with its line."""
     config = load_config(config_file)
-    problems = check_files(config)
+    problems = preflight(config)
     if problems:
         raise ConfigError(problems[0])
-    click.echo(f"{config_file}: OK ({len(config.targets)} targets, {len(config.users)} users, "
-               f"{len(config.access)} access rules)")
+    click.echo(f"{printable(config_file)}: OK ({len(config.targets)} targets, "
+               f"{len(config.users)} users, {len(config.access)} access rules)")

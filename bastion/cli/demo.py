@@ -63,8 +63,10 @@ Run one command:
     {commands[1]}
 
 {stack.device_login_usage()}
+{stack.command_control_usage()}
 Recordings: {stack.spool_dir}
-Logs:       {stack.logs_dir}
+Audit log:  {stack.state_dir / "audit.jsonl"}
+Logs:       {stack.logs_dir} (bastion, sshd, IdP and S3 output)
 Settings for scripts: . {stack.env_path}
 
 Press Ctrl-C to stop.

@@ -13,15 +13,30 @@ from typing import Any
 import click
 
 from bastion.audit import AuditLog
+from bastion.cli.display import printable
 from bastion.cli.options import config_option
 from bastion.config.load import load_config, parse_evidence, parse_storage
-from bastion.config.model import EvidenceConfig, StorageConfig
+from bastion.config.model import Config, EvidenceConfig, StorageConfig
 from bastion.config.reader import Source as ConfigSource
 from bastion.config.reader import Table
-from bastion.errors import ConfigError, StorageError, UsageError, VerificationFailed
-from bastion.evidence.signing import generate_signing_key, key_id_of, load_public_key, public_pem
+from bastion.errors import (
+    BastionError,
+    ConfigError,
+    StorageError,
+    UsageError,
+    VerificationFailed,
+)
+from bastion.evidence.signing import (
+    Signer,
+    generate_signing_key,
+    key_id_of,
+    load_public_key,
+    public_pem,
+)
 from bastion.evidence.sources import LocalSource, Source
 from bastion.evidence.verify import TrustedKey, verify_source
+from bastion.state.backends import open_state
+from bastion.state.sessions import SessionRegistry
 from bastion.storage.client import make_client, parse_s3_uri, storage_error
 from bastion.storage.objects import ObjectStore
 from bastion.storage.reader import S3Source
@@ -45,14 +60,16 @@ def _print_summary(summary: Summary, as_json: bool) -> None:
         click.echo(json.dumps(summary.as_json(), sort_keys=True))
         return
     where = f"s3://{summary.bucket}/{summary.prefix}".rstrip("/")
-    click.echo(f"{summary.status}: {len(summary.uploaded)} sessions uploaded "
+    click.echo(printable(f"{summary.status}: {len(summary.uploaded)} sessions uploaded "
                f"({summary.objects_uploaded} objects, {summary.bytes_uploaded} bytes) to {where}; "
                f"{len(summary.already_in_store)} already there, {len(summary.removed)} removed "
-               f"locally, {len(summary.kept)} kept; Object Lock: {summary.object_lock}")
+               f"locally, {len(summary.kept)} kept; Object Lock: {summary.object_lock}"))
     for failure in summary.failed:
-        click.echo(f"FAIL {failure['session']}: {failure['error']}", err=True)
+        click.echo(printable(f"FAIL {failure['session']}: {failure['error']}"), err=True)
     for item in summary.unsealed:
-        click.echo(f"UNSEALED {item['session']}: {item['error']}", err=True)
+        click.echo(printable(f"UNSEALED {item['session']}: {item['error']}"), err=True)
+    for item in summary.stuck:
+        click.echo(printable(f"STUCK {item['session']}: {item['error']}"), err=True)
 
 
 @click.command("upload")
@@ -69,6 +86,13 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
     storage = config.storage
     if as_json is None:
         as_json = not sys.stdout.isatty()
+    if config.evidence is None or config.evidence.signing_key is None:
+        # Nothing is ever sealed, so there is nothing to upload: not a failure of this run
+        # (the timer would otherwise fail every few minutes).
+        note = "nothing sealed to upload: [evidence] signing_key is not set"
+        click.echo(json.dumps({"status": "ok", "note": note, "uploaded": []}) if as_json
+                   else note)
+        sys.exit(EXIT_OK)
     lock = UploadLock(config.paths.state_dir)
     if not lock.acquire(wait):
         busy = Summary(bucket=storage.bucket, prefix=storage.prefix, status="busy")
@@ -83,20 +107,48 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
             bucket=storage.bucket, prefix=storage.prefix,
             object_lock_mode=storage.object_lock_mode, retention_days=storage.retention_days,
             concurrency=storage.concurrency, multipart_threshold=storage.multipart_threshold,
-            keep_days=config.evidence.keep_days if config.evidence else 0)
+            keep_days=config.evidence.keep_days if config.evidence else 0,
+            trusted_keys=_upload_keys(config.evidence, config.source),
+            running=_running_here(config))
         client = make_client(storage.endpoint_url, storage.region, storage.max_attempts)
         uploader = Uploader(settings, ObjectStore(client, storage.bucket))
         summary = _run_with_progress(uploader, show=sys.stderr.isatty() and not as_json)
     finally:
         lock.release()
-    audit = AuditLog(config.paths.audit_log, config.server.node_id, stream=None)
+    audit = AuditLog(config.paths.audit_log, config.server.node_id)  # file and stderr
     audit.emit("upload.run", status=summary.status, bucket=summary.bucket,
                prefix=summary.prefix, uploaded=summary.uploaded, removed=summary.removed,
                failed=summary.failed, unsealed=[u["session"] for u in summary.unsealed],
+               stuck=[u["session"] for u in summary.stuck],
                objects=summary.objects_uploaded, bytes=summary.bytes_uploaded)
     audit.close()
     _print_summary(summary, as_json)
     sys.exit(summary.exit_code())
+
+
+def _running_here(config: Config) -> frozenset[str] | None:
+    """The sessions this node's server says it records (None if the registry is unreadable:
+    then stuck sessions are not judged)."""
+    try:
+        db = open_state(config)
+        try:
+            return frozenset(r.session_id for r in SessionRegistry(db).running()
+                             if r.node == config.server.node_id)
+        finally:
+            db.close()
+    except BastionError:
+        return None
+
+
+def _upload_keys(evidence: EvidenceConfig | None, source: object) -> tuple[TrustedKey, ...]:
+    """The keys a manifest must verify with before it goes up: ``public_keys``, else the
+    public half of this bastion's ``signing_key``; none is a config error (fail closed)."""
+    if evidence is not None and evidence.public_keys:
+        return tuple(TrustedKey.of(load_public_key(p)) for p in evidence.public_keys)
+    if evidence is not None and evidence.signing_key is not None:
+        return (TrustedKey.of(Signer.from_file(evidence.signing_key).public),)
+    raise ConfigError(f"{source}: [evidence] has neither public_keys nor signing_key: upload "
+                      "cannot check manifests before they go into the bucket")
 
 
 def _run_with_progress(uploader: Uploader, show: bool) -> Summary:
@@ -131,7 +183,7 @@ def _evidence_settings(path: Path) -> tuple[EvidenceConfig | None, StorageConfig
 
 
 @click.command("verify")
-@click.argument("target")
+@click.argument("target", metavar="PATH|s3://BUCKET/PREFIX")
 @click.option("--config", "-c", "config_path", metavar="FILE", default=None,
               help="Config with [evidence] public_keys (and [storage] endpoint_url).")
 @click.option("--public-key", "public_keys", metavar="FILE", multiple=True,
@@ -175,7 +227,7 @@ def verify(target: str, config_path: str | None, public_keys: tuple[str, ...],
         click.echo(json.dumps(report.as_json(), sort_keys=True, ensure_ascii=False))
     else:
         for line in report.lines():
-            click.echo(line)
+            click.echo(printable(line))
     sys.exit(0 if report.ok else VerificationFailed.exit_code)
 
 

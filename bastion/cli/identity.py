@@ -8,6 +8,7 @@ import time
 import click
 
 from bastion.audit import AuditLog
+from bastion.cli.display import printable
 from bastion.cli.options import config_option
 from bastion.config import Config, load_config
 from bastion.credentials.vaultkey import load_vault_key
@@ -20,7 +21,8 @@ from bastion.state.backends import open_state
 
 
 def _audit(config: Config) -> AuditLog:
-    return AuditLog(config.paths.audit_log, config.server.node_id, stream=None)
+    # Like the server's: to the file and to stderr (the journal, when run from a unit).
+    return AuditLog(config.paths.audit_log, config.server.node_id)
 
 
 def _identity_key(text: str) -> str:
@@ -61,8 +63,9 @@ def keys_list(config_path: str, include_expired: bool, as_json: bool) -> None:
                 "client": b.client, "created": _when(b.created), "expires": _when(b.expires),
                 "last_used": _when(b.last_used)}))
         else:
-            click.echo(f"{b.fingerprint}  {b.identity.key}  {b.identity.name}  "
-                       f"groups={','.join(b.identity.groups) or '-'}  "
+            click.echo(f"{printable(b.fingerprint)}  {printable(b.identity.key)}  "
+                       f"{printable(b.identity.name)}  "
+                       f"groups={printable(','.join(b.identity.groups)) or '-'}  "
                        f"expires={_when(b.expires)}  last_used={_when(b.last_used)}")
     if not rows and not as_json:
         click.echo("no key bindings", err=True)
@@ -117,6 +120,7 @@ def totp_enroll(config_path: str, identity: str, replace: bool, label: str | Non
     """Create a TOTP secret for IDENTITY (ISSUER|SUBJECT or a config user name)."""
     config = load_config(config_path)
     key = _identity_key(identity)
+    _check_known(config, key)
     uri = _store(config).enroll(key, label or key.rpartition("|")[2], replace=replace)
     audit = _audit(config)
     issuer, _, subject = key.rpartition("|")
@@ -126,6 +130,23 @@ def totp_enroll(config_path: str, identity: str, replace: bool, label: str | Non
     click.echo(uri.reveal())
     click.echo("Scan the QR code or add the URI above to an authenticator app; it is not "
                "shown again.", err=True)
+
+
+def _check_known(config: Config, key: str) -> None:
+    """Enroll only someone who can log in: a config user, or an identity with a key binding
+    (it signed in through the identity provider at least once); never a typo."""
+    issuer, _, subject = key.rpartition("|")
+    if issuer == LOCAL_ISSUER:
+        if any(user.name == subject for user in config.users):
+            return
+        raise UsageError(f"{subject!r} is not a user in {config.source}; give a config user "
+                         "name or ISSUER|SUBJECT as `bastion keys list --all` shows it")
+    bindings = KeyBindings(open_state(config))
+    if any(b.identity.key == key for b in bindings.entries(include_expired=True)):
+        return
+    raise UsageError(f"{key!r} has never signed in (no key binding, see `bastion keys list "
+                     "--all`); let it sign in once, or turn on [identity] "
+                     "totp_inband_enrollment")
 
 
 @totp.command("reset")
@@ -141,4 +162,4 @@ def totp_reset(config_path: str, identity: str) -> None:
     audit = _audit(config)
     audit.emit("totp.reset", by="cli", issuer=issuer, subject=subject)
     audit.close()
-    click.echo(f"removed the TOTP secret of {key}")
+    click.echo(f"removed the TOTP secret of {printable(key)}")

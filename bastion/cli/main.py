@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from bastion.cli.display import printable
 from bastion.errors import EXIT_INTERNAL, BastionError
 
 # Shared options live in options.py: a command module importing them from here would make an
@@ -21,7 +22,7 @@ class BastionGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BastionError as exc:
-            click.echo(f"bastion: {exc}", err=True)
+            click.echo(f"bastion: {printable(exc)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("bastion: interrupted", err=True)
@@ -32,7 +33,7 @@ class BastionGroup(click.Group):
         except Exception as exc:  # a bug: one line by default, the traceback on request
             if os.environ.get("BASTION_DEBUG"):
                 raise
-            click.echo(f"bastion: internal error: {type(exc).__name__}: {exc} "
+            click.echo(f"bastion: internal error: {type(exc).__name__}: {printable(exc)} "
                        "(set BASTION_DEBUG=1 for a traceback)", err=True)
             sys.exit(EXIT_INTERNAL)
 
@@ -40,7 +41,7 @@ class BastionGroup(click.Group):
 @click.group(cls=BastionGroup)
 @click.version_option(package_name="bastion")
 def cli() -> None:
-    """bastion: an SSH bastion that signs people in, checks their commands and records sessions."""
+    """bastion: an SSH bastion that signs people in and records every session."""
 
 
 def _register() -> None:
@@ -60,6 +61,8 @@ def _register() -> None:
     from bastion.cli import identity as identity_cmd
     cli.add_command(identity_cmd.keys)
     cli.add_command(identity_cmd.totp)
+    from bastion.cli import approvals as approvals_cmd
+    cli.add_command(approvals_cmd.approvals)
     from bastion.cli import replay as replay_cmd
     cli.add_command(replay_cmd.replay)
     from bastion.cli import sessions as sessions_cmd
@@ -71,6 +74,21 @@ def _register() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Click's own errors (an unknown option, a missing argument) are printed as the README's one
+    line ``bastion: ...`` with exit status 2 instead of click's usage block.
+    """
     _register()
-    cli(prog_name="bastion")
+    try:
+        cli.main(prog_name="bastion", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path + ": " if exc.ctx is not None else ""
+        click.echo(f"bastion: {where}{exc.format_message()} (see --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:  # e.g. a file argument that cannot be opened
+        click.echo(f"bastion: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code if exc.exit_code else 1)
+    except click.exceptions.Abort:
+        click.echo("bastion: interrupted", err=True)
+        sys.exit(130)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from bastion.audit import AuditLog
+from bastion.cli.display import printable
 from bastion.cli.options import config_option
 from bastion.config.load import load_config
 from bastion.config.model import Config
@@ -127,7 +128,7 @@ def _replay(config: Config, located: Located, mode: str, channel: int | None, st
                                          "not replayed (--no-verify replays it anyway, marked "
                                          "unverified)")
             warning = f"NOT VERIFIED: {verdict.reason}"
-            click.echo(f"bastion: warning: {warning}", err=True)
+            click.echo(f"bastion: warning: {printable(warning)}", err=True)
     folder = open_session_folder(located.folder)
     _audit(config, "replay.view", who=analyst(), session=folder.session_id,
            where=located.where, mode=mode, verified=verified)

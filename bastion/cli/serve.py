@@ -12,7 +12,9 @@ import click
 from bastion.audit import AuditLog
 from bastion.cli.options import config_option
 from bastion.config import load_config
+from bastion.errors import ConfigError
 from bastion.server.app import serve
+from bastion.server.preflight import preflight
 
 
 @click.command("serve")
@@ -22,6 +24,9 @@ from bastion.server.app import serve
 def serve_cmd(config_path: str, log_level: str) -> None:
     """Run the bastion SSH server (foreground; systemd runs it like this)."""
     config = load_config(config_path)
+    problems = preflight(config)  # the checks check-config runs: the same one line, exit 2
+    if problems:
+        raise ConfigError(problems[0])
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(),
                         format="%(levelname)s %(name)s: %(message)s")
     # asyncssh logs every packet-level event at INFO; keep its noise out of the journal.

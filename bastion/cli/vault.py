@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from bastion.audit import AuditLog
+from bastion.cli.display import printable
 from bastion.cli.options import config_option
 from bastion.config import Config, load_config
 from bastion.credentials.vault import (
@@ -23,8 +25,12 @@ from bastion.credentials.vault import (
     private_key_credential,
     vault_lock,
 )
-from bastion.credentials.vaultkey import read_vault_key_file
+from bastion.credentials.vaultkey import encode_vault_key, read_vault_key_file
 from bastion.errors import ConfigError, UsageError, VaultError
+from bastion.fsutil import write_atomic
+from bastion.identity.totp import TotpStore
+from bastion.secret import Secret
+from bastion.state.backends import open_state
 
 _MAX_KEY_FILE_BYTES = 1024 * 1024
 
@@ -59,7 +65,7 @@ def vault_set(config_path: str, target: str, login: str, key_file: str | None,
         verb = "replaced" if opened.get(target, login) is not None else "stored"
         opened.set(target, login, credential)
         opened.save()
-    click.echo(f"{verb} {credential.kind} for {login}@{target} in {config.vault.path}")
+    click.echo(printable(f"{verb} {credential.kind} for {login}@{target} in {config.vault.path}"))
 
 
 @vault.command("list")
@@ -70,10 +76,11 @@ def vault_list(config_path: str) -> None:
     opened = _open(config)
     rows = opened.entries()
     if not rows:
-        click.echo(f"no credentials in {config.vault.path}")
+        click.echo(printable(f"no credentials in {config.vault.path}"))
         return
     table = [("TARGET", "LOGIN", "KIND", "")]
-    table += [(t, lg, kind, "" if config.target(t) else "(target not in config)")
+    table += [(printable(t), printable(lg), printable(kind),
+               "" if config.target(t) else "(target not in config)")
               for t, lg, kind in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:
@@ -93,7 +100,7 @@ def vault_remove(config_path: str, target: str, login: str) -> None:
         if not opened.remove(target, login):
             raise VaultError(f"no credential for {login}@{target} in {config.vault.path}")
         opened.save()
-    click.echo(f"removed credential for {login}@{target} from {config.vault.path}")
+    click.echo(printable(f"removed credential for {login}@{target} from {config.vault.path}"))
 
 
 @vault.command("rotate-key")
@@ -101,21 +108,57 @@ def vault_remove(config_path: str, target: str, login: str) -> None:
 @click.option("--new-key-file", metavar="PATH", required=True, type=click.Path(dir_okay=False),
               help="File with the new key (make one with `bastion keygen vault --out PATH`).")
 def vault_rotate_key(config_path: str, new_key_file: str) -> None:
-    """Re-encrypt the vault under a new key; prints what to change afterwards."""
+    """Re-encrypt the vault and the TOTP secrets under a new key, then install it (key_file)
+    or say exactly where to put it."""
     config = load_config(config_path)
     new_path = Path(new_key_file)
     new_key = read_vault_key_file(new_path, f"new vault key file {new_path}")
+    old_key = load_vault_key(config.vault)
+    audit = AuditLog(config.paths.audit_log, config.server.node_id)  # before changing anything
     with vault_lock(config.vault.path):
-        opened = _open(config)
+        opened = Vault.open(config.vault.path, old_key)
         old_id, new_id = opened.key_id, key_id(new_key)
         if old_id == new_id:
             raise VaultError(f"{new_path} holds the key the vault is already sealed with "
                              f"(key id {old_id})")
-        opened.rotate(new_key)
-    click.echo(f"re-encrypted {config.vault.path} ({len(opened.entries())} credentials): "
-               f"key id {old_id} -> {new_id}")
-    click.echo("the old key no longer opens the vault; now " + _where_to_put(config, new_path))
-    click.echo("then restart bastion; `bastion vault list` checks the configured key")
+        # One state-database transaction around the vault rewrite: the TOTP secrets and the
+        # vault change together, or (on any error) neither does.
+        totp = TotpStore(open_state(config), old_key)
+        resealed = totp.reseal_all(new_key, before_commit=lambda: opened.rotate(new_key))
+        installed = _install_key(config, new_path, new_key)
+    audit.emit("vault.rotated", by="cli", old_key_id=old_id, new_key_id=new_id,
+               credentials=len(opened.entries()), totp_secrets=resealed)
+    audit.close()
+    click.echo(f"re-encrypted {config.vault.path} ({len(opened.entries())} credentials) and "
+               f"{resealed} TOTP secrets: key id {old_id} -> {new_id}")
+    if installed is not None:
+        click.echo(f"installed the new key in {installed} (mode 0600); the old key is gone and "
+                   "no longer needed (it opens only backups taken before now)")
+        click.echo("a running bastion re-reads that file at its next login or session and goes "
+                   "on; no restart is needed")
+        return
+    click.echo("the old key no longer opens the vault; a running bastion refuses new sessions "
+               "(audit event vault.refused) until it gets the new key: now "
+               + _where_to_put(config, new_path))
+    click.echo("then restart bastion (sessions in progress end); `bastion vault list` checks "
+               "the configured key")
+
+
+def _install_key(config: Config, new_path: Path, new_key: Secret[bytes]) -> Path | None:
+    """Put the new key where the configuration reads it, if that is a file; its path."""
+    key_file = config.vault.key_file
+    if key_file is None:
+        return None
+    if new_path.resolve() == key_file.resolve():
+        return key_file
+    try:
+        write_atomic(key_file, (encode_vault_key(new_key).reveal() + "\n").encode("ascii"),
+                     0o600)
+    except OSError as exc:
+        raise VaultError(f"the vault and TOTP secrets are sealed under the new key, but "
+                         f"{key_file} could not be replaced ({exc.strerror}): copy {new_path} "
+                         f"over {key_file} (mode 0600) now") from None
+    return key_file
 
 
 def _open(config: Config) -> Vault:

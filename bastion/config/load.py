@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncssh
 
+from bastion.config.approvals import ApprovalsConfig, parse_approvals
 from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_command_control
 from bastion.config.identity import IdentityConfig, parse_identity
 from bastion.config.masking import MaskingConfig, parse_masking, parse_target_masking
@@ -39,11 +40,21 @@ def load_config(path: str | Path) -> Config:
     """Parse and validate the config file at ``path``."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                          "a config file must be UTF-8") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty (see config/bastion.example.toml)")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -67,6 +78,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                 else IdentityConfig())
     transfers = tuple(parse_transfer_rule(t) for t in root.tables("transfers"))
     forwarding = tuple(parse_forward_rule(t) for t in root.tables("forwarding"))
+    approvals = (parse_approvals(root.table("approvals")) if root.has("approvals")
+                 else ApprovalsConfig())
     commands = parse_command_control(root, {t.name for t in targets})
     state = parse_state(root.table("state")) if root.has("state") else StateConfig()
     root.done()
@@ -86,7 +99,8 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
     return Config(source=source.path, server=server, paths=paths, vault=vault,
                   users=users, targets=targets, access=access,
                   evidence=evidence, storage=storage, identity=identity, commands=commands,
-                  masking=masking, transfers=transfers, forwarding=forwarding, state=state)
+                  masking=masking, transfers=transfers, forwarding=forwarding,
+                  approvals=approvals, state=state)
 
 
 def _paths(t: Table) -> PathsConfig:

@@ -187,6 +187,20 @@ class ForwardRule:
 
 
 @dataclass(frozen=True)
+class ApprovalsConfig:
+    """Approvers (groups or user names), the wait before a request expires, the webhook."""
+
+    approver_groups: tuple[str, ...] = ()
+    approver_users: tuple[str, ...] = ()  # identity names or e-mails, as in [[access]] users
+    timeout: float = 600.0
+    require_totp: bool = True  # approving asks for the approver's TOTP code
+    webhook_url: str | None = None
+    webhook_timeout: float = 5.0
+    webhook_attempts: int = 3
+    poll_interval: float = 0.3  # how often a waiting session looks for a decision
+
+
+@dataclass(frozen=True)
 class CommandRule:
     """A command-control rule (``[[commands]]``): what it matches, where, and what it does.
 
@@ -234,6 +248,7 @@ class Config:
     evidence: EvidenceConfig | None = None
     storage: StorageConfig | None = None
     identity: IdentityConfig = IdentityConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
     commands: CommandControl = CommandControl()
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     transfers: tuple[TransferRule, ...] = ()

@@ -38,7 +38,7 @@ from bastion.credentials.vaultkey import (
     load_vault_key,
     write_vault_key,
 )
-from bastion.errors import VaultError
+from bastion.errors import VaultError, WrongVaultKey
 from bastion.fsutil import write_atomic
 from bastion.secret import Secret
 
@@ -232,7 +232,7 @@ def _decrypt(path: Path, data: bytes, key: Secret[bytes]) -> dict[tuple[str, str
         raise VaultError(f"{damaged} (key_id is not 16 hex digits)")
     this_id = key_id(key)
     if stored_id != this_id:
-        raise VaultError(f"wrong vault key (vault was sealed with key id {stored_id}, "
+        raise WrongVaultKey(f"wrong vault key (vault was sealed with key id {stored_id}, "
                          f"this key is {this_id})")
     nonce = _unb64(document["nonce"])
     sealed = _unb64(document["ciphertext"])

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bastion.config.model import VaultConfig
-from bastion.errors import VaultError
+from bastion.errors import ConfigError, VaultError
 from bastion.fsutil import write_new_private
 from bastion.secret import Secret
 
@@ -64,8 +64,9 @@ def read_vault_key_file(path: Path, what: str | None = None) -> Secret[bytes]:
         mode = os.fstat(fh.fileno()).st_mode
         if not stat.S_ISREG(mode):
             raise VaultError(f"{what}: not a regular file")
-        if mode & 0o007:
-            raise VaultError(f"{what} is accessible to other users (mode {mode & 0o777:04o}); "
+        if mode & 0o077:  # like ssh with a private key: only its owner may read it
+            # A setup mistake, like a bad config value: exit status 2 from every command.
+            raise ConfigError(f"{what} is accessible to other users (mode {mode & 0o777:04o}); "
                              f"run chmod 600 {path}")
         data = fh.read(_MAX_KEY_TEXT + 1)
     return decode_vault_key(data, what)

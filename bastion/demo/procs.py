@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -112,6 +113,26 @@ class ManagedProcess:
                 raise ProcessFailed(f"{self.name} exited:\n{self.log_tail()}")
             time.sleep(0.05)
         raise ProcessFailed(f"{self.name}: no {text!r} within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def wait_for_log_match(self, pattern: str, timeout: float = 30.0,
+                           offset: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` in the process's output after byte ``offset`` (the
+        log is appended to across restarts), once there; fail at once if the process dies
+        (e.g. a server reporting the port it bound)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with self.log_path.open("rb") as fh:
+                    fh.seek(offset)
+                    found = regex.search(fh.read().decode("utf-8", errors="replace"))
+                if found:
+                    return found
+            if not self.alive():
+                raise ProcessFailed(f"{self.name} exited:\n{self.log_tail()}")
+            time.sleep(0.05)
+        raise ProcessFailed(f"{self.name}: no {pattern!r} within {timeout:.0f}s:\n"
+                            f"{self.log_tail()}")
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the process (not its group)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from bastion.demo.procs import ManagedProcess, free_port
+from bastion.demo.procs import ManagedProcess, ProcessFailed, free_port
 from bastion.errors import BastionError
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
@@ -85,12 +86,18 @@ def _quote(value: str | Path) -> str:
     return f'"{text}"' if " " in text else text
 
 
+_BIND_ATTEMPTS = 5  # tries with a new free port when another process took the chosen one
+
+
 class SshdTarget:
     """OpenSSH sshd on 127.0.0.1:<free port>; the login that works is the user running it."""
 
     def __init__(self, name: str, workdir: Path, port: int | None = None) -> None:
         self.name = name
         self.workdir = workdir
+        # sshd cannot report a port it picked, so a free one is chosen beforehand; another
+        # process may take it first: start() then retries with a new one.
+        self._port_chosen = port is None
         self.port = port if port is not None else free_port()
         self.login = getpass.getuser()
         self.host_key_path = workdir / "ssh_host_ed25519_key"
@@ -159,19 +166,34 @@ class SshdTarget:
         self._host_key_line = Path(f"{self.host_key_path}.pub").read_text(
             encoding="utf-8").strip()
         self.authorized_keys_path.touch(mode=0o600, exist_ok=True)
-        self._write_config()
         if os.geteuid() == 0 and not PRIVSEP_DIR.is_dir():
             # sshd running as root chroots its pre-auth child into this empty directory.
             PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self.process = ManagedProcess(
-            f"sshd {self.name}", [sshd, "-D", "-e", "-f", str(self.config_path)],
-            log_path=self.log_path, cwd=self.workdir)
-        self.process.start()
-        try:
-            self.process.wait_for_port(self.port, self.host, timeout)
-        except BaseException:
-            self.process.stop()
-            raise
+        for attempt in range(_BIND_ATTEMPTS):
+            self._write_config()
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self.process = ManagedProcess(
+                f"sshd {self.name}", [sshd, "-D", "-e", "-f", str(self.config_path)],
+                log_path=self.log_path, cwd=self.workdir)
+            self.process.start()
+            try:
+                # sshd's own word that it bound the port: another process listening there would
+                # answer a connection test too.
+                self.process.wait_for_log_match(
+                    rf"Server listening on {re.escape(self.host)} port {self.port}\b", timeout,
+                    offset)
+                self.process.wait_for_port(self.port, self.host, timeout)
+            except ProcessFailed:
+                self.process.stop()
+                lost_race = "bind" in self.process.log_tail().lower()
+                if not (self._port_chosen and lost_race) or attempt == _BIND_ATTEMPTS - 1:
+                    raise
+                self.port = free_port()  # someone took the port in between: another one
+                continue
+            except BaseException:
+                self.process.stop()
+                raise
+            return self
         return self
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import getpass
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from bastion.credentials.vault import Vault, private_key_credential
 from bastion.credentials.vaultkey import generate_vault_key, write_vault_key
 from bastion.demo.command_rules import demo_command_sections
 from bastion.demo.idp import IdpServer
-from bastion.demo.procs import ManagedProcess, free_port
+from bastion.demo.procs import ManagedProcess
 from bastion.demo.s3 import SeaweedS3
 from bastion.demo.sshd import SshdTarget, find_ssh_keygen, find_sshd, generate_key_pair
 from bastion.errors import ConfigError, UsageError
@@ -35,6 +36,7 @@ LOOPBACK = "127.0.0.1"
 TARGET_NAMES = ("web01", "db01")
 DEMO_USER = "demo"
 DEMO_GROUPS = ("ops",)
+DEMO_APPROVER_EMAIL = "alice@example.com"  # the demo IdP's alice approves held commands
 
 
 class DemoStack:
@@ -48,7 +50,9 @@ class DemoStack:
                  with_s3: bool = True, command_rules: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
         self.bastion_host = LOOPBACK
-        self.bastion_port = bastion_port or free_port()
+        # 0: `bastion serve` binds a free port itself and reports it (no free_port() race with
+        # other stacks on the machine); start_bastion() then pins it in the config.
+        self.bastion_port = bastion_port or 0
         self.login = getpass.getuser()
         self.target_names = tuple(target_names)
         # The target key lives only in the vault unless a test wants to reach targets directly.
@@ -108,6 +112,7 @@ class DemoStack:
                 self.setup_command_rules()
             if self.with_idp:
                 self.setup_identity()
+                self.setup_approvals()
             if self.with_s3:
                 self.setup_evidence()
             self.write_config()
@@ -259,6 +264,31 @@ class DemoStack:
                          "DEMO_IDP_PASSWORD": account.password,
                          "BASTION_SSO_SSH_CONFIG": str(self.sso_ssh_config_path)})
 
+    def setup_approvals(self) -> None:
+        """The IdP user alice approves held commands (``ssh approvals@bastion``, with TOTP)."""
+        self.merge_config({"approvals": {"approver_users": [DEMO_APPROVER_EMAIL]}})
+
+    def command_control_usage(self) -> str:
+        """The demo's command rules and how to approve, for the person running the demo."""
+        if not self.command_rules:
+            return ""
+        from bastion.demo.command_rules import DEMO_COMMAND_SUMMARY
+
+        lines = ["Command rules (try them in the shell above):"]
+        lines += [f"    {line}" for line in DEMO_COMMAND_SUMMARY]
+        if self.idp is not None:
+            account = self.idp.accounts[0]
+            lines += [
+                f"Approvers: {DEMO_APPROVER_EMAIL} ({account.username} at the IdP). Enroll a "
+                "TOTP code once:",
+                f"    bastion totp enroll '{self.idp.issuer}|{account.sub}' "
+                f"--config {self.config_path}",
+                "  then approve from another terminal:",
+                f"    ssh -F {self.sso_ssh_config_path} -p {self.bastion_port} "
+                f"approvals@{self.bastion_host}",
+                f"  or: bastion approvals list --config {self.config_path}"]
+        return "\n".join(lines) + "\n"
+
     def setup_evidence(self) -> None:
         """Signing key, SeaweedFS with an Object Lock bucket, [evidence] and [storage]."""
         from bastion.evidence.signing import generate_signing_key
@@ -323,10 +353,22 @@ class DemoStack:
     def start_bastion(self, timeout: float = 30.0) -> None:
         """Run ``bastion serve`` with the written config and wait for its port."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.bastion_env}
+        if self.bastion_port:
+            self.bastion = self.start_process(
+                "bastion", [sys.executable, "-m", "bastion", "serve", "--config",
+                            str(self.config_path)],
+                port=self.bastion_port, env=env, timeout=timeout)
+            return
         self.bastion = self.start_process(
             "bastion", [sys.executable, "-m", "bastion", "serve", "--config",
-                        str(self.config_path)],
-            port=self.bastion_port, env=env, timeout=timeout)
+                        str(self.config_path)], env=env, timeout=timeout)
+        # The port it bound, from its "listening on HOST:PORT" line (the first start's log).
+        found = self.bastion.wait_for_log_match(
+            r"listening on " + re.escape(self.bastion_host) + r":(\d+)", timeout)
+        self.bastion_port = int(found.group(1))
+        # Pinned from now on: a restart (and the files written for clients) keep this port.
+        self.merge_config({"server": {"port": self.bastion_port}})
+        self.write_config()
 
     def write_client_files(self) -> None:
         """known_hosts pinning the bastion's key and an ssh_config that uses the demo key."""

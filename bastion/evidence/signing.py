@@ -101,12 +101,16 @@ class Signer:
         })
 
 
+_SIGNATURE_FIELDS = frozenset({"algorithm", "key_id", "manifest_sha256", "signature"})
+
+
 @dataclass(frozen=True)
 class SignatureFile:
     """A parsed ``manifest.sig``."""
 
     key_id: str
     signature: bytes
+    manifest_sha256: str | None = None  # what the signer hashed; must match when present
 
     @classmethod
     def parse(cls, raw: bytes, where: str = "manifest.sig") -> SignatureFile:
@@ -119,12 +123,24 @@ class SignatureFile:
             if not isinstance(key_id, str) or not isinstance(sig, str):
                 raise ValueError("key_id and signature must be strings")
             signature = base64.b64decode(sig, validate=True)
+            if base64.b64encode(signature).decode("ascii") != sig:  # unused bits set: altered
+                raise ValueError("signature is not canonical base64")
+            if set(doc) != _SIGNATURE_FIELDS:  # nothing added, renamed or left out
+                raise ValueError(f"fields must be {', '.join(sorted(_SIGNATURE_FIELDS))}")
+            digest = doc["manifest_sha256"]
+            if not isinstance(digest, str):
+                raise ValueError("manifest_sha256 must be a string")
         except (UnicodeDecodeError, ValueError, KeyError) as exc:
             raise VerificationFailed(f"{where}: malformed signature file ({exc})") from None
-        return cls(key_id=key_id, signature=signature)
+        return cls(key_id=key_id, signature=signature, manifest_sha256=digest)
 
     def verify(self, manifest: bytes, public: Ed25519PublicKey) -> bool:
-        """Whether the signature over ``manifest`` verifies with ``public``."""
+        """Whether the signature over ``manifest`` verifies with ``public`` (and the file's
+        ``manifest_sha256``, when it has one, is that manifest's: an altered signature file is
+        no signature, even if its signature bytes still verify)."""
+        if self.manifest_sha256 is not None \
+                and self.manifest_sha256 != hashlib.sha256(manifest).hexdigest():
+            return False
         try:
             public.verify(self.signature, manifest)
         except InvalidSignature:

@@ -158,6 +158,13 @@ class Verifier:
         self.policies = tuple(policies)
         self.check_chain = check_chain
 
+    def _add(self, evidence: SessionEvidence, report: Report,
+             by_node: dict[str, list[Manifest]]) -> None:
+        result, manifest = self.verify_session(evidence)
+        report.sessions.append(result)
+        if manifest is not None:
+            by_node.setdefault(manifest.node_id, []).append(manifest)
+
     def verify_session(self, evidence: SessionEvidence) -> tuple[SessionResult, Manifest | None]:
         """Run every policy on one session; a manifest that fails to parse stops the rest."""
         result = SessionResult(where=evidence.where)
@@ -185,14 +192,26 @@ class Verifier:
         return result, manifest if signature_ok else None
 
     def run(self, source: Source) -> Report:
-        """Verify everything in ``source``."""
+        """Verify everything in ``source``.
+
+        A bucket is listed page by page while ``bastion upload`` may be adding to it: manifest
+        N can land behind the listing's position and N+1 ahead of it, which one listing would
+        report as a gap. Upload places manifests in chain order, so a source that can be listed
+        again (``relisted``) is, once, when a chain has a gap: manifests that appeared meanwhile
+        are verified and join their chains; a manifest really removed stays a gap.
+        """
         report = Report(scope=source.description, sessions=[], chains=[])
         by_node: dict[str, list[Manifest]] = {}
+        seen: set[str] = set()
         for evidence in source.sessions():
-            result, manifest = self.verify_session(evidence)
-            report.sessions.append(result)
-            if manifest is not None:
-                by_node.setdefault(manifest.node_id, []).append(manifest)
+            seen.add(evidence.where)
+            self._add(evidence, report, by_node)
+        relisted = getattr(source, "relisted", None)
+        if self.check_chain and relisted is not None \
+                and any(_has_gap(manifests) for manifests in by_node.values()):
+            for evidence in relisted(seen):
+                if evidence.manifest_raw is not None:  # not an upload begun since
+                    self._add(evidence, report, by_node)
         report.sessions.sort(key=lambda r: (r.node_id or "", r.sequence or 0, r.where))
         if not report.sessions:
             report.failures.append(f"no sessions found in {source.description}")
@@ -207,6 +226,11 @@ class Verifier:
                                                  len(manifests), chain_failures(manifests),
                                                  notes))
         return report
+
+
+def _has_gap(manifests: Sequence[Manifest]) -> bool:
+    sequences = sorted({m.sequence for m in manifests})
+    return any(after != before + 1 for before, after in itertools.pairwise(sequences))
 
 
 def verify_source(source: Source, keys: Sequence[TrustedKey]) -> Report:

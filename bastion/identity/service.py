@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bastion.audit import AuditLog
@@ -34,13 +35,14 @@ class IdentityService:
     """Key bindings, OIDC device login and TOTP, shared by all connections of one server."""
 
     def __init__(self, config: Config, audit: AuditLog, db: StateDB,
-                 vault_key: Secret[bytes]) -> None:
+                 vault_key: Secret[bytes],
+                 reload_key: Callable[[], Secret[bytes] | None] | None = None) -> None:
         self.config = config
         self.settings = config.identity
         self.audit = audit
         self.db = db
         self.bindings = KeyBindings(db)
-        self.totp = TotpStore(db, vault_key)
+        self.totp = TotpStore(db, vault_key, reload_key=reload_key)
         self.provider: OidcProvider | None = None
         self.validator: IdTokenValidator | None = None
         if self.settings.issuer is not None:
@@ -49,9 +51,10 @@ class IdentityService:
                                               self.provider.jwks, self.settings.allowed_algs)
 
     @classmethod
-    def open(cls, config: Config, audit: AuditLog, vault_key: Secret[bytes]) -> IdentityService:
+    def open(cls, config: Config, audit: AuditLog, vault_key: Secret[bytes],
+             reload_key: Callable[[], Secret[bytes] | None] | None = None) -> IdentityService:
         """Open the state database the config names (checking its schema)."""
-        return cls(config, audit, open_state(config), vault_key)
+        return cls(config, audit, open_state(config), vault_key, reload_key)
 
     @property
     def device_login_enabled(self) -> bool:

@@ -42,12 +42,35 @@ class TotpStore:
     """TOTP secrets and attempt counters in the state database."""
 
     def __init__(self, db: StateDB, vault_key: Secret[bytes],
-                 clock: Callable[[], float] = time.time, issuer_name: str = "bastion") -> None:
+                 clock: Callable[[], float] = time.time, issuer_name: str = "bastion",
+                 reload_key: Callable[[], Secret[bytes] | None] | None = None) -> None:
         self._db = db
-        self._aead = AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                                 info=_HKDF_INFO).derive(vault_key.reveal()))
+        self._aead = _aead(vault_key)
         self._clock = clock
         self._issuer_name = issuer_name
+        # After `bastion vault rotate-key` the secrets are sealed under the new key: a running
+        # server re-reads its key source (this callback) once when a secret does not open.
+        self._reload_key = reload_key
+
+    def rekey(self, vault_key: Secret[bytes]) -> None:
+        """Use another vault key from now on (the running server, after a rotation)."""
+        self._aead = _aead(vault_key)
+
+    def reseal_all(self, new_key: Secret[bytes], before_commit: Callable[[], None]) -> int:
+        """Re-seal every secret under ``new_key`` in one transaction; ``before_commit`` runs
+        inside it (the vault rewrite), so either both change or neither. Returns the count."""
+        new_aead = _aead(new_key)
+        with self._db.transaction() as cur:
+            rows = cur.execute("SELECT identity, sealed FROM totp_secrets").fetchall()
+            for identity_key, sealed in rows:
+                secret = self._open_with(self._aead, identity_key, sealed)
+                nonce = os.urandom(12)
+                cur.execute("UPDATE totp_secrets SET sealed = ? WHERE identity = ?",
+                            (nonce + new_aead.encrypt(nonce, secret.encode(),
+                                                      identity_key.encode()), identity_key))
+            before_commit()
+        self._aead = new_aead
+        return len(rows)
 
     # -- enrollment -------------------------------------------------------------------------
     def enrolled(self, identity_key: str) -> bool:
@@ -119,7 +142,23 @@ class TotpStore:
 
     def _open(self, identity_key: str, sealed: bytes) -> str:
         try:
-            return self._aead.decrypt(sealed[:12], sealed[12:], identity_key.encode()).decode()
+            return self._open_with(self._aead, identity_key, sealed)
+        except StateError:
+            new_key = self._reload_key() if self._reload_key is not None else None
+            if new_key is None:
+                raise
+            self.rekey(new_key)
+            return self._open_with(self._aead, identity_key, sealed)
+
+    @staticmethod
+    def _open_with(aead: AESGCM, identity_key: str, sealed: bytes) -> str:
+        try:
+            return aead.decrypt(sealed[:12], sealed[12:], identity_key.encode()).decode()
         except (InvalidTag, ValueError):
             raise StateError("a TOTP secret does not decrypt with this vault key "
                              "(was the vault key rotated?)") from None
+
+
+def _aead(vault_key: Secret[bytes]) -> AESGCM:
+    return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                       info=_HKDF_INFO).derive(vault_key.reveal()))

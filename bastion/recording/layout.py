@@ -34,6 +34,10 @@ MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 UPLOADED_FILE = "uploaded.json"
 LOCK_FILE = ".lock"
+# Space held back in the spool so that a session whose recording failed on a full disk can
+# still be finished (final session.json) and sealed (manifest, signature): released then.
+RESERVE_FILE = ".reserve"
+RESERVE_BYTES = 256 * 1024
 COMPRESSED_SUFFIX = ".gz"  # a session file as uploaded (gzip), and as a download holds it
 
 SESSION_ID_RE = re.compile(r"(\d{8}T\d{6}Z)-[0-9a-f]{12}\Z")

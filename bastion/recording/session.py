@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ class SessionRecording:
         self._numbers = 0  # channel numbers taken
         self._finished = False
         self._dirty = False  # session.json in memory differs from the disk (flush_due saves it)
+        # session.json on disk says the session ended (it may be sealed, even if a recording
+        # file failed: the manifest then lists what was written, session.json the errors).
+        self.ended_on_disk = False
 
     @property
     def finished(self) -> bool:
@@ -185,14 +189,15 @@ class SessionRecording:
         if parts == (Part.CAST,):
             if width <= 0 or height <= 0:
                 width, height = DEFAULT_SIZE
-            title = f"{user} -> {login}@{target}" + (f": {command}" if command is not None
-                                                     else "")
+            # The command is stored once, in the asciicast ``command`` field; the title shows
+            # only its start (a client may send a megabyte of command line).
+            title = f"{user} -> {login}@{target}" + (f": {_title_part(command)}"
+                                                     if command is not None else "")
             header = build_header(
                 width=width, height=height, timestamp=int(opened), term=term,
                 title=title, command=command,
                 bastion={"session_id": self.session_id, "user": user, "target": target,
-                         "login": login, "channel": number, "kind": kind.value,
-                         "command": command})
+                         "login": login, "channel": number, "kind": kind.value})
             writer = create_cast(self.path / recording_name(number, kind, Part.CAST), header,
                                  clock=self._spool.clock)
             files = [writer.path.name]
@@ -267,7 +272,16 @@ class SessionRecording:
 
     def _write_doc(self, doc: dict[str, Any]) -> None:
         try:
-            write_json_atomic(self.path / SESSION_FILE, doc)
+            try:
+                write_json_atomic(self.path / SESSION_FILE, doc)
+            except OSError as exc:
+                # A full disk must not leave a finished session "active": free the spool's
+                # reserve and try once more (the end of a session matters more than space).
+                if exc.errno != errno.ENOSPC or not self._spool.release_reserve():
+                    raise
+                write_json_atomic(self.path / SESSION_FILE, doc)
+            if doc.get("state") != SessionState.ACTIVE.value:
+                self.ended_on_disk = True
         except OSError as exc:
             raise RecordingError(
                 f"recording stopped: cannot write {self.path / SESSION_FILE}: {_reason(exc)}"
@@ -354,3 +368,13 @@ class SessionRecording:
         error = future.exception()
         if error is not None:
             log.warning("session %s: %s", self.session_id, error)
+
+
+TITLE_COMMAND_CHARS = 80  # how much of an exec command a cast title shows
+
+
+def _title_part(command: str) -> str:
+    """The start of a command for a cast title."""
+    if len(command) <= TITLE_COMMAND_CHARS:
+        return command
+    return command[:TITLE_COMMAND_CHARS] + "…"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import fcntl
 import logging
@@ -29,7 +30,14 @@ from bastion.errors import RecordingError
 from bastion.fsutil import fsync_dir
 from bastion.recording.asciicast import Clock
 from bastion.recording.durable import DIR_MODE, FILE_MODE, rfc3339
-from bastion.recording.layout import LOCK_FILE, SESSION_SCHEMA, SessionState, new_session_id
+from bastion.recording.layout import (
+    LOCK_FILE,
+    RESERVE_BYTES,
+    RESERVE_FILE,
+    SESSION_SCHEMA,
+    SessionState,
+    new_session_id,
+)
 from bastion.recording.recovery import RecoveryResult, recover_session
 from bastion.recording.session import RESERVED_FIELDS, ChannelWriter, SessionRecording
 
@@ -113,6 +121,46 @@ class Spool:
             os.close(fd)
             raise RecordingError(f"cannot use spool {self.root}: {_reason(exc)}") from None
         self._lock_fd = fd
+        self._make_reserve()
+
+    def _make_reserve(self) -> bool:
+        """Hold RESERVE_BYTES of the spool's disk back for finishing failed sessions; False if
+        there is not that much space (the spool then runs without one)."""
+        path = self.root / RESERVE_FILE
+        try:
+            if path.is_file() and path.stat().st_size >= RESERVE_BYTES:
+                return True
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("spool %s: no space reserve for finishing failed sessions: %s",
+                        self.root, _reason(exc))
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return False
+        return True
+
+    def _free_bytes(self) -> int:
+        """Space left for unprivileged writes on the spool's disk (huge if it cannot be told)."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return 1 << 62
+        return st.f_bavail * st.f_frsize
+
+    def release_reserve(self) -> bool:
+        """Free the reserved space (the disk is full and a session must still be finished);
+        True if there was a reserve to free. It is made again at the next start."""
+        try:
+            (self.root / RESERVE_FILE).unlink()
+        except OSError:
+            return False
+        log.warning("spool %s is full: released the space reserve to finish sessions",
+                    self.root)
+        return True
 
     def unlock(self) -> None:
         """Release the spool lock (at shutdown, after every session finished)."""
@@ -158,6 +206,11 @@ class Spool:
         ``meta`` holds identity, client and target (and may hold other non-reserved fields).
         """
         self._require_lock()
+        # A new session needs the reserve in place and as much free space again: the reserve
+        # is for finishing sessions, never for starting one on a full disk.
+        self._make_reserve()
+        if self._free_bytes() < RESERVE_BYTES:
+            raise RecordingError(f"spool {self.root} is full; no new session can be recorded")
         reserved = sorted(RESERVED_FIELDS.intersection(meta))
         if reserved:
             raise ValueError(f"session.json fields {reserved} are managed by the spool")

@@ -25,6 +25,7 @@ from bastion.relay.target import TargetChannel
 
 log = logging.getLogger("bastion.relay")
 
+_REASON_MAX = 400  # characters of a refusal reason shown to the user
 _EXIT_TARGET_LOST = 255  # what OpenSSH itself returns when the connection breaks
 _DATA = Stream.DATA
 MAX_COLUMNS, MAX_ROWS = 2000, 1000  # a window size beyond these is a lie, not a terminal
@@ -160,6 +161,13 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
                 return
             upstream = await self.session.connect(self._request)
             relay = await self._open_relay()
+            for factory in self.session.services.stage_factories:
+                # An exec is judged (and may wait for approval) before it is dialled.
+                check = getattr(factory, "check_exec", None)
+                if check and self.kind is ChannelKind.EXEC and not await check(relay.info, relay):
+                    relay.stop()
+                    self.refuse("the command was not run")
+                    return
             target, _ = await upstream.conn.create_session(
                 lambda: TargetChannel(relay), self._command, subsystem=self._subsystem,
                 term_type=self._term,
@@ -245,8 +253,11 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
     def refuse(self, reason: str) -> None:
         """Tell the user why in one line and end the channel with a failure status."""
         nl = "\r\n" if self._term else "\n"
+        # The reason may quote the target (its disconnect text) or the user: no control
+        # character reaches the user's terminal through it.
+        shown = "".join(c if c.isprintable() else "?" for c in reason[:_REASON_MAX])
         try:
-            self.chan.write_stderr(f"bastion: {reason}{nl}".encode())
+            self.chan.write_stderr(f"bastion: {shown}{nl}".encode())
             self.chan.exit(EXIT_REFUSED)
         except (OSError, asyncssh.Error, BrokenPipeError):
             self.chan.close()
@@ -259,7 +270,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         log.error("%s %s", self.session.log_prefix, exc)
         self.session.services.audit.emit("recording.error", conn=self.session.client.conn_id,
                                          user=self.session.identity.name, error=str(exc))
-        self.session.end_reason("killed", "recording failed")
+        self.session.end_reason("killed", f"recording failed: {exc}")
         relay.recorder = None
         relay.stop()
         self.refuse("recording failed; the session was ended")
@@ -306,4 +317,4 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             recorder.close_deferred(self.session.services.spool.submit)
         except RecordingError as exc:
             log.error("%s %s", self.session.log_prefix, exc)
-            self.session.end_reason("killed", "recording failed at close")
+            self.session.end_reason("killed", f"recording failed at close: {exc}")

@@ -58,7 +58,7 @@ class RelayServices:
     config: Config
     audit: AuditLog
     spool: Spool
-    credential_for: Callable[[Authorization], Credential]
+    credential_for: Callable[[Authorization, str, str], Credential]  # (auth, conn, user)
     counter: SessionCounter
     on_finished: Callable[[SessionRecording], None]
     # Whether policy asks this identity for a TOTP code on this target (step-up).
@@ -170,7 +170,13 @@ class ConnectionSession:
                     raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
                                        "sessions open, the most allowed")
                 self._counted = True
-            credential = self.services.credential_for(auth)
+            try:
+                credential = self.services.credential_for(auth, self.client.conn_id,
+                                                          self.identity.name)
+            except BastionError as exc:  # no credential, or a vault damaged while running
+                audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
+                           reason=str(exc), **auth.audit_fields())
+                raise
             spool = self.services.spool
             recording = await asyncio.wrap_future(
                 spool.submit(spool.start_session, self._metadata(auth)))
@@ -195,13 +201,16 @@ class ConnectionSession:
                 upstream.close()
                 raise AccessDenied("the session is closing")
             self.upstream = upstream
+            # The idle clock starts with the session, not with the dial (a slow target must
+            # not use up the user's idle allowance).
+            self.last_activity = time.monotonic()
             recording.set_field("target", {
                 "name": auth.target.name, "address": upstream.address,
                 "port": auth.target.port, "login": auth.login,
                 "host_key_fingerprint": upstream.host_key_fingerprint})
             audit.emit("session.start", conn=self.client.conn_id,
                        session=recording.session_id, user=self.identity.name,
-                       client=self.client.address, **auth.audit_fields())
+                       client=f"{self.client.address}:{self.client.port}", **auth.audit_fields())
             return self.upstream
 
     @property
@@ -296,6 +305,8 @@ class ConnectionSession:
                       recording.session_id, error)
             self.services.audit.emit("recording.error", conn=self.client.conn_id,
                                      session=recording.session_id, error=str(error))
+            if recording.ended_on_disk:  # seal what was written, with its true end reason
+                self.services.on_finished(recording)
             return
         if error is not None:
             raise error

@@ -20,17 +20,18 @@ import asyncssh
 from bastion.audit import AuditLog
 from bastion.config.model import Config
 from bastion.credentials.hostkeys import load_host_keys
-from bastion.credentials.vault import Credential, Vault, load_vault_key
-from bastion.errors import BastionError, UpstreamError
+from bastion.credentials.vault import Credential, Vault, key_id, load_vault_key
+from bastion.errors import BastionError, UpstreamError, VaultError, WrongVaultKey
 from bastion.evidence.seal import Sealer
 from bastion.identity.model import Identity
 from bastion.identity.service import IdentityService
 from bastion.policy.access import Authorization
 from bastion.recording import SessionRecording, Spool
 from bastion.relay.session import RelayServices
+from bastion.secret import Secret
 from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
-from bastion.server.features import build_features
+from bastion.server.features import approval_service, build_features
 from bastion.server.hardening import algorithm_options
 from bastion.server.limits import SourceLimits
 from bastion.server.proxy import ProxyListener
@@ -54,7 +55,9 @@ class BastionServer:
                                    config.server.device_logins_per_source)
         self.spool = Spool(config.paths.spool_dir, config.server.node_id)
         self._vault_key = load_vault_key(config.vault)
-        self.identity = IdentityService.open(config, audit, self._vault_key)
+        self.identity = IdentityService.open(config, audit, self._vault_key,
+                                             reload_key=self._reload_vault_key)
+        self.approvals = approval_service(config, audit, self.identity)
         self.connections: dict[str, BastionConnection] = {}
         self._no_connections = asyncio.Event()
         self._conn_ids = itertools.count(1)
@@ -72,7 +75,7 @@ class BastionServer:
         # Running sessions and kill requests in the state database (bastion sessions kill).
         self.registry = SessionRegistry(self.identity.db)
         self._registered: set[str] = set()
-        features = build_features(config)
+        features = build_features(config, self.approvals)
         self.relay_services = RelayServices(
             config=config, audit=audit, spool=self.spool, credential_for=self.credential_for,
             counter=self, on_finished=self._recording_finished,
@@ -80,16 +83,42 @@ class BastionServer:
             stage_factories=features.stage_factories, masking=features.masking)
 
     # -- shared services -------------------------------------------------------------------
-    def credential_for(self, authorization: Authorization) -> Credential:
+    def credential_for(self, authorization: Authorization, conn: str, user: str) -> Credential:
         """The vaulted credential for an authorized target login (read fresh each session)."""
-        vault = Vault.open(self.config.vault.path, self._vault_key)
+        try:
+            try:
+                vault = Vault.open(self.config.vault.path, self._vault_key)
+            except WrongVaultKey:
+                # `bastion vault rotate-key` re-sealed the vault: the key source has the new key.
+                if self._reload_vault_key() is None:
+                    raise
+                vault = Vault.open(self.config.vault.path, self._vault_key)
+        except VaultError as exc:
+            self.audit.emit("vault.refused", conn=conn, user=user, error=str(exc))
+            raise
         credential = vault.get(authorization.target.name, authorization.login)
         if credential is None:
-            self.audit.emit("credential.missing", target=authorization.target.name,
-                            login=authorization.login)
+            self.audit.emit("credential.missing", conn=conn, user=user,
+                            target=authorization.target.name, login=authorization.login)
             raise UpstreamError(f"no credential is stored for {authorization.login} on target "
                                 f"{authorization.target.name}; ask an administrator")
         return credential
+
+    def _reload_vault_key(self) -> Secret[bytes] | None:
+        """Re-read the vault key source; the key if it is a new one (a rotation), else None."""
+        try:
+            key = load_vault_key(self.config.vault)
+        except VaultError as exc:
+            log.error("cannot re-read the vault key: %s", exc)
+            return None
+        new_id, old_id = key_id(key), key_id(self._vault_key)
+        if new_id == old_id:
+            return None
+        self._vault_key = key
+        self.identity.totp.rekey(key)
+        self.audit.emit("vault.key_changed", old_key_id=old_id, new_key_id=new_id)
+        log.info("vault key changed: key id %s -> %s", old_id, new_id)
+        return key
 
     def _totp_required(self, identity: Identity, target: str) -> bool:
         return self.identity is not None and self.identity.totp_required(identity, target)

@@ -14,12 +14,14 @@ from typing import Protocol
 
 import asyncssh
 
+from bastion.approvals.service import ApprovalService, Approver
 from bastion.audit import AuditLog
 from bastion.config.model import Config
 from bastion.errors import AuditUnavailable, BastionError
 from bastion.identity.service import IdentityService
 from bastion.policy.access import TargetRequest, parse_username
 from bastion.relay import forwarding
+from bastion.relay.approver_menu import APPROVER_USER, ApproverSession
 from bastion.relay.channels import UserChannel
 from bastion.relay.session import ClientInfo, ConnectionSession, RelayServices
 from bastion.server.auth import ConnectionAuth, KbdIntAnswer, LocalKeyIndex
@@ -49,6 +51,8 @@ class ConnectionHost(Protocol):
     def relay_services(self) -> RelayServices: ...
     @property
     def limits(self) -> SourceLimits: ...
+    @property
+    def approvals(self) -> ApprovalService: ...
 
     def admit(self, connection: BastionConnection) -> bool:
         """Register a new connection unless the global cap is reached."""
@@ -209,7 +213,9 @@ class BastionConnection(asyncssh.SSHServer):
         request: TargetRequest | None = None
         refusal: BastionError | None = None
         try:
-            request = parse_username(self.auth.username, self._server.config)
+            # "approvals" opens the approver menu (session_requested), not a target.
+            if self.auth.username != APPROVER_USER:
+                request = parse_username(self.auth.username, self._server.config)
         except BastionError as exc:
             refusal = exc
             self._server.audit.emit("session.refused", conn=self.conn_id, user=identity.name,
@@ -220,7 +226,7 @@ class BastionConnection(asyncssh.SSHServer):
                                          request, refusal, totp_passed=self.auth.totp_passed)
 
     # -- channels ------------------------------------------------------------------------------
-    def session_requested(self) -> UserChannel | bool:
+    def session_requested(self) -> UserChannel | ApproverSession | bool:
         if self.session is None:
             return False
         self.channels = [c for c in self.channels if not c.closed]
@@ -230,6 +236,8 @@ class BastionConnection(asyncssh.SSHServer):
                                     user=self.session.identity.name, kind="session",
                                     reason=f"more than {limit} channels open on one connection")
             return False
+        if self.auth is not None and self.auth.username == APPROVER_USER:
+            return ApproverSession(self._server.approvals, Approver.of(self.session.identity))
         channel = UserChannel(self.session)
         self.channels.append(channel)
         return channel

@@ -12,9 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from bastion.approvals.notifier import WebhookNotifier
+from bastion.approvals.service import ApprovalService
+from bastion.approvals.store import ApprovalStore
+from bastion.audit import AuditLog
 from bastion.config.model import Config, Target
+from bastion.identity.service import IdentityService
 from bastion.masking import MaskingFactory
 from bastion.masking.seam import Stage as MaskingStage
+from bastion.policy.commands import CommandPolicy
+from bastion.relay.command_stage import CommandCatcher
 from bastion.relay.pipeline import ChannelInfo, ChannelStages, Stage, StageContext, StageFactory
 from bastion.relay.scp_stage import ExecTransferFactory
 from bastion.relay.session import MaskingService
@@ -29,11 +36,16 @@ class Features:
     masking: MaskingService | None
 
 
-def build_features(config: Config) -> Features:
+def build_features(config: Config, approvals: ApprovalService | None = None) -> Features:
     """The configured features, in the order data passes them."""
     factories: list[StageFactory] = []
-    # Transfers first: they read the file-transfer protocols as the user and target speak
-    # them; masking last, right before the recorder.
+    # Command control first: it reads the keys the user typed and the screen as the target drew
+    # it, before anything else changes them (it holds a line for approval, drops a denied one).
+    commands = config.commands
+    if commands.rules or commands.unresolved or any(t.unresolved for t in config.targets):
+        factories.append(CommandCatcher(CommandPolicy.from_config(config), approvals))
+    # Transfers read the file-transfer protocols as user and target speak them; masking comes
+    # last, right before the recorder.
     factories.append(SftpStageFactory(config))  # sftp channels: audit, ops log, [[transfers]]
     factories.append(ExecTransferFactory(config))  # scp -t/-f and rsync --server execs
     masking: MaskingService | None = None
@@ -77,3 +89,12 @@ def _relay(stages: Sequence[MaskingStage]) -> Sequence[Stage]:
     # masking.seam.Stage has relay.pipeline.Stage's attributes and methods (the pipeline drives
     # it by them); the classes differ only because masking may not import relay.
     return cast(Sequence[Stage], stages)
+
+
+def approval_service(config: Config, audit: AuditLog, identity: IdentityService) -> ApprovalService:
+    """The server's approval service: requests in the state DB, webhook when configured."""
+    settings = config.approvals
+    notifier = (WebhookNotifier(settings.webhook_url, settings.webhook_timeout,
+                                settings.webhook_attempts) if settings.webhook_url else None)
+    return ApprovalService(ApprovalStore(identity.db), settings, audit, config.server.node_id,
+                           totp=identity.totp, notifier=notifier)

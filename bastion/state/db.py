@@ -80,6 +80,29 @@ MIGRATIONS: tuple[str, ...] = (
         done         REAL               -- set by the server once the session was ended
     );
     """,
+    # 4: command approval requests (bastion/approvals/store.py); decided by any process
+    """
+    CREATE TABLE approvals (
+        id             TEXT PRIMARY KEY,   -- short random id shown to user and approver
+        state          TEXT NOT NULL,      -- pending, approved, denied, expired, cancelled
+        created        REAL NOT NULL,
+        expires        REAL NOT NULL,
+        node           TEXT NOT NULL,      -- the bastion node holding the command
+        session_id     TEXT NOT NULL,
+        channel        INTEGER NOT NULL,
+        requester      TEXT NOT NULL,      -- Identity.key of the user who typed the command
+        requester_name TEXT NOT NULL,
+        target         TEXT NOT NULL,
+        login          TEXT NOT NULL,
+        command        TEXT NOT NULL,      -- masked command line
+        rule           TEXT,
+        decided_by     TEXT,               -- Identity.key of the approver
+        decided_name   TEXT,
+        decided_at     REAL,
+        reason         TEXT
+    );
+    CREATE INDEX approvals_state ON approvals (state, created);
+    """,
 )
 
 

@@ -59,8 +59,15 @@ class S3Source:
         finally:
             body.close()
 
+    def relisted(self, seen: set[str]) -> Iterator[SessionEvidence]:
+        """List the bucket again; only session folders not in ``seen`` (their ``where``)."""
+        return self._sessions(seen)
+
     def sessions(self) -> Iterator[SessionEvidence]:
         """Every session folder under the prefix, read at its first-written versions."""
+        return self._sessions(set())
+
+    def _sessions(self, skip: set[str]) -> Iterator[SessionEvidence]:
         folders: dict[str, dict[str, _KeyVersions]] = {}
         nodes: dict[str, str | None] = {}
         for key, versions in self._list().items():
@@ -69,6 +76,8 @@ class S3Source:
                 folders.setdefault(folder, {})[name] = versions
                 nodes[folder] = node
         for folder, files in sorted(folders.items()):
+            if f"s3://{self.bucket}/{folder}" in skip:
+                continue
             problems = []
             for name, versions in sorted(files.items()):
                 if versions.deleted:

@@ -1,8 +1,17 @@
 """``bastion upload``: move sealed sessions from the spool to S3, verified, then clean up.
 
-Per session, in chain order: every file the manifest lists (recordings, streams, timing,
-session.json; gzip-compressed), then ``manifest.sig``, then ``manifest.json`` last, so a manifest
-in the bucket means its session is complete (keys: see keys.py). Only when every object of a
+Before anything of a session goes up, its manifest's signature is checked against the trusted
+keys and every file against the manifest (a bad session is refused, named in the summary, and
+left in the spool: the bucket is Object-Locked, a bad upload could never be taken back).
+
+Per session: every file the manifest lists (recordings, streams, timing, session.json;
+gzip-compressed), then ``manifest.sig``, then ``manifest.json`` last, so a manifest in the bucket
+means its session is complete (keys: see keys.py). Data objects go up concurrently, but
+signatures and manifests are placed by one thread, one session at a time in chain (sequence)
+order, so ``bastion verify`` running during an upload never sees manifest N+1 without manifest
+N (a false "gap"). When a session fails for a reason the store gave, the manifests after it wait
+for the next run; a session refused for a local reason (bad signature, altered file) is a real
+hole in the bucket's chain and later sessions still go up. Only when every object of a
 session is verified in S3 does the run write ``uploaded.json`` in the session folder; only
 sessions with that marker are ever removed locally (at once, or after ``keep_days``), after a
 fresh HEAD check.
@@ -23,24 +32,27 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import ManifestError, StorageError
+from bastion.errors import ManifestError, StorageError, VerificationFailed
 from bastion.evidence.manifest import Manifest, hash_file, parse_manifest
 from bastion.evidence.seal import is_sealed, unsealed_sessions
+from bastion.evidence.sources import LocalSource
+from bastion.evidence.verify import SignedByTrustedKey, StoredWhereItSays, TrustedKey
 from bastion.recording.layout import MANIFEST_FILE, SESSION_FILE, SIGNATURE_FILE, UPLOADED_FILE
 from bastion.storage.client import StoreUnreachable
 from bastion.storage.keys import object_name, session_prefix
 from bastion.storage.objects import LockSettings, ObjectStore, Placed, compress, prepare
+from bastion.storage.stuck import spool_lock_held, stuck_sessions
 
 UPLOADED_MARKER = UPLOADED_FILE
 
 EXIT_OK = 0  # everything found was uploaded and verified, or another run holds the lock
 EXIT_FAILED = 1  # at least one session could not be uploaded or verified
-EXIT_ATTENTION = 3  # uploads fine, but finished sessions sit unsealed in the spool
+EXIT_ATTENTION = 3  # uploads fine, but sessions sit unsealed (or stuck active) in the spool
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,13 @@ class UploadSettings:
     concurrency: int
     multipart_threshold: int
     keep_days: int
+    trusted_keys: tuple[TrustedKey, ...] = ()  # a manifest must verify with one to go up
+    # Sessions this node's running server records (the registry); None: stuck not checked.
+    running: frozenset[str] | None = None
+
+
+class _Deferred(Exception):
+    """A session whose manifest waits because an earlier one in the chain did not go up."""
 
 
 @dataclass
@@ -71,6 +90,7 @@ class Summary:
     kept: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     unsealed: list[dict[str, str]] = field(default_factory=list)
+    stuck: list[dict[str, str]] = field(default_factory=list)  # active, but nothing records it
     objects_uploaded: int = 0
     bytes_uploaded: int = 0
     object_lock: str = ""
@@ -80,7 +100,7 @@ class Summary:
         """The exit status a systemd timer alerts on."""
         if self.failed:
             return EXIT_FAILED
-        if self.unsealed:
+        if self.unsealed or self.stuck:
             return EXIT_ATTENTION
         return EXIT_OK
 
@@ -131,7 +151,6 @@ class Uploader:
         self.progress = progress or (lambda _n: None)
         self.tmp_dir = settings.state_dir / "upload-tmp"
         self._unreachable = threading.Event()  # stop starting sessions once the store is gone
-        self._lock = threading.Lock()
 
     # -- finding work -----------------------------------------------------------------------
     def pending(self) -> list[tuple[Path, Manifest]]:
@@ -158,9 +177,25 @@ class Uploader:
         return total
 
     # -- one session --------------------------------------------------------------------------
-    def _upload_session(self, folder: Path, manifest: Manifest, lock: LockSettings) -> list[Placed]:
+    def _check_signed(self, folder: Path, manifest: Manifest) -> None:
+        """Refuse a session whose manifest does not verify with a trusted key, or that sits in
+        another session's folder."""
         if "session_id" not in manifest.doc:
             raise ManifestError(f"{folder / MANIFEST_FILE}: unreadable manifest; not uploaded")
+        evidence = next(e for e in LocalSource(folder).sessions() if e.where == str(folder))
+        try:
+            SignedByTrustedKey(self.settings.trusted_keys).verify(evidence, manifest)
+            StoredWhereItSays().verify(evidence, manifest)
+        except VerificationFailed as exc:
+            raise ManifestError(f"{folder / MANIFEST_FILE}: {exc}; not uploaded "
+                                "(investigate: the manifest was changed or not signed by "
+                                "this bastion)") from None
+
+    def _upload_data(self, folder: Path, manifest: Manifest, lock: LockSettings) -> list[Placed]:
+        """Check the session, then place every file its manifest lists (any thread)."""
+        if self._unreachable.is_set():
+            raise StoreUnreachable("not attempted: the object store is unreachable")
+        self._check_signed(folder, manifest)
         base = session_prefix(self.settings.prefix, manifest)
         placed = []
         for entry in manifest.files:
@@ -183,6 +218,13 @@ class Uploader:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     packed.unlink()
+        return placed
+
+    def _upload_manifest(self, folder: Path, manifest: Manifest,
+                         lock: LockSettings) -> list[Placed]:
+        """Place the signature, then the manifest (one caller thread, in chain order)."""
+        base = session_prefix(self.settings.prefix, manifest)
+        placed = []
         for name in (SIGNATURE_FILE, MANIFEST_FILE):  # the manifest last: it completes the set
             local = folder / name
             _, sha = hash_file(local)
@@ -202,28 +244,29 @@ class Uploader:
         tmp.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, folder / UPLOADED_MARKER)
 
-    def _run_one(self, folder: Path, manifest: Manifest, lock: LockSettings,
-                 summary: Summary) -> None:
+    def _finish_one(self, folder: Path, manifest: Manifest, data: Future[list[Placed]],
+                    lock: LockSettings, summary: Summary, blocked_by: str | None) -> str | None:
+        """Wait for a session's data, then place its manifest; returns the session that blocks
+        the manifests after it (this one if the store failed it), else ``blocked_by``."""
         name = folder.name
-        if self._unreachable.is_set():
-            with self._lock:
-                summary.failed.append({"session": name, "error": "not attempted: the object "
-                                       "store is unreachable"})
-            return
         try:
-            placed = self._upload_session(folder, manifest, lock)
+            placed = data.result()
+            if blocked_by is not None:
+                raise _Deferred(f"not completed: session {blocked_by} before it in the chain "
+                                "did not go up; its manifest goes first (next run)")
+            placed += self._upload_manifest(folder, manifest, lock)
             self._write_marker(folder, manifest, placed)
-        except (StorageError, ManifestError, OSError) as exc:
+        except (StorageError, ManifestError, OSError, _Deferred) as exc:
             if isinstance(exc, StoreUnreachable):
                 self._unreachable.set()
-            with self._lock:
-                summary.failed.append({"session": name, "error": str(exc)})
-            return
-        with self._lock:
-            uploaded = [p for p in placed if p.uploaded]
-            summary.objects_uploaded += len(uploaded)
-            summary.bytes_uploaded += sum(p.size for p in uploaded)
-            (summary.uploaded if uploaded else summary.already_in_store).append(name)
+            summary.failed.append({"session": name, "error": str(exc)})
+            local_refusal = isinstance(exc, ManifestError)  # a real hole: later ones go on
+            return blocked_by if local_refusal or blocked_by else name
+        uploaded = [p for p in placed if p.uploaded]
+        summary.objects_uploaded += len(uploaded)
+        summary.bytes_uploaded += sum(p.size for p in uploaded)
+        (summary.uploaded if uploaded else summary.already_in_store).append(name)
+        return blocked_by
 
     # -- cleanup ------------------------------------------------------------------------------
     def _clean(self, summary: Summary) -> None:
@@ -268,6 +311,9 @@ class Uploader:
         for folder in unsealed_sessions(self.settings.spool_dir):
             summary.unsealed.append({"session": folder.name, "error": "finished but not sealed "
                                      "(see the server's audit log for the sealing error)"})
+        if self.settings.running is not None:
+            spool = self.settings.spool_dir
+            summary.stuck = stuck_sessions(spool, self.settings.running, spool_lock_held(spool))
         pending = self.pending()
         lock = LockSettings(None, 0)
         try:
@@ -286,9 +332,11 @@ class Uploader:
         if not self._unreachable.is_set() and pending:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-                for future in [pool.submit(self._run_one, f, m, lock, summary)
-                               for f, m in pending]:
-                    future.result()
+                data = [pool.submit(self._upload_data, f, m, lock) for f, m in pending]
+                blocked_by: str | None = None
+                for (folder, manifest), placed in zip(pending, data, strict=True):
+                    blocked_by = self._finish_one(folder, manifest, placed, lock, summary,
+                                                  blocked_by)
         elif self._unreachable.is_set():
             summary.failed.extend({"session": f.name, "error": "not attempted: the object "
                                    "store is unreachable"} for f, _ in pending)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import signal
@@ -141,6 +142,11 @@ def test_idle_session_is_closed_with_notice(tuned_stack) -> None:
     assert "bastion: idle for 2s; session closed" in result.stderr
     end = _await_event(stack, "session.end")
     assert end["reason"] == "idle timeout"
+    # The idle window starts when the session has started (the target dialled and the command
+    # running), never during the dial: the session did start, and ran at least the 2 s.
+    start = _await_event(stack, "session.start")
+    assert start["conn"] == end["conn"]
+    assert _seconds(str(end["ts"])) - _seconds(str(start["ts"])) >= 2
 
 
 def test_unwritable_spool_refuses_the_session(tuned_stack) -> None:
@@ -216,6 +222,10 @@ def test_serve_refuses_bad_vault_with_one_line(tuned_stack, damage: str, message
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("bastion: ") and message in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def _seconds(rfc3339: str) -> float:
+    return datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 def _await_event(stack: DemoStack, name: str, timeout: float = 10) -> dict[str, Any]:

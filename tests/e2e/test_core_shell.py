@@ -77,12 +77,18 @@ def test_menu_when_no_target_given(demo_stack: DemoStack, tmux) -> None:
     argv = [*ssh_base_argv(demo_stack), "-tt", "alice@127.0.0.1"]
     screen: TmuxSession = tmux(argv, width=100, height=30)
     screen.wait_for("Choose a number")
-    assert "web01" in screen.capture() and "db01" in screen.capture()
+    entries = dict(re.findall(r"^\s*(\d+)\) (\S+)$", screen.capture(), re.MULTILINE))
+    assert set(entries.values()) == {"web01", "db01"}, entries
+    chosen = entries["2"]
     screen.send_literal("2")
     screen.send_keys("Enter")
     screen.wait_for(PROMPT)
-    screen.type_line("echo on-$(cat /proc/sys/kernel/hostname >/dev/null && echo target)")
-    screen.wait_for("on-target")
+    # The shell runs on the chosen target: the sshd it reached listens on that target's port
+    # (both demo targets are sshd on 127.0.0.1, told apart only by their ports).
+    screen.type_line('echo "port=${SSH_CONNECTION##* }"')
+    screen.wait_for(re.compile(r"^port=\d+", re.MULTILINE))
+    shown = re.findall(r"^port=(\d+)", screen.capture(), re.MULTILINE)
+    assert shown == [str(demo_stack.targets[chosen].port)], (chosen, shown)
     screen.type_line("exit")
     assert screen.wait_exit() == 0
 

@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from harness.ssh import BATCH_OPTIONS, run_ssh
@@ -27,8 +28,12 @@ class RunningDemo:
     env: dict[str, str]
 
     def ports(self) -> list[int]:
+        """The bastion's, the targets', the identity provider's and the S3 store's ports."""
         config = tomllib.loads((self.workdir / "bastion.toml").read_text(encoding="utf-8"))
-        return [config["server"]["port"], *(t["port"] for t in config["targets"])]
+        services = [urlsplit(self.env[name]).port for name in ("IDP_ISSUER", "S3_ENDPOINT")]
+        assert all(services), services
+        return [config["server"]["port"], *(t["port"] for t in config["targets"]),
+                *(p for p in services if p is not None)]
 
 
 def _read_env(path: Path) -> dict[str, str]:
@@ -64,6 +69,10 @@ def test_demo_env_describes_the_running_stack(running_demo: RunningDemo) -> None
     assert Path(env["BASTION_KEY"]).is_file()
     assert Path(env["BASTION_SPOOL"]).is_dir()
     assert all(port_open("127.0.0.1", port) for port in running_demo.ports())
+    # What the shutdown test looks for: every server the demo runs names the work directory.
+    running = " ".join(_processes_mentioning(running_demo.workdir))
+    for program in ("sshd", "weed", "node", "bastion"):
+        assert program in running, (program, running)
     # The user at the keyboard never gets the target key: it lives only in the vault.
     assert not (running_demo.workdir / "keys" / "target_ed25519").exists()
 
@@ -97,5 +106,20 @@ def test_sigterm_stops_every_process(running_demo: RunningDemo) -> None:
     running_demo.process.signal(signal.SIGTERM)
     assert running_demo.process.proc is not None
     assert running_demo.process.proc.wait(timeout=30) == 0
-    assert not any(port_open("127.0.0.1", port) for port in ports)
+    assert len(ports) == 5 and not any(port_open("127.0.0.1", port) for port in ports)
     assert "bastion demo: stopped" in running_demo.process.log_tail()
+    # No process the demo started is left (sshd, node IdP, weed S3, bastion serve): each has
+    # the work directory on its command line.
+    assert _processes_mentioning(running_demo.workdir) == []
+
+
+def _processes_mentioning(workdir: Path) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # the process ended while we looked
+        if str(workdir) in text:
+            found.append(f"{cmdline.parent.name}: {text}")
+    return found

@@ -63,8 +63,19 @@ def test_wheel_in_an_empty_venv_runs_the_commands(tmp_path: Path) -> None:
     help_text = _run([bastion, "--help"], cwd=tmp_path).stdout
     for command in ("serve", "check-config", "keygen", "vault", "upload", "verify", "demo"):
         assert command in help_text
-    checked = _run([bastion, "check-config", str(EXAMPLE)], cwd=tmp_path)
-    assert checked.stdout.startswith(f"{EXAMPLE}: OK")
+    # check-config runs serve's start-up checks: the example with its paths moved here.
+    site = tmp_path / "site"
+    (site / "etc").mkdir(parents=True)
+    _run([bastion, "keygen", "signing", "--out", str(site / "etc" / "signing.key")], cwd=tmp_path)
+    _run([bastion, "keygen", "vault", "--out", str(site / "etc" / "vault.key")], cwd=tmp_path)
+    example = site / "bastion.toml"
+    example.write_text(EXAMPLE.read_text(encoding="utf-8")
+                       .replace("/var/lib/bastion", str(site / "var"))
+                       .replace("/etc/bastion", str(site / "etc"))
+                       .replace('key_credential = "vault-key"',
+                                f'key_file = "{site / "etc" / "vault.key"}"'), encoding="utf-8")
+    checked = _run([bastion, "check-config", str(example)], cwd=tmp_path)
+    assert checked.stdout.startswith(f"{example}: OK")
     _run([str(python), "-c", "import bastion.cli.serve"], cwd=tmp_path)
     where = _run([str(python), "-c", "import bastion; print(bastion.__file__)"], cwd=tmp_path)
     assert where.stdout.strip().startswith(str(venv))

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from harness.ssh import ssh_base_argv
@@ -56,8 +57,17 @@ def test_menu_choice_of_a_plain_target_still_works(totp_stack: DemoStack, tmux) 
     assert screen.wait_exit() == 0
 
 
-def test_channels_of_a_menu_connection_stay_on_its_target(demo_stack: DemoStack, tmux,
-                                                         tmp_path) -> None:
+@pytest.fixture
+def plain_stack(tmp_path: Path) -> Iterator[DemoStack]:
+    """Its own stack: a master connection held across the test must not meet other tests'
+    sessions and limits on the shared demo stack."""
+    with DemoStack(tmp_path / "stack", with_idp=False, with_s3=False) as stack:
+        yield stack
+
+
+def test_channels_of_a_menu_connection_stay_on_its_target(plain_stack: DemoStack, tmux,
+                                                         tmp_path: Path) -> None:
+    demo_stack = plain_stack
     """A menu connection on db01 (OpenSSH master); a multiplexed second channel lands on db01
     too (never on another target), and is authorized again."""
     control = tmp_path / "ctl"

@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -149,9 +150,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TamperStack]:
 def login(stack: TamperStack, mode: str) -> SshClient:
     stack.front.mode = mode
     # Every login uses a fresh key, so no binding from an earlier test lets it in.
-    key = stack.workdir / "keys" / f"tok_{mode}"
+    key = stack.workdir / "keys" / f"tok_{mode}_{uuid.uuid4().hex[:8]}"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    config = stack.workdir / f"ssh_config_{mode}"
+    config = key.with_name(f"ssh_config_{key.name}")
     config.write_text(stack.sso_ssh_config_path.read_text().replace(
         str(stack.sso_key_path), str(key)))
     client = SshClient(["ssh", "-F", str(config), "-p", str(stack.bastion_port),
@@ -161,9 +162,16 @@ def login(stack: TamperStack, mode: str) -> SshClient:
 
 
 def test_valid_token_through_the_front_is_accepted(stack: TamperStack) -> None:
+    before = stack.front.jwks_fetches
     client = login(stack, "valid")
     assert client.finish() == 0 and client.stdout == "in\n"
-    assert stack.front.jwks_fetches == 1
+    # The keys are fetched at most once (none if an earlier test of the module fetched them) ...
+    after_first = stack.front.jwks_fetches
+    assert after_first - before in (0, 1)
+    # ... and then cached: another login with a token signed by the same key fetches nothing.
+    again = login(stack, "valid")
+    assert again.finish() == 0 and again.stdout == "in\n"
+    assert stack.front.jwks_fetches == after_first
 
 
 @pytest.mark.parametrize(("mode", "reason"), [

@@ -107,3 +107,24 @@ def test_vaulted_password_reaches_the_target_and_never_the_user(password_stack) 
                  stack.logs_dir / "bastion.log"]:
         if path.is_file():
             assert PASSWORD not in path.read_text(encoding="utf-8", errors="replace"), path
+
+
+def test_a_vault_damaged_while_running_refuses_with_an_audit_event(password_stack) -> None:
+    import json
+
+    from harness.wait import wait_until
+
+    stack, target = password_stack
+    stack.vault_path.write_bytes(b"not a vault any more\n")
+    result = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "app01", "svc"), "--",
+                      "whoami"])
+    assert result.returncode != 0 and target.passwords_seen == []
+    audit_path = stack.state_dir / "audit.jsonl"
+
+    def refusals() -> list[dict[str, Any]]:
+        lines = audit_path.read_text(encoding="utf-8").splitlines()
+        return [e for e in map(json.loads, lines) if e.get("event") == "session.refused"]
+
+    wait_until(lambda: bool(refusals()), 30, "a session.refused audit event")
+    [refused] = refusals()
+    assert refused["target"] == "app01" and "vault" in refused["reason"], refused

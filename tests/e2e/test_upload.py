@@ -9,12 +9,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness.evidence import NODE, Site, record_sessions
+from harness.wait import wait_until
 
 from bastion.demo.procs import free_port
 from bastion.demo.s3 import SeaweedS3
@@ -139,11 +140,11 @@ def test_store_killed_mid_upload_then_the_next_run_completes(tmp_path: Path) -> 
         try:
             # Await the first session verified in S3 (its marker), then freeze the uploader so
             # the store dies while it is certainly in the middle of the large sessions.
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                if (small[0] / "uploaded.json").exists():
-                    break
-                time.sleep(0.01)
+            marker = small[0] / "uploaded.json"
+            running = proc
+            wait_until(lambda: marker.exists() or running.poll() is not None, 60,
+                       "the first session verified in S3")
+            assert marker.exists() and proc.poll() is None, "the upload ended before the store died"
             os.kill(proc.pid, signal.SIGSTOP)
             own.kill()
             os.kill(proc.pid, signal.SIGCONT)
@@ -174,17 +175,35 @@ def test_store_killed_mid_upload_then_the_next_run_completes(tmp_path: Path) -> 
 def test_two_uploads_at_once_never_overlap(store: SeaweedS3, tmp_path: Path) -> None:
     site = Site(tmp_path, store, _bucket(store, "upload-twice"))
     site.record(2)
-    held = UploadLock(site.state)
-    assert held.acquire(wait=False)
+    # Another process holds the run lock, as a long upload would.
+    lock_path = UploadLock(site.state).path
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys\n"
+         f"fd = os.open({str(lock_path)!r}, os.O_RDWR | os.O_CREAT, 0o640)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    waiting: subprocess.Popen[str] | None = None
     try:
-        code, summary, _ = site.upload()
-        assert code == 0 and summary["status"] == "busy"
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        code, summary, _ = site.upload()  # without --wait: exits at once, nothing done
+        assert code == 0 and summary["status"] == "busy" and summary["uploaded"] == []
         waiting = subprocess.Popen(site.argv("upload", "--config", str(site.config), "--json",
                                              "--wait"),
                                    stdout=subprocess.PIPE, text=True, env=site.env())
-        assert waiting.poll() is None
+        # --wait blocks on the lock (the kernel lists it as a waiter) and uploads nothing yet.
+        proc = waiting
+        wait_until(lambda: proc.poll() is not None or _blocked_on(lock_path), 60,
+                   "upload --wait to block on the lock (or exit)")
+        assert waiting.poll() is None, "upload --wait exited while another run held the lock"
+        assert len(_sealed_in_spool(site)) == 2
     finally:
-        held.release()
+        assert holder.stdin is not None
+        holder.stdin.close()  # the holder exits and its lock goes
+        holder.wait(timeout=30)
+        if waiting is not None and waiting.poll() is None and holder.returncode is None:
+            waiting.kill()
+    assert waiting is not None
     out, _ = waiting.communicate(timeout=120)
     assert waiting.returncode == 0 and len(json.loads(out)["uploaded"]) == 2
 
@@ -257,3 +276,17 @@ def test_unreachable_store_is_one_clear_failure(store: SeaweedS3, tmp_path: Path
                            capture_output=True, text=True, env=site.env(), timeout=120)
     assert human.returncode == 1 and "Traceback" not in human.stderr
     assert f"FAIL {folder.name}: not attempted: the object store is unreachable" in human.stderr
+
+
+def _blocked_on(path: Path) -> bool:
+    """Whether some process waits for a lock on ``path`` (a "->" line in /proc/locks)."""
+    inode = os.stat(path).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 6 and fields[1] == "->" and fields[6].endswith(f":{inode}"):
+            return True
+    return False
+
+
+def _sealed_in_spool(site: Site) -> list[Path]:
+    return [p for p in site.spool.iterdir() if (p / "manifest.json").exists()]

@@ -126,9 +126,23 @@ def test_rotate_key_and_env_source(setup: dict[str, Path]) -> None:
     ok("vault", "set", "-c", cfg, "web01", "root", "--password-stdin", stdin=PASSWORD)
     new_key = setup["dir"] / "new.key"
     ok("keygen", "vault", "--out", str(new_key))
+    old_key_text = setup["key"].read_text()
     out = ok("vault", "rotate-key", "-c", cfg, "--new-key-file", str(new_key))
     assert str(setup["key"]) in out and PASSWORD not in out
+    assert "no restart is needed" in out
+    # With vault.key_file the rotation installs the new key where the config reads it (0600).
+    assert setup["key"].read_text() == new_key.read_text() != old_key_text
+    assert stat.S_IMODE(setup["key"].stat().st_mode) == 0o600
+    assert ["web01", "root", "password"] in [
+        line.split() for line in ok("vault", "list", "-c", cfg).splitlines()]
+    old_copy = setup["dir"] / "old.key"
+    old_copy.write_text(old_key_text)
+    old_copy.chmod(0o600)
+    setup["config"].write_text(setup["config"].read_text().replace(
+        'key_file = "vault.key"', 'key_file = "old.key"'))
     assert_one_line_error(run("vault", "list", "-c", cfg), "wrong vault key")
+    setup["config"].write_text(setup["config"].read_text().replace(
+        'key_file = "old.key"', 'key_file = "vault.key"'))
 
     # The operator moves the key into an environment variable, as the rotation output says.
     text = setup["config"].read_text().replace('key_file = "vault.key"', 'key_env = "VAULT_KEY"')

@@ -13,6 +13,7 @@ import dataclasses
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -58,11 +59,12 @@ class Bed:
 
 @contextlib.asynccontextmanager
 async def relay_bed(tmp_path: Path, factories: Sequence[StageFactory] = (),
-                    server_options: str = "") -> AsyncIterator[Bed]:
+                    server_options: str = "",
+                    target_process: Any = None) -> AsyncIterator[Bed]:
     target_key = asyncssh.generate_private_key("ssh-ed25519")
     target = await asyncssh.create_server(
         TargetServer, "127.0.0.1", 0, server_host_keys=[target_key],
-        process_factory=_target_process, encoding=None, line_editor=False)
+        process_factory=target_process or _target_process, encoding=None, line_editor=False)
     target_port = target.sockets[0].getsockname()[1]
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     key_file = tmp_path / "vault.key"

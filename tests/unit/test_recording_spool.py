@@ -99,6 +99,7 @@ def test_start_session_fails_when_spool_dir_is_gone(tmp_path: Path) -> None:
     spool.lock()
     # Someone replaces the spool by a regular file under the running server.
     (root / ".lock").unlink()
+    (root / ".reserve").unlink()
     root.rmdir()
     root.write_text("oops")
     with pytest.raises(RecordingError, match=r"^cannot record session: cannot create .*"

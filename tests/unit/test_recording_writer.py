@@ -87,7 +87,7 @@ def test_header_and_session_metadata(spool: Spool) -> None:
     assert header["env"] == {"TERM": "xterm-256color"}
     assert header["bastion"] == {"session_id": rec.session_id, "user": "alice",
                                  "target": "web01", "login": "deploy", "channel": 1,
-                                 "kind": "shell", "command": None}
+                                 "kind": "shell"}
 
     meta = json.loads((rec.path / "session.json").read_text())
     assert meta["schema"] == 2
@@ -188,9 +188,11 @@ def test_flush_loop_flushes_idle_writers(tmp_path: Path) -> None:
         task = asyncio.create_task(sp.flush_loop(interval=0.05))
         writer.output(b"idle output")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
+        # The README: recordings are flushed at least every second (+ a margin for a loaded
+        # machine's scheduling, not for the flush policy).
+        deadline = loop.time() + 1.5
         while "idle output" not in output_text(writer.path):
-            assert loop.time() < deadline, "flush_loop never flushed"
+            assert loop.time() < deadline, "idle output not on disk within 1 s (+0.5 s margin)"
             await asyncio.sleep(0.02)
         task.cancel()
 

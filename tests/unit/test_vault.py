@@ -22,7 +22,7 @@ from bastion.credentials.vault import (
     private_key_credential,
     write_vault_key,
 )
-from bastion.errors import VaultError
+from bastion.errors import ConfigError, VaultError
 from bastion.secret import Secret
 
 PASSWORD = "correct horse battery staple"
@@ -327,9 +327,12 @@ def test_key_file_problems(tmp_path: Path, key: Secret[bytes]) -> None:
         load_vault_key(cfg, {})
     path = tmp_path / "open.key"
     write_vault_key(path, key)
-    path.chmod(0o644)
-    with pytest.raises(VaultError, match="accessible to other users"):
-        load_vault_key(VaultConfig(path=tmp_path / "v", key_file=path), {})
+    for mode in (0o644, 0o640, 0o604, 0o610):  # the README: 0600 enforced (group bits too)
+        path.chmod(mode)
+        with pytest.raises(ConfigError, match=f"accessible to other users \\(mode 0{mode:o}"):
+            load_vault_key(VaultConfig(path=tmp_path / "v", key_file=path), {})
+    path.chmod(0o400)  # read-only for its owner is fine
+    assert load_vault_key(VaultConfig(path=tmp_path / "v", key_file=path), {}) == key
 
 
 # -- rotation -------------------------------------------------------------------------------------

@@ -1,0 +1,398 @@
+"""Command control on a channel: every command line is judged before its Enter reaches the target.
+
+``CommandCatcher`` is the pipeline's ``StageFactory``. On a shell with a pty it adds an input
+stage that forwards keystrokes as they come but holds each Enter (CR, LF, Ctrl-O) until the
+line is judged, and an output stage that passes output through and keeps a bounded tail for the
+line catcher (O(1) work per chunk). On a shell without a pty (a script on stdin) whole lines are
+held and judged. Exec requests are judged before the exec is dialled: ``check_exec``.
+
+What happens to a judged line (the strictest verdict of the screen's and the keystrokes' line):
+
+- allow, warn: noted (marker, session.json, audit), then the Enter goes on;
+- deny: the Enter is never sent; the line on the target is cleared (Ctrl-E Ctrl-U; Ctrl-C when
+  continued lines are pending) and the screen is read again to confirm; the user sees one line;
+- approve: the user sees the request id; input typed meanwhile is held (Ctrl-C cancels); the
+  Enter goes on only when an approver approved; denial, timeout or cancel clear it as a deny.
+
+Several lines arriving at once (a paste, typeahead) are all checked on their typed text before
+any of them goes on: one denied line drops the whole chunk. A line ending in a backslash
+continues: the continuation's Enter goes on only if the joined text so far is not denied, and
+the joined command is judged as one at its last Enter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from bastion.masking.noecho import SECRET_PROMPT
+from bastion.policy.commands import (
+    CommandPolicy,
+    CommandScope,
+    Verdict,
+    line_is_incomplete,
+)
+from bastion.relay.command_judge import Approvals, LineJudge, continues_line, describe, masked_line
+from bastion.relay.command_script import ScriptLineStage
+from bastion.relay.linecatcher import Key, KeyKind, KeyReader, LineCatcher, TypedLine
+from bastion.relay.pipeline import (
+    ChannelInfo,
+    ChannelKind,
+    ChannelStages,
+    Stage,
+    StageContext,
+    Stream,
+)
+
+log = logging.getLogger("bastion.relay")
+
+SETTLE_QUIET = 0.03  # output quiet this long after the last key's echo: the screen is settled
+SETTLE_MAX = 0.5  # never wait longer than this for an echo (none comes under ``stty -echo``)
+INTERRUPT_MAX = 1.0  # keys after Ctrl-C wait at most this long for the shell's new prompt
+HOLD_CAP = 4096  # input held while a line is judged; beyond it the user's input is paused
+_CONTROLS = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|[\x00-\x1f]")
+_CLEAR_LINE = b"\x05\x15"  # Ctrl-E Ctrl-U: end of line, kill to its start (readline, tty)
+_ABORT_LINE = b"\x03"  # Ctrl-C: also drops continued lines the shell already holds
+
+
+class CommandCatcher:
+    """The command control ``StageFactory``; also judges exec requests (``check_exec``)."""
+
+    def __init__(self, policy: CommandPolicy, approvals: Approvals | None) -> None:
+        self.policy = policy
+        self.approvals = approvals
+
+    @staticmethod
+    def scope(info: ChannelInfo) -> CommandScope:
+        """Who runs commands where, as the rules see it."""
+        return CommandScope(target=info.target.name, login=info.login, user=info.user,
+                            groups=info.groups)
+
+    def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
+        scope = self.scope(info)
+        # An exec with a pty (``ssh -t host bash``) is a terminal too: its command was judged by
+        # check_exec, and the lines typed into it are judged like a shell's.
+        terminal_exec = info.kind is ChannelKind.EXEC and info.pty
+        if not (info.kind is ChannelKind.SHELL or terminal_exec) or not self.policy.active(scope):
+            return None
+        if not info.pty:
+            script = ScriptLineStage(LineJudge(self, info, ctx, scope))
+            return ChannelStages(input=[script])
+        control = ShellControl(LineJudge(self, info, ctx, scope), info)
+        return ChannelStages(input=[control.input_stage], output=[control.output_stage])
+
+    async def check_exec(self, info: ChannelInfo, ctx: StageContext) -> bool:
+        """Judge an exec request before it is dialled; True if it may run (after approval)."""
+        scope = self.scope(info)
+        if info.command is None or not self.policy.active(scope):
+            return True
+        judge = LineJudge(self, info, ctx, scope)
+        decision = self.policy.evaluate_exec(info.command, scope)
+        return await judge.enforce(decision, info.command, asyncio.Event())
+
+
+class _Input(Stage):
+    def __init__(self, control: ShellControl) -> None:
+        self._control = control
+
+    def feed(self, data: bytes, stream: Stream) -> None:
+        self._control.on_input(data)
+
+    def end(self) -> None:
+        self._control.on_input_end()
+
+    def resize(self, width: int, height: int) -> None:
+        self._control.catcher.resize(width, height)
+
+    def close(self) -> None:
+        self._control.close()
+
+
+class _Output(Stage):
+    def __init__(self, control: ShellControl) -> None:
+        self._control = control
+        self._tail_feed = control.catcher.output
+        self._loop = asyncio.get_running_loop()
+
+    def feed(self, data: bytes, stream: Stream) -> None:
+        self._tail_feed(data)  # O(1): append to the bounded tail
+        self._control.last_output = self._loop.time()
+        self.emit(data, stream)
+
+
+class ShellControl:
+    """The shared state of a pty shell's input and output stages."""
+
+    def __init__(self, judge: LineJudge, info: ChannelInfo) -> None:
+        self.judge = judge
+        self.ctx = judge.ctx
+        self.catcher = LineCatcher(info.width, info.height)
+        self.input_stage = _Input(self)
+        self.output_stage = _Output(self)
+        self.loop = asyncio.get_running_loop()
+        self.last_output = 0.0
+        self.last_forward = 0.0
+        self.continued = ""  # joined text of lines continued with a trailing backslash
+        self._held: bytearray | None = None  # input after a held Enter (None: nothing held)
+        self._enter = b""
+        self._paused = False
+        self._ended = False
+        self._abort = False  # clear the refused line with Ctrl-C (continued lines pending)
+        self._ctrl_x = False  # the last key was Ctrl-X (a prefix of edit-and-execute)
+        self._cancelled = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- input ------------------------------------------------------------------------------
+    def forward(self, data: bytes) -> None:
+        """Send user input on to the target."""
+        if data:
+            self.last_forward = self.loop.time()
+            self.input_stage.emit(data, Stream.DATA)
+
+    def on_input(self, data: bytes) -> None:
+        """A chunk of the user's input."""
+        if self._held is not None:
+            self._hold(data)
+            return
+        self.catcher.scan_output()
+        if self.catcher.alternate:  # a full-screen program: recorded, not judged
+            if self.catcher.line_started:
+                self.catcher.end_line()
+            self.forward(self.catcher.reader.take_partial() + data)
+            return
+        self._process(data)
+
+    def on_input_end(self) -> None:
+        if self._held is not None:
+            self._ended = True  # ends after the held line is settled
+        else:
+            self.input_stage.emit_end()
+
+    def _hold(self, data: bytes) -> None:
+        assert self._held is not None
+        if self.judge.waiting is not None and b"\x03" in data:
+            self._cancelled.set()  # Ctrl-C cancels the request; it goes no further itself
+            return
+        self._held += data
+        if len(self._held) > HOLD_CAP and not self._paused:
+            self._paused = True
+            self.ctx.pause_input()
+
+    def _process(self, data: bytes) -> None:
+        catcher = self.catcher
+        keys = self._expand_pastes(catcher.keys(data))
+        if catcher.reader.paste_overflow:
+            catcher.reader.drop_partial()
+            self.ctx.notify_user("a paste this long cannot be checked; it was not sent")
+            self.ctx.audit("command.paste_dropped")
+            return
+        if self._several_lines(keys) and not self._precheck(keys):
+            return
+        out: list[bytes] = []
+        for index, key in enumerate(keys):
+            if key.kind is KeyKind.ENTER:
+                self.forward(b"".join(out))
+                rest = b"".join(k.raw for k in keys[index + 1:]) + catcher.reader.take_partial()
+                self._hold_line(key, rest)
+                return
+            if key.kind is KeyKind.CONTROL and key.text == "\x05" and self._ctrl_x:
+                # Ctrl-X Ctrl-E: readline runs what an editor leaves, unseen by the catcher.
+                self._ctrl_x = False
+                self.ctx.notify_user("Ctrl-X Ctrl-E (edit and run) is not available through "
+                                     "the bastion")
+                continue
+            self._ctrl_x = key.kind is KeyKind.CONTROL and key.text == "\x18"
+            catcher.typed_key(key)
+            out.append(key.raw)
+            if key.kind is KeyKind.CONTROL and key.text == "\x03":
+                # After Ctrl-C bash drops a key or two typed before it redraws its prompt (the
+                # tty echoed them, readline never got them): "Xrm -rf" shown, "rm -rf" run. So
+                # what follows waits until the prompt is back. The line's mark stays: if the
+                # shell ignored Ctrl-C, the text before it still counts.
+                self.forward(b"".join(out))
+                rest = b"".join(k.raw for k in keys[index + 1:]) + catcher.reader.take_partial()
+                self._held = bytearray(rest)
+                self.continued = ""
+                self._task = self.loop.create_task(self._after_interrupt(catcher.tail.end))
+                return
+        self.forward(b"".join(out))
+
+    async def _after_interrupt(self, output_at: int) -> None:
+        await self._settle(new_row_after=output_at)
+        self._release(new_line=False)
+
+    def _expand_pastes(self, keys: list[Key]) -> list[Key]:
+        """A paste the program did not ask for is typing: its newlines are Enters."""
+        if self.catcher.tail.bracketed_paste or not any(k.kind is KeyKind.PASTE for k in keys):
+            return keys
+        out: list[Key] = []
+        for key in keys:
+            if key.kind is KeyKind.PASTE:
+                inner = key.raw[len(b"\x1b[200~"):-len(b"\x1b[201~")]
+                out += KeyReader().keys(inner)
+            else:
+                out.append(key)
+        return out
+
+    @staticmethod
+    def _several_lines(keys: list[Key]) -> bool:
+        enters = sum(1 for k in keys if k.kind is KeyKind.ENTER)
+        pasted = any(k.kind is KeyKind.PASTE and ("\n" in k.text or "\r" in k.text)
+                     for k in keys)
+        return pasted or enters > 1 or (enters == 1 and keys[-1].kind is not KeyKind.ENTER)
+
+    def _precheck(self, keys: list[Key]) -> bool:
+        """Judge every line of a multi-line chunk on its typed text; False if one is denied."""
+        model = TypedLine()
+        current = self.catcher.typed
+        model.text, model.cursor = current.text, current.cursor
+        lines: list[str] = []
+        for key in keys:
+            if key.kind is KeyKind.ENTER:
+                lines.append(model.text)
+                model.reset()
+            else:
+                model.apply(key)
+                if key.kind is KeyKind.PASTE:
+                    lines.append(model.text)  # the pasted lines, judged as one script
+        decisions = [(line, self.judge.evaluate([self.continued + line])) for line in lines
+                     if line.strip()]
+        denied = [(line, d) for line, d in decisions if d.verdict is Verdict.DENY]
+        if not denied:
+            return True
+        line, decision = denied[0]
+        self.ctx.note_command(masked_line(self.continued + line), "deny", decision.rule)
+        self.ctx.notify_user(f"{describe(decision)}; nothing of this input was sent")
+        self.catcher.reader.drop_partial()
+        if self.catcher.line_started or self.continued:
+            self._abort = bool(self.continued)
+            self._held = bytearray()
+            self._task = self.loop.create_task(self._clear_then_release())
+        return False
+
+    # -- judging one line -------------------------------------------------------------------
+    def _hold_line(self, enter: Key, rest: bytes) -> None:
+        self._held = bytearray(rest)
+        self._enter = enter.raw
+        self._cancelled = asyncio.Event()
+        self._task = self.loop.create_task(self._judge())
+
+    async def _settle(self, new_row_after: int | None = None) -> None:
+        """Wait until the target has echoed what was typed (bounded).
+
+        With ``new_row_after`` (an output offset), also until a newline came after it: the
+        shell's fresh prompt after Ctrl-C.
+        """
+        deadline = self.loop.time() + (SETTLE_MAX if new_row_after is None else INTERRUPT_MAX)
+        while True:
+            now = self.loop.time()
+            if (self.last_output > self.last_forward and now - self.last_output >= SETTLE_QUIET
+                    and (new_row_after is None or self._prompt_redrawn(new_row_after))):
+                return
+            if now >= deadline:
+                return
+            await asyncio.sleep(SETTLE_QUIET / 3)
+
+    def _prompt_redrawn(self, since: int) -> bool:
+        """Whether a new row with text on it (the fresh prompt) came after output ``since``."""
+        output = self.catcher.tail.since(since)
+        newline = output.rfind(b"\n")
+        return newline >= 0 and bool(_CONTROLS.sub(b"", output[newline + 1:]).strip())
+
+    async def _judge(self) -> None:
+        try:
+            run = await self._judge_line()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not let the line through: end the channel instead
+            log.exception("command check failed")
+            self.ctx.end_channel("the command check failed; the session was ended")
+            return
+        if run:
+            self.forward(self._enter)
+            if self._held:
+                # Keys typed meanwhile belong to the next line: let the command's output and
+                # the next prompt arrive first, so the next line starts after its prompt.
+                await self._settle()
+            self._release()
+            return
+        if self._held:
+            # Typed before the user saw the refusal, so meant to follow the refused line.
+            self._held = bytearray()
+            self.ctx.notify_user("input typed after the refused line was dropped")
+        await self._clear_then_release()
+
+    async def _judge_line(self) -> bool:
+        catcher = self.catcher
+        prefix = self.continued
+        if not catcher.line_started and not prefix:
+            return True  # Enter on an empty line
+        await self._settle()
+        reading = catcher.read()
+        texts = [prefix + text for text in reading.candidates]
+        if not any(text.strip() for text in texts):
+            return True
+        shown = prefix + reading.shown
+        # The shell asks for more (PS2) and runs nothing yet: a trailing backslash, an open
+        # quote, an unclosed ``if``/``$(``/heredoc... The whole text is judged at its last line.
+        # Only when every reading says so: if one is complete, the shell may run it now.
+        incomplete = all(line_is_incomplete(text) for text in texts)
+        # The shell already holds continued lines: only Ctrl-C drops them all.
+        self._abort = bool(prefix) or incomplete
+        if incomplete:
+            if continues_line(shown):
+                # Judged early too: a denied prefix is refused now rather than lines later.
+                joined = [t[:-1] if continues_line(t) else t for t in texts]
+                decision = self.judge.evaluate(joined)
+                if decision.verdict is Verdict.DENY:
+                    self.continued = ""
+                    return await self.judge.enforce(decision, shown[:-1], self._cancelled)
+                self.continued = shown[:-1]  # bash drops the backslash and the newline
+            else:
+                self.continued = shown + "\n"
+            return True
+        self.continued = ""
+        if not reading.echoed and reading.screen is not None \
+                and SECRET_PROMPT.search(reading.screen.prompt.encode()):
+            # Typed unseen at a prompt asking for a secret (sudo, read -s, mysql -p): judged
+            # as any line, but its text is never written down (masking hides its keys too).
+            shown = f"[input at a password prompt, not echoed: {len(shown)} keys]"
+        return await self.judge.enforce(self.judge.evaluate(texts), shown, self._cancelled)
+
+    async def _clear_then_release(self) -> None:
+        """Clear the refused line on the target, check the screen shows it empty, go on."""
+        abort, self._abort = self._abort, False
+        self.continued = ""
+        self.forward_control(_ABORT_LINE if abort else _CLEAR_LINE)
+        await self._settle()
+        reading = self.catcher.read()
+        if reading.screen is not None and reading.screen.found and reading.screen.text.strip():
+            self.forward_control(_ABORT_LINE)  # not empty: interrupt the line instead
+            self.ctx.marker("line not cleared by Ctrl-U; sent Ctrl-C")
+            await self._settle()  # the new prompt is drawn before the next line begins
+        self._release()
+
+    def forward_control(self, data: bytes) -> None:
+        """Send keys the user did not type (recorded as a marker by the relay)."""
+        self.last_forward = self.loop.time()
+        self.ctx.send_to_target(data)
+
+    def _release(self, new_line: bool = True) -> None:
+        """The judged line is done: go on with what was typed after it."""
+        held = bytes(self._held or b"")
+        self._held = None
+        if new_line:
+            self.catcher.end_line()
+        if self._paused:
+            self._paused = False
+            self.ctx.resume_input()
+        if held:
+            self.on_input(held)
+        if self._ended and self._held is None:
+            self.input_stage.emit_end()
+
+    def close(self) -> None:
+        self._cancelled.set()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
