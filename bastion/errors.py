@@ -118,3 +118,7 @@ class ReplayError(BastionError):
 
 class ApprovalError(BastionError):
     """An approval request cannot be decided: unknown, already decided, or not yours to decide."""
+
+
+class ProxyHeaderError(BastionError):
+    """A PROXY protocol header is missing, malformed, or came from an untrusted address."""

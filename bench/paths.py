@@ -16,18 +16,20 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
 
+from bastion.demo.postgres import ThrowawayPostgres
 from bastion.demo.procs import ManagedProcess, free_port
 from bastion.demo.sshd import SshdTarget, generate_key_pair
 from bastion.demo.stack import LOOPBACK, DemoStack
 from bastion.identity.bindings import KeyBindings
 from bastion.identity.model import Identity
-from bastion.state.db import StateDB
+from bastion.state.backends import open_state
 from bench.install import Unavailable, ensure_ssh_mitm, ensure_tlog
 
 ALL_PATHS = ("direct", "jump", "tlog", "ssh-mitm", "bastion")
@@ -54,10 +56,11 @@ class BenchEnv:
     """Starts every requested path and writes one ssh_config with a Host per path."""
 
     def __init__(self, workdir: Path, wanted: tuple[str, ...], *, masking: bool = True,
-                 commands: bool = True) -> None:
+                 commands: bool = True, state: str = "sqlite") -> None:
         self.workdir = workdir
         self.wanted = wanted
         self.masking = masking  # the shipped default is on
+        self.state = state  # the bastion's state backend: "sqlite" or "postgresql"
         self.unavailable: dict[str, str] = {}  # path -> reason it is not measured
         self.ssh_config = workdir / "ssh_config"
         self.known_hosts = workdir / "known_hosts"
@@ -163,14 +166,22 @@ class BenchEnv:
                                        "max_connections": BENCH_SESSIONS_CAP}})
         if not self.masking:
             stack.merge_config({"masking": {"enabled": False}})
+        if self.state == "postgresql":  # a throwaway cluster, migrated like a real deployment
+            cluster = ThrowawayPostgres().start()
+            self._cleanups.append(cluster.stop)
+            stack.merge_config({"state": {"url": cluster.new_database()}})
         stack.write_config()
+        if self.state == "postgresql":
+            subprocess.run([sys.executable, "-m", "bastion", "migrate", "--config",
+                            str(stack.config_path)], check=True, capture_output=True, timeout=120)
         stack.start_bastion()
         stack.write_client_files()
         # A bound key: what a person has after one device login (a key_bindings row).
         generate_key_pair(self.bound_key, "bench bound key")
         public = Path(f"{self.bound_key}.pub").read_text(encoding="utf-8").strip()
         fingerprint = asyncssh.import_public_key(public).get_fingerprint("sha256")
-        db = StateDB.in_state_dir(stack.state_dir)
+        assert stack.loaded_config is not None
+        db = open_state(stack.loaded_config)
         try:
             KeyBindings(db).bind(fingerprint, public, Identity(
                 issuer="https://idp.bench.invalid", subject="bench-user", name="bench",

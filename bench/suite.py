@@ -52,6 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds per login-rate run (default 10, quick 3)")
     parser.add_argument("--commands", choices=("on", "off"), default="on",
                         help="command control with the demo's rules (default on)")
+    parser.add_argument("--state", default="sqlite", choices=["sqlite", "postgresql"],
+                        help="the bastion's state backend (postgresql: a throwaway cluster)")
     parser.add_argument("--masking", choices=("on", "off"), default="on",
                         help="the bastion's output masking (default on, as shipped)")
     parser.add_argument("--transfer-mb", type=float,
@@ -416,11 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"command": "bench/run " + shlex.join(sys.argv[1:] if argv is None
                                                                    else argv),
                               "mode": "quick" if args.quick else "full",
+                              "state_backend": args.state,
                               "machine": machine(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         with BenchEnv(workdir, args.wanted, masking=args.masking == "on",
-                      commands=args.commands == "on") as env:
+                      commands=args.commands == "on", state=args.state) as env:
             result["paths"] = {p: {"measured": p in env.paths,
                                    **({"reason": env.unavailable[p]}
                                       if p in env.unavailable else {})}

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from harness.ssh import ssh_base_argv
+from harness.state import StateBackend, postgres_backend, sqlite_backend
 from harness.targets import SshdTargets
 from harness.tmux import TmuxFactory, TmuxSession
 
+from bastion.demo.postgres import ThrowawayPostgres
 from bastion.demo.stack import DemoStack
 
 # The programs installed beside this interpreter (the project's .venv: bastion, asciinema, weed,
@@ -80,3 +82,22 @@ def tmux() -> Iterator[TmuxFactory]:
     yield start
     for session in sessions:
         session.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[ThrowawayPostgres]:
+    """A throwaway PostgreSQL cluster on a free loopback port, for the whole run."""
+    with ThrowawayPostgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateBackend]:
+    """An empty state database on each backend in turn (a fresh PostgreSQL database each)."""
+    if request.param == "sqlite":
+        backend = sqlite_backend(tmp_path / "state" / "state.sqlite3")
+    else:
+        cluster: ThrowawayPostgres = request.getfixturevalue("postgres_cluster")
+        backend = postgres_backend(cluster.new_database())
+    yield backend
+    backend.close_all()

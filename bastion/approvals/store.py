@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import enum
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
 from bastion.errors import ApprovalError
-from bastion.state.db import StateDB
+from bastion.state.db import Row, StateDB
 
 
 class ApprovalState(enum.Enum):
@@ -127,7 +126,7 @@ def _values(r: ApprovalRequest) -> tuple[object, ...]:
             r.decided_name, r.decided_at, r.reason)
 
 
-def _row(row: sqlite3.Row) -> ApprovalRequest:
+def _row(row: Row) -> ApprovalRequest:
     return ApprovalRequest(
         id=row["id"], state=ApprovalState(row["state"]), created=row["created"],
         expires=row["expires"], node=row["node"], session_id=row["session_id"],

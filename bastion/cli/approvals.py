@@ -24,11 +24,11 @@ from bastion.errors import UsageError
 from bastion.identity.bindings import KeyBindings
 from bastion.identity.model import LOCAL_ISSUER
 from bastion.identity.totp import TotpStore
-from bastion.state.db import StateDB
+from bastion.state.backends import open_state
 
 
 def _service(config: Config, with_totp: bool) -> ApprovalService:
-    db = StateDB.in_state_dir(config.paths.state_dir)
+    db = open_state(config)
     totp = TotpStore(db, load_vault_key(config.vault)) if with_totp else None
     audit = AuditLog(config.paths.audit_log, config.server.node_id, stream=None)
     return ApprovalService(ApprovalStore(db), config.approvals, audit, config.server.node_id,
@@ -47,7 +47,7 @@ def _approver(config: Config, text: str) -> Approver:
                                 rule_names=(name,))
         if "|" not in text:
             raise UsageError(f"no config user {name!r}; give ISSUER|SUBJECT for IdP users")
-    db = StateDB.in_state_dir(config.paths.state_dir)
+    db = open_state(config)
     for binding in KeyBindings(db).entries():
         if binding.identity.key == text:
             return Approver.of(binding.identity)

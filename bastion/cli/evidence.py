@@ -16,7 +16,7 @@ from bastion.audit import AuditLog
 from bastion.cli.display import printable
 from bastion.cli.options import config_option
 from bastion.config.load import load_config, parse_evidence, parse_storage
-from bastion.config.model import EvidenceConfig, StorageConfig
+from bastion.config.model import Config, EvidenceConfig, StorageConfig
 from bastion.config.reader import Source as ConfigSource
 from bastion.config.reader import Table
 from bastion.errors import (
@@ -35,7 +35,7 @@ from bastion.evidence.signing import (
 )
 from bastion.evidence.sources import LocalSource, Source
 from bastion.evidence.verify import TrustedKey, verify_source
-from bastion.state.db import StateDB
+from bastion.state.backends import open_state
 from bastion.state.sessions import SessionRegistry
 from bastion.storage.client import make_client, parse_s3_uri, storage_error
 from bastion.storage.objects import ObjectStore
@@ -109,7 +109,7 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
             concurrency=storage.concurrency, multipart_threshold=storage.multipart_threshold,
             keep_days=config.evidence.keep_days if config.evidence else 0,
             trusted_keys=_upload_keys(config.evidence, config.source),
-            running=_running_here(config.paths.state_dir, config.server.node_id))
+            running=_running_here(config))
         client = make_client(storage.endpoint_url, storage.region, storage.max_attempts)
         uploader = Uploader(settings, ObjectStore(client, storage.bucket))
         summary = _run_with_progress(uploader, show=sys.stderr.isatty() and not as_json)
@@ -126,14 +126,14 @@ def upload(config_path: str, wait: bool, as_json: bool | None) -> None:
     sys.exit(summary.exit_code())
 
 
-def _running_here(state_dir: Path, node_id: str) -> frozenset[str] | None:
+def _running_here(config: Config) -> frozenset[str] | None:
     """The sessions this node's server says it records (None if the registry is unreadable:
     then stuck sessions are not judged)."""
     try:
-        db = StateDB.in_state_dir(state_dir)
+        db = open_state(config)
         try:
             return frozenset(r.session_id for r in SessionRegistry(db).running()
-                             if r.node == node_id)
+                             if r.node == config.server.node_id)
         finally:
             db.close()
     except BastionError:

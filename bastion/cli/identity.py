@@ -17,7 +17,7 @@ from bastion.identity.bindings import KeyBindings
 from bastion.identity.model import LOCAL_ISSUER
 from bastion.identity.qr import qr_text
 from bastion.identity.totp import TotpStore
-from bastion.state.db import StateDB
+from bastion.state.backends import open_state
 
 
 def _audit(config: Config) -> AuditLog:
@@ -53,7 +53,7 @@ def keys() -> None:
 def keys_list(config_path: str, include_expired: bool, as_json: bool) -> None:
     """Show key bindings: key, identity, groups, expiry."""
     config = load_config(config_path)
-    bindings = KeyBindings(StateDB.in_state_dir(config.paths.state_dir))
+    bindings = KeyBindings(open_state(config))
     rows = bindings.entries(include_expired=include_expired)
     for b in rows:
         if as_json:
@@ -83,7 +83,7 @@ def keys_revoke(config_path: str, fingerprint: str | None, identity: str | None,
     if sum(x is not None and x is not False for x in (fingerprint, identity, everything)) != 1:
         raise UsageError("give exactly one of: FINGERPRINT, --identity ISSUER|SUBJECT, --all")
     config = load_config(config_path)
-    bindings = KeyBindings(StateDB.in_state_dir(config.paths.state_dir))
+    bindings = KeyBindings(open_state(config))
     if fingerprint is not None:
         if not fingerprint.startswith("SHA256:"):
             fingerprint = "SHA256:" + fingerprint
@@ -108,7 +108,7 @@ def totp() -> None:
 
 
 def _store(config: Config) -> TotpStore:
-    return TotpStore(StateDB.in_state_dir(config.paths.state_dir), load_vault_key(config.vault))
+    return TotpStore(open_state(config), load_vault_key(config.vault))
 
 
 @totp.command("enroll")
@@ -141,7 +141,7 @@ def _check_known(config: Config, key: str) -> None:
             return
         raise UsageError(f"{subject!r} is not a user in {config.source}; give a config user "
                          "name or ISSUER|SUBJECT as `bastion keys list --all` shows it")
-    bindings = KeyBindings(StateDB.in_state_dir(config.paths.state_dir))
+    bindings = KeyBindings(open_state(config))
     if any(b.identity.key == key for b in bindings.entries(include_expired=True)):
         return
     raise UsageError(f"{key!r} has never signed in (no key binding, see `bastion keys list "

@@ -71,6 +71,8 @@ def _register() -> None:
     cli.add_command(commands_cmd.check_command)
     from bastion.cli import ca as ca_cmd
     cli.add_command(ca_cmd.ca)
+    from bastion.cli import migrate as migrate_cmd
+    cli.add_command(migrate_cmd.migrate)
 
 
 def main() -> None:

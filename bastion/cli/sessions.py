@@ -16,12 +16,12 @@ from bastion.cli.options import config_option
 from bastion.cli.replay import analyst
 from bastion.config.load import load_config
 from bastion.config.model import Config
-from bastion.errors import ReplayError, UsageError
+from bastion.errors import ReplayError, StateError, UsageError
 from bastion.replay.catalog import Catalog, Summary
 from bastion.replay.sanitize import one_line
 from bastion.replay.search import Filters, Hit, compile_pattern, find, parse_when
 from bastion.replay.transcript import clock
-from bastion.state.db import StateDB
+from bastion.state.backends import open_state
 from bastion.state.sessions import MAX_REASON, SessionRegistry
 from bastion.storage.client import make_client
 
@@ -50,11 +50,30 @@ def _filters(f: Any) -> click.Command:
 
 
 def _running_ids(config: Config) -> frozenset[str]:
-    db = StateDB.in_state_dir(config.paths.state_dir)
+    db = open_state(config)
     try:
         return frozenset(s.session_id for s in SessionRegistry(db).running())
     finally:
         db.close()
+
+
+def _running_elsewhere(config: Config, known: set[str]) -> list[Summary]:
+    """Sessions the shared registry says are running that this node's catalog does not hold
+    (running on another node, with PostgreSQL as the state database)."""
+    try:
+        db = open_state(config)
+        try:
+            running = SessionRegistry(db).running()
+        finally:
+            db.close()
+    except StateError as exc:  # the list of recordings is still worth showing
+        click.echo(f"bastion: warning: running sessions unknown: {exc}", err=True)
+        return []
+    return [Summary(session_id=s.session_id, source="registry", where=f"node {s.node}",
+                    user=s.user, target=s.target, login=s.login,
+                    start=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.started)), end="",
+                    state="active", end_reason="", node=s.node)
+            for s in running if s.session_id not in known]
 
 
 def _open(config: Config, local_only: bool, endpoint_url: str | None) -> Catalog:
@@ -68,14 +87,18 @@ def _open(config: Config, local_only: bool, endpoint_url: str | None) -> Catalog
 
 
 def _selected(config: Config, catalog: Catalog, opts: dict[str, Any]) -> list[Summary]:
+    filters = _filters_of(config, opts)
+    return [s for s in catalog.summaries() if filters.accept(s)]
+
+
+def _filters_of(config: Config, opts: dict[str, Any]) -> Filters:
     now = dt.datetime.now(dt.UTC)
-    filters = Filters(
+    return Filters(
         user=opts["user"], target=opts["target"], login=opts["login"],
         since=parse_when(opts["since"], now) if opts["since"] else None,
         until=parse_when(opts["until"], now) if opts["until"] else None,
         end_reason=opts["end_reason"],
         running=_running_ids(config) if opts["running"] else None)
-    return [s for s in catalog.summaries() if filters.accept(s)]
 
 
 _COLUMNS = (("SESSION", 33), ("START", 20), ("USER", 14), ("TARGET", 12), ("LOGIN", 10),
@@ -139,10 +162,15 @@ def list_cmd(**opts: Any) -> None:
     config = load_config(opts["config_path"])
     catalog = _open(config, opts["local_only"], opts["endpoint_url"])
     try:
-        rows: list[tuple[Summary, Hit | None]] = [(s, None) for s in
-                                                  _selected(config, catalog, opts)]
+        filters = _filters_of(config, opts)
+        summaries = catalog.summaries()
     finally:
         catalog.close()
+    # Sessions running on another node are in the shared registry, not in this node's spool.
+    summaries += _running_elsewhere(config, {s.session_id for s in summaries})
+    rows: list[tuple[Summary, Hit | None]] = [
+        (s, None) for s in sorted(summaries, key=lambda s: (s.start, s.session_id))
+        if filters.accept(s)]
     _warn_skipped(catalog)
     _print(rows, opts["as_json"], search="")
 
@@ -192,7 +220,7 @@ def kill_cmd(session: str, reason: str, wait: bool, config_path: str) -> None:
         raise UsageError("--reason must say why (the user sees it)")
     config = load_config(config_path)
     who = analyst()
-    db = StateDB.in_state_dir(config.paths.state_dir)
+    db = open_state(config)
     try:
         registry = SessionRegistry(db)
         running = registry.get_running(session)

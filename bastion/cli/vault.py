@@ -30,7 +30,7 @@ from bastion.errors import ConfigError, UsageError, VaultError
 from bastion.fsutil import write_atomic
 from bastion.identity.totp import TotpStore
 from bastion.secret import Secret
-from bastion.state.db import StateDB
+from bastion.state.backends import open_state
 
 _MAX_KEY_FILE_BYTES = 1024 * 1024
 
@@ -123,7 +123,7 @@ def vault_rotate_key(config_path: str, new_key_file: str) -> None:
                              f"(key id {old_id})")
         # One state-database transaction around the vault rewrite: the TOTP secrets and the
         # vault change together, or (on any error) neither does.
-        totp = TotpStore(StateDB.in_state_dir(config.paths.state_dir), old_key)
+        totp = TotpStore(open_state(config), old_key)
         resealed = totp.reseal_all(new_key, before_commit=lambda: opened.rotate(new_key))
         installed = _install_key(config, new_path, new_key)
     audit.emit("vault.rotated", by="cli", old_key_id=old_id, new_key_id=new_id,

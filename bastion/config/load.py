@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import asyncssh
@@ -29,6 +31,7 @@ from bastion.config.model import (
     VaultConfig,
 )
 from bastion.config.reader import Source, Table
+from bastion.config.state import StateConfig, parse_state
 from bastion.config.transfers import check_rule_targets, parse_forward_rule, parse_transfer_rule
 from bastion.errors import ConfigError
 
@@ -81,6 +84,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                  else ApprovalsConfig())
     commands = parse_command_control(root, {t.name for t in targets})
     ca = parse_ca(root.table("ca")) if root.has("ca") else None
+    state = parse_state(root.table("state")) if root.has("state") else StateConfig()
     root.done()
 
     _unique(root, "users", [u.name for u in users])
@@ -113,7 +117,7 @@ def parse_config(data: dict[str, object], source: Source) -> Config:
                   users=users, targets=targets, access=access,
                   evidence=evidence, storage=storage, identity=identity, commands=commands,
                   masking=masking, transfers=transfers, forwarding=forwarding,
-                  approvals=approvals, ca=ca)
+                  approvals=approvals, ca=ca, state=state)
 
 
 def _paths(t: Table) -> PathsConfig:
@@ -147,9 +151,21 @@ def _server(t: Table, paths: PathsConfig) -> ServerConfig:
         idle_timeout=t.duration("idle_timeout", 900.0),
         keepalive_interval=t.duration("keepalive_interval", 30.0),
         keepalive_count_max=t.integer("keepalive_count_max", 3, lo=1, hi=100),
+        proxy_protocol_from=_networks(t, "proxy_protocol_from"),
     )
     t.done()
     return server
+
+
+def _networks(t: Table, key: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    networks = []
+    for text in t.strings(key, ()):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=True))
+        except ValueError:
+            raise t.error(key, 'a list of addresses or networks ("10.0.0.5/32", "10.1.0.0/16")',
+                          text) from None
+    return tuple(networks)
 
 
 def _vault(t: Table, paths: PathsConfig) -> VaultConfig:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from bastion.config.masking import MaskingConfig, TargetMasking
+from bastion.config.state import StateConfig
 from bastion.secret import Secret
 
 # Names that may appear in an SSH user name. Targets and logins are checked against these
@@ -35,6 +37,9 @@ class ServerConfig:
     idle_timeout: float = 900.0
     keepalive_interval: float = 30.0
     keepalive_count_max: int = 3
+    # Load balancers whose connections start with a PROXY protocol v2 header (the real client
+    # address); empty: no header is accepted from anyone.
+    proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,7 @@ class Config:
     transfers: tuple[TransferRule, ...] = ()
     forwarding: tuple[ForwardRule, ...] = ()
     ca: CaConfig | None = None
+    state: StateConfig = field(default_factory=StateConfig)
     _targets_by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

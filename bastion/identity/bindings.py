@@ -52,9 +52,14 @@ class KeyBindings:
         now = self._clock()
         with self._db.transaction() as cur:
             cur.execute(
-                "INSERT OR REPLACE INTO key_bindings (fingerprint, public_key, issuer, subject,"
+                "INSERT INTO key_bindings (fingerprint, public_key, issuer, subject,"
                 " name, email, groups_json, client, created, expires, last_used)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)"
+                " ON CONFLICT (fingerprint) DO UPDATE SET public_key = excluded.public_key,"
+                " issuer = excluded.issuer, subject = excluded.subject, name = excluded.name,"
+                " email = excluded.email, groups_json = excluded.groups_json,"
+                " client = excluded.client, created = excluded.created,"
+                " expires = excluded.expires, last_used = NULL",
                 (fingerprint, public_key, identity.issuer, identity.subject, identity.name,
                  identity.email, json.dumps(list(identity.groups)), client, now, now + ttl))
         return KeyBinding(fingerprint, public_key, _as_binding(identity), client, now, now + ttl,
@@ -94,7 +99,6 @@ class KeyBindings:
         else:
             raise ValueError("revoke what? give a fingerprint, an identity or everything=True")
         with self._db.transaction() as cur:
-            cur.row_factory = _dict_factory
             found = [_row(r) for r in cur.execute(
                 f"SELECT * FROM key_bindings WHERE {where}", params)]  # noqa: S608
             cur.execute(f"DELETE FROM key_bindings WHERE {where}", params)  # noqa: S608
@@ -105,10 +109,6 @@ class KeyBindings:
         with self._db.transaction() as cur:
             cur.execute("DELETE FROM key_bindings WHERE expires <= ?", (self._clock(),))
             return int(cur.rowcount)
-
-
-def _dict_factory(cursor: Any, row: tuple[Any, ...]) -> dict[str, Any]:
-    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
 def _as_binding(identity: Identity) -> Identity:

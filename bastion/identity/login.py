@@ -8,6 +8,7 @@ prints as UTF-8.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -70,7 +71,7 @@ class LoginFlow:
     async def begin(self) -> Challenge | bool:
         """The first challenge; False when keyboard-interactive has nothing to offer."""
         if self._pending is not None:
-            return self._second_factor(self._pending)
+            return await asyncio.to_thread(self._second_factor, self._pending)
         if not self._svc.device_login_enabled:
             return False
         try:
@@ -92,9 +93,10 @@ class LoginFlow:
                     self._primary = primary
                     self._svc.audit.emit("login.device_success", conn=self._conn,
                                          client=self._client, **primary.audit_fields())
-                    return self._second_factor(primary)
+                    return await asyncio.to_thread(self._second_factor, primary)
                 case _Stage.TOTP | _Stage.ENROLL:
-                    return self._check_code(responses[0] if responses else "")
+                    return await asyncio.to_thread(self._check_code,
+                                                   responses[0] if responses else "")
                 case _Stage.START | _Stage.REFUSED | _Stage.DONE:
                     return False
         except BastionError as exc:
@@ -105,6 +107,9 @@ class LoginFlow:
             return self._refuse(str(exc))
 
     # -- steps --------------------------------------------------------------------------------
+    # The steps below read and write the state database (TOTP, key bindings): answer() runs
+    # them in a worker thread, so the event loop never waits on it (with PostgreSQL, a network
+    # round trip, or up to [state] connect_timeout while the database is unreachable).
     def _second_factor(self, identity: Identity) -> Challenge | bool:
         if not self._svc.totp_required(identity, self._target):
             return self._succeed(identity)

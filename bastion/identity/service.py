@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bastion.audit import AuditLog
 from bastion.config.model import Config
-from bastion.errors import IdentityError
+from bastion.errors import BastionError, IdentityError
 from bastion.identity.bindings import KeyBinding, KeyBindings
 from bastion.identity.device import wait_for_id_token
 from bastion.identity.model import Identity
@@ -15,7 +17,10 @@ from bastion.identity.oidc import DeviceAuthorization, OidcProvider
 from bastion.identity.tokens import IdTokenValidator, identity_from_claims
 from bastion.identity.totp import TotpStore, totp_required
 from bastion.secret import Secret
+from bastion.state.backends import open_state
 from bastion.state.db import StateDB
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,8 @@ class IdentityService:
     @classmethod
     def open(cls, config: Config, audit: AuditLog, vault_key: Secret[bytes],
              reload_key: Callable[[], Secret[bytes] | None] | None = None) -> IdentityService:
-        """Open the state database under ``paths.state_dir``."""
-        return cls(config, audit, StateDB.in_state_dir(config.paths.state_dir), vault_key,
-                   reload_key)
+        """Open the state database the config names (checking its schema)."""
+        return cls(config, audit, open_state(config), vault_key, reload_key)
 
     @property
     def device_login_enabled(self) -> bool:
@@ -64,8 +68,19 @@ class IdentityService:
 
     def binding_used(self, binding: KeyBinding, conn: str, client: str) -> None:
         """Note that a connection signed in with a bound key."""
-        self.bindings.touch(binding.fingerprint)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (the CLI, a test): touch it here
+            self.bindings.touch(binding.fingerprint)
+        else:  # a worker thread: the server's event loop does not wait on the database
+            loop.run_in_executor(None, self._touch, binding.fingerprint)
         self.audit.emit("binding.used", conn=conn, client=client, **binding.audit_fields())
+
+    def _touch(self, fingerprint: str) -> None:
+        try:
+            self.bindings.touch(fingerprint)
+        except BastionError as exc:  # last_used is information only
+            log.warning("cannot note the use of key binding %s: %s", fingerprint, exc)
 
     def bind(self, identity: Identity, keys: list[ProvenKey], conn: str, client: str) -> None:
         """Bind the keys a device login proved to its identity for the configured TTL."""

@@ -88,8 +88,10 @@ class TotpStore:
                                  (identity_key,)).fetchone()
             if exists and not replace:
                 raise TotpError(f"{label} already has a TOTP secret; reset it first")
-            cur.execute("INSERT OR REPLACE INTO totp_secrets (identity, sealed, created, last_step)"
-                        " VALUES (?, ?, ?, -1)", (identity_key, sealed, self._clock()))
+            cur.execute("INSERT INTO totp_secrets (identity, sealed, created, last_step)"
+                        " VALUES (?, ?, ?, -1) ON CONFLICT (identity) DO UPDATE SET"
+                        " sealed = excluded.sealed, created = excluded.created, last_step = -1",
+                        (identity_key, sealed, self._clock()))
             cur.execute("DELETE FROM totp_failures WHERE identity = ?", (identity_key,))
         uri = pyotp.TOTP(secret, digits=DIGITS, interval=STEP).provisioning_uri(
             name=label, issuer_name=self._issuer_name)
@@ -131,10 +133,11 @@ class TotpStore:
                 cur.execute("INSERT INTO totp_failures (identity, at) VALUES (?, ?)",
                             (identity_key, now))
                 reason = "this TOTP code was used already; wait for the next one"
+            elif cur.execute("UPDATE totp_secrets SET last_step = ? WHERE identity = ?"
+                             " AND last_step < ?", (matched, identity_key, matched)).rowcount:
+                return  # conditional: of two nodes checking one code at once, only one wins
             else:
-                cur.execute("UPDATE totp_secrets SET last_step = ? WHERE identity = ?",
-                            (matched, identity_key))
-                return
+                reason = "this TOTP code was used already; wait for the next one"
         raise TotpError(reason)
 
     def _open(self, identity_key: str, sealed: bytes) -> str:

@@ -8,10 +8,12 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -33,6 +35,7 @@ from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
 from bastion.server.features import approval_service, build_features
 from bastion.server.hardening import algorithm_options
 from bastion.server.limits import SourceLimits
+from bastion.server.proxy import ProxyListener
 from bastion.state.sessions import KillRequest, RunningSession, SessionRegistry
 
 log = logging.getLogger("bastion.server")
@@ -60,7 +63,8 @@ class BastionServer:
         self._no_connections = asyncio.Event()
         self._conn_ids = itertools.count(1)
         self._per_identity: Counter[str] = Counter()
-        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._acceptor: asyncssh.SSHAcceptor | ProxyListener | None = None
+        self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
         self._upkeep: asyncio.Task[None] | None = None
         self.finished_hooks: list[Callable[[SessionRecording], None]] = []
         # Evidence: seal each finished recording (signed manifest, hash chain) when configured.
@@ -216,8 +220,7 @@ class BastionServer:
         host_keys, notes = load_host_keys(cfg.server.host_keys, create=True)
         for note in notes:
             log.warning("%s", note)
-        self._acceptor = await asyncssh.create_server(
-            self._new_connection, cfg.server.listen, cfg.server.port,
+        ssh_options: dict[str, Any] = dict(
             server_host_keys=host_keys, server_version="bastion",
             # An outer bound only: each connection keeps its own, shorter login timer.
             login_timeout=cfg.server.login_timeout + cfg.identity.device_poll_timeout
@@ -225,8 +228,19 @@ class BastionServer:
             keepalive_interval=cfg.server.keepalive_interval or None,
             keepalive_count_max=cfg.server.keepalive_count_max,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False,
-            line_editor=False, encoding=None, reuse_address=True,
-            **algorithm_options())
+            line_editor=False, encoding=None, **algorithm_options())
+        if cfg.server.proxy_protocol_from:
+            # Behind a load balancer: accept TCP here, take its PROXY header off, and run
+            # asyncssh on each socket with the client's real address.
+            self._ssh_options = asyncssh.SSHServerConnectionOptions(**ssh_options)
+            self._acceptor = ProxyListener(
+                cfg.server.listen, cfg.server.port, cfg.server.proxy_protocol_from,
+                self._proxied_connection, self._proxy_refused)
+            await self._acceptor.start()
+        else:
+            self._acceptor = await asyncssh.create_server(
+                self._new_connection, cfg.server.listen, cfg.server.port, reuse_address=True,
+                **ssh_options)
         self._upkeep = asyncio.get_running_loop().create_task(self._upkeep_loop())
         self.audit.emit("server.start", listen=cfg.server.listen, port=self.port)
         log.info("listening on %s:%d", cfg.server.listen, self.port)
@@ -234,24 +248,42 @@ class BastionServer:
     def _new_connection(self) -> BastionConnection:
         return BastionConnection(self, str(next(self._conn_ids)))
 
-    def _end_revoked(self) -> None:
+    async def _proxied_connection(self, sock: socket.socket, client: tuple[str, int]) -> None:
+        """Run SSH on a socket whose PROXY header was read; ``client`` is the real address."""
+        conn_id = str(next(self._conn_ids))
+        try:
+            await asyncssh.run_server(
+                sock, options=self._ssh_options,
+                server_factory=lambda: BastionConnection(self, conn_id, client))
+        except (OSError, asyncssh.Error) as exc:  # refused or gone before signing in: the
+            log.debug("[conn=%s] %s", conn_id, exc)  # connection object audited it already
+
+    def _proxy_refused(self, peer: tuple[str, int], reason: str) -> None:
+        self.audit.emit("connection.refused", conn=str(next(self._conn_ids)),
+                        client=f"{peer[0]}:{peer[1]}", reason=reason)
+
+    async def _end_revoked(self) -> None:
         """End live connections whose key binding was revoked (``bastion keys revoke``).
 
         Bindings are only deleted by a revocation (expired rows stay until revoked), so a
         connection whose binding row is gone, or now names someone else, has lost the access it
-        rests on.
+        rests on. The query runs in a worker thread (with PostgreSQL it is a network round
+        trip, and it reads every binding): the event loop does not wait for it.
         """
         watched = [c for c in self.connections.values()
                    if c.session is not None and c.auth is not None and c.auth.bound_keys]
         if not watched:
             return
         try:
-            owner = {b.fingerprint: b.identity.key
-                     for b in self.identity.bindings.entries(include_expired=True)}
+            entries = await asyncio.to_thread(self.identity.bindings.entries,
+                                              include_expired=True)
         except BastionError as exc:
             log.error("cannot check key revocations: %s", exc)
             return
+        owner = {b.fingerprint: b.identity.key for b in entries}
         for conn in watched:
+            if self.connections.get(conn.conn_id) is not conn:
+                continue  # it ended while the query ran
             assert conn.auth is not None and conn.session is not None
             if all(owner.get(f) == conn.session.identity.key for f in conn.auth.bound_keys):
                 continue
@@ -267,7 +299,7 @@ class BastionServer:
             await asyncio.sleep(_UPKEEP_INTERVAL)
             rounds += 1
             if rounds % _REVOCATION_EVERY == 0:
-                self._end_revoked()
+                await self._end_revoked()
             try:
                 self.spool.flush_due()
             except Exception:  # a flush error is handled by the writer on its next write
@@ -335,7 +367,10 @@ class BastionServer:
                         by=kill.requested_by, reason=kill.reason)
         conn.close_with_notice(f"session ended by {kill.requested_by}: {kill.reason}",
                                "killed", f"killed by {kill.requested_by}: {kill.reason}")
-        self.registry.mark_done(kill.session_id)
+        # Marked in a worker thread: the event loop never waits for the database.
+        done = asyncio.get_running_loop().run_in_executor(None, self.registry.mark_done,
+                                                          kill.session_id)
+        done.add_done_callback(_log_state_failure)
 
     async def stop(self) -> None:
         """Stop listening and end every session with a notice; recordings are finished."""
@@ -364,6 +399,11 @@ class BastionServer:
         with contextlib.suppress(BastionError):
             self.registry.unregister(self._registered)
         self.audit.emit("server.stop")
+
+
+def _log_state_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.warning("session registry: %s", exc)
 
 
 async def serve(config: Config, audit: AuditLog, ready: Callable[[int], None] | None = None,

@@ -8,6 +8,8 @@ an ``Identity``; nothing else in the server needs to change for them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +23,8 @@ from bastion.identity.login import Challenge, LoginFlow
 from bastion.identity.model import LOCAL_ISSUER, Identity
 from bastion.identity.service import IdentityService, ProvenKey
 from bastion.policy.access import parse_username
+
+log = logging.getLogger(__name__)
 
 _MAX_PROVEN_KEYS = 16  # keys one connection may have bound; more count as failed attempts
 MAX_OFFERED_KEYS = 32  # keys one connection may offer (queried or signed); more end it
@@ -77,6 +81,9 @@ class ConnectionAuth:
         self._pending: tuple[Identity, str, KeyBinding | None] | None = None  # awaits TOTP
         self._binding: KeyBinding | None = None  # the binding the candidate came from
         self._flow: LoginFlow | None = None
+        # Bindings of this connection's keys, looked up off the event loop by lookup_binding
+        # (a database round trip with PostgreSQL) before the checks below read them.
+        self._looked_up: dict[str, KeyBinding | None] = {}
 
     @property
     def offered_keys(self) -> list[asyncssh.SSHKey]:
@@ -119,12 +126,30 @@ class ConnectionAuth:
         self.failures += 1
         return False
 
+    async def lookup_binding(self, key: asyncssh.SSHKey) -> None:
+        """Look up a key's binding in a worker thread, once per key and connection, so that
+        validate_public_key and signature_checked read it without waiting on the database."""
+        if self._ids is None or self._keys.lookup(key) is not None:
+            return
+        fingerprint = key.get_fingerprint("sha256")
+        if fingerprint not in self._looked_up and len(self._looked_up) < MAX_OFFERED_KEYS:
+            try:
+                binding = await asyncio.to_thread(self._ids.binding_for, fingerprint)
+            except BastionError as exc:
+                # The state database is unreachable: the key counts as not bound (fail closed:
+                # at most a device login is offered, and binding its key then fails too).
+                log.warning("[conn=%s] key binding lookup: %s", self._conn_id, exc)
+                binding = None
+            self._looked_up[fingerprint] = binding
+
     def _known(self, key: asyncssh.SSHKey) -> tuple[Identity, KeyBinding | None] | None:
         identity = self._keys.lookup(key)
         if identity is not None:
             return identity, None
         if self._ids is not None:
-            binding = self._ids.binding_for(key.get_fingerprint("sha256"))
+            fingerprint = key.get_fingerprint("sha256")
+            binding = (self._looked_up[fingerprint] if fingerprint in self._looked_up
+                       else self._ids.binding_for(fingerprint))
             if binding is not None:
                 return binding.identity, binding
         return None

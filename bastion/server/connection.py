@@ -66,9 +66,12 @@ class ConnectionHost(Protocol):
 class BastionConnection(asyncssh.SSHServer):
     """asyncssh's per-connection server object; holds this connection's auth and session."""
 
-    def __init__(self, server: ConnectionHost, conn_id: str) -> None:
+    def __init__(self, server: ConnectionHost, conn_id: str,
+                 client_address: tuple[str, int] | None = None) -> None:
         self._server = server
         self.conn_id = conn_id
+        # From a load balancer's PROXY header; None: the socket's peer is the client.
+        self._client_address = client_address
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = ("?", 0)
         self.auth: ConnectionAuth | None = None
@@ -81,7 +84,7 @@ class BastionConnection(asyncssh.SSHServer):
     # -- connection lifecycle ----------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
-        peer = conn.get_extra_info("peername") or ("?", 0)
+        peer = self._client_address or conn.get_extra_info("peername") or ("?", 0)
         self.peer = (str(peer[0]), int(peer[1]))
         srv = self._server
         self.auth = ConnectionAuth(srv.config, srv.audit, srv.local_keys, self.conn_id,
@@ -150,7 +153,7 @@ class BastionConnection(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         assert self.auth is not None and self.conn is not None
         if self.auth.attempts_exhausted:
             self.auth.failed("too many authentication attempts")
@@ -162,6 +165,7 @@ class BastionConnection(asyncssh.SSHServer):
             self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                                  "bastion: too many keys offered")
             return False
+        await self.auth.lookup_binding(key)  # off the event loop (PostgreSQL: a round trip)
         return self.auth.validate_public_key(key)
 
     def kbdint_auth_supported(self) -> bool:

@@ -1,18 +1,26 @@
-"""The state database: one SQLite file under the state directory, WAL mode, versioned schema.
+"""The state database: one interface, two backends (SQLite for one host, PostgreSQL for several).
 
-The server and the CLI open it at the same time (``bastion keys revoke`` while connections come
-in), so it runs in WAL mode with a busy timeout, and every change is one short transaction.
-Schema changes are appended to ``MIGRATIONS``; ``PRAGMA user_version`` records how many ran.
+Callers (key bindings, TOTP, the running-session registry, approvals) write SQL in the subset
+both backends speak: ``?`` parameters, ``INSERT ... ON CONFLICT (...) DO UPDATE``, the column
+types TEXT, INTEGER, REAL and BLOB, and no ``?`` or ``%`` inside SQL text. Rows answer to column
+names and positions alike. Every change is one short ``transaction()``; reads are ``query()``.
+
+Schema changes are appended to ``MIGRATIONS`` (never edited once released: a migration that ran
+stays run) and only add tables, columns and indexes, so that nodes still on the previous version
+keep working on a migrated shared database during a node-by-node upgrade. The schema version is
+the number of migrations applied. SQLite applies them when the file is opened (one host,
+nothing to coordinate); PostgreSQL only through ``bastion migrate``, and a server refuses a
+database whose schema is older or newer than its own (see
+``bastion.state.backends.open_state``), so several nodes never race to change a shared schema.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, Protocol
 
 from bastion.errors import StateError
 
@@ -56,7 +64,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE running_sessions (
         session_id TEXT PRIMARY KEY,
         node       TEXT NOT NULL,
-        user       TEXT NOT NULL,
+        "user"     TEXT NOT NULL,     -- quoted: a reserved word in PostgreSQL
         target     TEXT NOT NULL,
         login      TEXT NOT NULL,
         client     TEXT NOT NULL,
@@ -98,79 +106,95 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class StateDB:
-    """A connection to the state database, safe to share between threads of one process."""
+class Row(Protocol):
+    """A result row: ``row["column"]`` or ``row[0]``."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            new = not path.exists()
-            self._conn = sqlite3.connect(path, timeout=10.0, isolation_level=None,
-                                         check_same_thread=False)
-            if new:
-                os.chmod(path, 0o600)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open state database {path}: {exc}") from None
-        except OSError as exc:
-            raise StateError(f"cannot open state database {path}: {exc.strerror}") from None
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+
+class Cursor(Protocol):
+    """The cursor a transaction hands out (a DB-API cursor with ``?`` parameters)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class StateDB:
+    """A connection (or pool) to the state database, safe to share between threads.
+
+    ``StateDB(path)`` still opens the SQLite file at ``path`` (what callers and tests did before
+    there were two backends); ``open_state(config)`` picks the backend the config names.
+    """
+
+    backend: str  # "sqlite" or "postgresql"
+    where: str  # the file or host/database, for messages (never a password)
+
+    # The SQLite class, set when bastion.state.sqlite is imported (the package does that), so
+    # that this module need not import its own backends.
+    default_backend: type[StateDB] | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> StateDB:
+        if cls is StateDB:
+            assert StateDB.default_backend is not None, "bastion.state.sqlite not imported"
+            return super().__new__(StateDB.default_backend)
+        return super().__new__(cls)
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> StateDB:
-        """Open (creating if needed) the database in ``state_dir``."""
-        return cls(state_dir / DB_NAME)
+        """Open (creating and migrating if needed) the SQLite database in ``state_dir``."""
+        return StateDB(state_dir / DB_NAME)
 
-    def _migrate(self) -> None:
-        with self.transaction() as cur:
-            version = cur.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise StateError(f"state database {self.path} has schema {version}, newer than "
-                                 f"this bastion ({len(MIGRATIONS)}); upgrade bastion")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    cur.execute(statement)
-                cur.execute(f"PRAGMA user_version = {number}")
+    def transaction(self) -> AbstractContextManager[Cursor]:
+        """One write transaction; committed when the block ends, rolled back if it raises."""
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Rows of a read-only query."""
+        raise NotImplementedError
 
     @property
     def schema_version(self) -> int:
-        """The schema version this database is at."""
-        with self._lock:
-            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        """The number of migrations applied to this database."""
+        raise NotImplementedError
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One immediate (write-locked) transaction; rolled back if the block raises."""
-        with self._lock:
-            cur = self._conn.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                yield cur
-                cur.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._conn.rollback()
-                raise StateError(f"state database {self.path}: {exc}") from None
-            except BaseException:
-                self._conn.rollback()
-                raise
-            finally:
-                cur.close()
-
-    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        """Rows of a read-only query."""
-        with self._lock:
-            try:
-                cur = self._conn.cursor()
-                cur.row_factory = sqlite3.Row
-                return list(cur.execute(sql, params))
-            except sqlite3.Error as exc:
-                raise StateError(f"state database {self.path}: {exc}") from None
+    def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks; return their numbers."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._conn.close()
+        """Close the connection(s)."""
+        raise NotImplementedError
+
+    def check_schema(self) -> None:
+        """Refuse a database whose schema is not this bastion's."""
+        version, wanted = self.schema_version, len(MIGRATIONS)
+        if version > wanted:
+            raise StateError(f"state database {self.where} has schema {version}, newer than "
+                             f"this bastion ({wanted}); upgrade bastion")
+        if version < wanted:
+            raise StateError(f"state database {self.where} has schema {version}, this bastion "
+                             f"needs {wanted}; run `bastion migrate`")
+
+
+def statements(script: str) -> list[str]:
+    """The statements of a migration script (no ``;`` inside comments or strings, by rule)."""
+    return [s for s in (part.strip() for part in script.split(";")) if s]
+
+
+_PG_TYPES = {"REAL": "DOUBLE PRECISION", "BLOB": "BYTEA"}
+
+
+def postgresql_dialect(script: str) -> str:
+    """A migration script for PostgreSQL: REAL is 8-byte there only as DOUBLE PRECISION (a
+    4-byte REAL would round timestamps to minutes), BLOB is BYTEA."""
+    return re.sub(r"\b(REAL|BLOB)\b", lambda m: _PG_TYPES[m.group(1)], script)

@@ -57,8 +57,12 @@ class SessionRegistry:
         """Record a session as running (replacing a stale row of the same id)."""
         with self.db.transaction() as cur:
             cur.execute(
-                "INSERT OR REPLACE INTO running_sessions (session_id, node, user, target, login,"
-                " client, conn, pid, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO running_sessions (session_id, node, \"user\", target, login,"
+                " client, conn, pid, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (session_id) DO UPDATE SET node = excluded.node,"
+                " \"user\" = excluded.\"user\", target = excluded.target,"
+                " login = excluded.login, client = excluded.client, conn = excluded.conn,"
+                " pid = excluded.pid, started = excluded.started",
                 (session.session_id, session.node, session.user, session.target, session.login,
                  session.client, session.conn, session.pid, session.started))
 
@@ -106,8 +110,10 @@ class SessionRegistry:
         """Ask the session's node to end it (a repeated request replaces the reason)."""
         with self.db.transaction() as cur:
             cur.execute(
-                "INSERT OR REPLACE INTO session_kills (session_id, reason, requested_by, "
-                "requested, done) VALUES (?, ?, ?, ?, NULL)",
+                "INSERT INTO session_kills (session_id, reason, requested_by, requested, done)"
+                " VALUES (?, ?, ?, ?, NULL) ON CONFLICT (session_id) DO UPDATE SET"
+                " reason = excluded.reason, requested_by = excluded.requested_by,"
+                " requested = excluded.requested, done = NULL",
                 (session_id, reason[:MAX_REASON], who, self.clock()))
 
     def kill_request(self, session_id: str) -> KillRequest | None:

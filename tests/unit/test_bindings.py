@@ -1,15 +1,19 @@
-"""Key bindings and the state database: bind, look up, expire, revoke, WAL, schema version."""
+"""Key bindings and the state database: bind, look up, expire, revoke, WAL, schema version.
+
+The tests taking ``db`` run on both backends (SQLite and a throwaway PostgreSQL)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from harness.state import StateBackend
 
 from bastion.errors import StateError
 from bastion.identity.bindings import KeyBindings
 from bastion.identity.model import Identity
 from bastion.state.db import MIGRATIONS, StateDB
+from bastion.state.sqlite import SqliteStateDB
 
 ALICE = Identity("https://idp", "sub-a", "alice", ("ops",), "alice@example.com", "oidc-device")
 BOB = Identity("https://idp", "sub-b", "bob", ("dev",), None, "oidc-device")
@@ -24,11 +28,13 @@ class Clock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> StateDB:
-    return StateDB.in_state_dir(tmp_path / "state")
+def db(state_backend: StateBackend) -> StateDB:
+    return state_backend.open()
 
 
-def test_db_is_wal_versioned_and_private(db: StateDB) -> None:
+def test_sqlite_db_is_wal_versioned_and_private(tmp_path: Path) -> None:
+    db = StateDB.in_state_dir(tmp_path / "state")
+    assert isinstance(db, SqliteStateDB)
     assert db.schema_version == len(MIGRATIONS)
     assert db.query("PRAGMA journal_mode")[0][0] == "wal"
     assert (db.path.stat().st_mode & 0o777) == 0o600
@@ -36,11 +42,29 @@ def test_db_is_wal_versioned_and_private(db: StateDB) -> None:
     assert again.schema_version == len(MIGRATIONS)
 
 
-def test_newer_schema_refused(db: StateDB) -> None:
+def test_sqlite_newer_schema_refused(tmp_path: Path) -> None:
+    db = SqliteStateDB(tmp_path / "state.sqlite3")
     with db.transaction() as cur:
         cur.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(StateError, match="newer than this bastion"):
         StateDB(db.path)
+
+
+def test_schema_version_checked(state_backend: StateBackend) -> None:
+    db = state_backend.open()
+    assert db.schema_version == len(MIGRATIONS)
+    assert db.migrate() == []  # nothing runs twice
+    db.check_schema()
+    table = "bastion_schema SET version = ?" if state_backend.name == "postgresql" else None
+    for version, message in ((len(MIGRATIONS) + 1, "newer than this bastion"),
+                             (len(MIGRATIONS) - 1, "run `bastion migrate`")):
+        with db.transaction() as cur:
+            if table:
+                cur.execute(f"UPDATE {table}", (version,))
+            else:
+                cur.execute(f"PRAGMA user_version = {version}")
+        with pytest.raises(StateError, match=message):
+            db.check_schema()
 
 
 def test_bind_lookup_expire(db: StateDB) -> None:
@@ -81,8 +105,8 @@ def test_revoke_by_key_identity_all(db: StateDB) -> None:
     assert kb.entries() == []
 
 
-def test_second_connection_sees_revocation(db: StateDB) -> None:
+def test_second_connection_sees_revocation(db: StateDB, state_backend: StateBackend) -> None:
     KeyBindings(db).bind("SHA256:a1", "k", ALICE, 60, "c")
-    other = KeyBindings(StateDB(db.path))  # e.g. the CLI while the server runs
+    other = KeyBindings(state_backend.open())  # the CLI, or another node, meanwhile
     other.revoke(fingerprint="SHA256:a1")
     assert KeyBindings(db).lookup("SHA256:a1") is None

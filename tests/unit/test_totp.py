@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pyotp
 import pytest
+from harness.state import StateBackend
 
 from bastion.config.model import TotpPolicy
 from bastion.errors import StateError, TotpError
@@ -33,8 +34,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> TotpStore:
-    return TotpStore(StateDB.in_state_dir(tmp_path), Secret(os.urandom(32)), clock)
+def store(state_backend: StateBackend, clock: Clock) -> TotpStore:
+    return TotpStore(state_backend.open(), Secret(os.urandom(32)), clock)
 
 
 def enroll(store: TotpStore) -> pyotp.TOTP:
@@ -51,6 +52,35 @@ def test_right_code_passes_once(store: TotpStore, clock: Clock) -> None:
         store.verify(WHO, code)
     clock.now += STEP
     store.verify(WHO, totp.at(clock.now))
+
+
+def test_code_used_once_across_nodes(state_backend: StateBackend, clock: Clock) -> None:
+    """Two nodes (two connections to one database) checking the same code at the same moment:
+    one accepts it, the other refuses it, also when their checks overlap in threads."""
+    import threading
+
+    key = Secret(os.urandom(32))
+    nodes = [TotpStore(state_backend.open(), key, clock) for _ in range(4)]
+    totp = enroll(nodes[0])
+    code = totp.at(clock.now)
+    outcomes: list[str] = []
+    start = threading.Barrier(len(nodes))
+
+    def check(node: TotpStore) -> None:
+        start.wait()
+        try:
+            node.verify(WHO, code)
+            outcomes.append("accepted")
+        except TotpError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=check, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["accepted"] + [
+        "this TOTP code was used already; wait for the next one"] * (len(nodes) - 1)
 
 
 def test_one_step_window(store: TotpStore, clock: Clock) -> None:
