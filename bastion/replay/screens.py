@@ -22,6 +22,7 @@ from typing import Any
 
 import pyte
 from pyte.screens import StaticDefaultDict
+from wcwidth import wcwidth
 
 from bastion.replay.cast import Cast, Event, parse_size
 from bastion.replay.sanitize import Mode, Sanitizer
@@ -104,7 +105,26 @@ class Emulator:
 
     def lines(self) -> list[str]:
         """The screen as text rows, trailing blanks removed, only printable characters."""
-        return [printable(line).rstrip() for line in self.screen.display]
+        return [printable(line).rstrip() for line in text_rows(self.screen)]
+
+
+def text_rows(screen: pyte.Screen) -> list[str]:
+    """The screen's rows as text. Not pyte's ``display``: a wide character partly overwritten
+    (a recording can do that on purpose) leaves an empty cell that makes it raise."""
+    rows = []
+    for y in range(screen.lines):
+        line, out, stub = screen.buffer[y], [], False
+        for x in range(screen.columns):
+            data = line[x].data
+            if stub:  # the second cell of a wide character
+                stub = False
+                continue
+            if not data:
+                continue
+            out.append(data)
+            stub = wcwidth(data[0]) == 2
+        rows.append("".join(out))
+    return rows
 
 
 def printable(text: str) -> str:

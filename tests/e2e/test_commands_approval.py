@@ -57,15 +57,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
 
 @pytest.fixture(scope="module")
 def alice(stack: DemoStack) -> Codes:
-    """alice enrolled for TOTP and signed in once (her key is bound), as an approver does."""
+    """alice signed in once (her key is bound) and enrolled for TOTP, as an approver does."""
     assert stack.idp is not None
     account = stack.idp.accounts[0]
     key = f"{stack.idp.issuer}|{account.sub}"
-    out = bastion(stack, "totp", "enroll", key)
-    assert out.returncode == 0, out.stderr
-    uri = re.search(r"otpauth://totp/\S+", out.stdout)
-    assert uri is not None
-    secret = parse_qs(urlsplit(uri.group(0)).query)["secret"][0]
+    # Signed in once first (her key is bound): `totp enroll` takes only known identities.
     ssh = SshClient(["ssh", "-F", str(stack.sso_ssh_config_path), "-p", str(stack.bastion_port),
                      f"approvals@{stack.bastion_host}", "--", "list"])
     try:
@@ -73,6 +69,11 @@ def alice(stack: DemoStack) -> Codes:
         assert ssh.finish() == 0, ssh.stderr
     finally:
         ssh.stop()
+    out = bastion(stack, "totp", "enroll", key)
+    assert out.returncode == 0, out.stderr
+    uri = re.search(r"otpauth://totp/\S+", out.stdout)
+    assert uri is not None
+    secret = parse_qs(urlsplit(uri.group(0)).query)["secret"][0]
     return Codes(pyotp.TOTP(secret))
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bastion.replay.cast import Cast, Event
 from bastion.replay.render import draw_rows, status_line
-from bastion.replay.screens import Emulator, Timeline
+from bastion.replay.screens import Emulator, Timeline, text_rows
 
 PIECES = ["hello ", "\r\n", "\x1b[31mred\x1b[0m", "\x1b[2J", "\x1b[H", "\x1b[5;10H*",
           "\x1b[?1049h", "\x1b[?1049l", "\x1b]0;title\x07", "\x1b[1;3", "4m", "日本",
@@ -27,7 +27,7 @@ def _linear(cast: Cast, count: int) -> Emulator:
 
 def _state(emu: Emulator) -> tuple[object, ...]:
     screen = emu.screen
-    return (screen.display, screen.cursor.x, screen.cursor.y, screen.columns, screen.lines,
+    return (text_rows(screen), screen.cursor.x, screen.cursor.y, screen.columns, screen.lines,
             [[screen.buffer[y][x] for x in range(screen.columns)] for y in range(screen.lines)])
 
 
