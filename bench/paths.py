@@ -47,7 +47,8 @@ class RelaySshd(SshdTarget):
         super()._write_config()
         text = self.config_path.read_text(encoding="utf-8")
         text = text.replace("AllowTcpForwarding no", "AllowTcpForwarding yes")
-        text = text.replace("LogLevel VERBOSE", "LogLevel ERROR")
+        # INFO, not less: the harness waits for sshd's own "Server listening" line (INFO).
+        text = text.replace("LogLevel VERBOSE", "LogLevel INFO")
         self.config_path.write_text(text + "MaxStartups 200\n" + "".join(
             f"{line}\n" for line in self.extra), encoding="utf-8")
 
