@@ -98,9 +98,11 @@ class CertificateAuthority:
         return public_line(self._key)
 
     def issue(self, login: str, key_id: str, source_addresses: Sequence[str],
-              permit_pty: bool, now: float | None = None) -> UserCertificate:
+              permit_pty: bool, now: float | None = None, *,
+              permit_port_forwarding: bool = False) -> UserCertificate:
         """A new key pair and a certificate for ``login`` only, usable from
-        ``source_addresses`` only, with no forwarding of any kind and a pty only if asked."""
+        ``source_addresses`` only, with a pty and port forwarding only if asked (never agent
+        or X11 forwarding)."""
         if not source_addresses:
             raise CertificateAuthorityError("a certificate needs the address it is used from")
         now = time.time() if now is None else now
@@ -114,7 +116,7 @@ class CertificateAuthority:
                 valid_after=valid_after, valid_before=valid_before,
                 source_address=list(source_addresses),
                 permit_x11_forwarding=False, permit_agent_forwarding=False,
-                permit_port_forwarding=False, permit_pty=permit_pty,
+                permit_port_forwarding=permit_port_forwarding, permit_pty=permit_pty,
                 permit_user_rc=False, comment=key_id)
         except (ValueError, asyncssh.KeyGenerationError) as exc:
             raise CertificateAuthorityError(f"cannot issue a certificate: {exc}") from None

@@ -154,6 +154,16 @@ def _spec_matches(spec: str, host: str, port: int) -> bool:
     return spec_host == "*" or spec_host == host.strip("[]").lower()
 
 
+def forwards_through_target(config: Config, names: Iterable[str], groups: Iterable[str],
+                            target: str) -> bool:
+    """Whether some [[forwarding]] rule lets this identity open forwards through ``target``'s
+    own sshd (``open_from = "target"``)."""
+    names, groups = tuple(n for n in names if n), tuple(groups)
+    return any(rule.open_from == "target"
+               and _applies(rule.groups, rule.users, rule.targets, names, groups, target)
+               for rule in config.forwarding)
+
+
 def forward_grant(config: Config, names: Iterable[str], groups: Iterable[str], target: str,
                   host: str, port: int) -> ForwardGrant | None:
     """The first rule that lets this identity forward to ``host:port`` via ``target``, or None."""

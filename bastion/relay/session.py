@@ -29,6 +29,7 @@ from bastion.errors import (
 )
 from bastion.identity.model import Identity
 from bastion.policy.access import Authorization, TargetRequest, authorize
+from bastion.policy.transfers import forwards_through_target
 from bastion.recording import SessionRecording, Spool
 from bastion.relay.pipeline import ChannelKind, ChannelRecorder, StageFactory
 from bastion.relay.upstream import CertificateRequest, Upstream, dial
@@ -250,7 +251,14 @@ class ConnectionSession:
             raise CertificateAuthorityError("this target logs in with a certificate, but no "
                                             "[ca] is configured")
         key_id = certificate_key_id(self.identity.name, self.identity.issuer, session_id)
-        return CertificateRequest(authority, key_id, permit_pty)
+        assert self.authorization is not None
+        # Port forwarding only when a [[forwarding]] rule would open a forward for this person
+        # through this target's sshd (the target refuses -L otherwise, as it should).
+        forwards = forwards_through_target(self.services.config, self.identity.rule_names,
+                                           self.identity.groups,
+                                           self.authorization.target.name)
+        return CertificateRequest(authority, key_id, permit_pty,
+                                  permit_port_forwarding=forwards)
 
     @property
     def session_id(self) -> str:

@@ -77,6 +77,7 @@ class CertificateRequest:
     authority: CertificateAuthority
     key_id: str
     permit_pty: bool
+    permit_port_forwarding: bool = False  # a [[forwarding]] rule opens -L through this target
 
 
 @dataclass
@@ -118,8 +119,9 @@ class _CertificateClient(_PinnedHostKeyClient):
             return None  # one certificate per connection; a refusal is final
         addresses = self.source_addresses or (
             (self.local_address,) if self.local_address else ())
-        minted = self.request.authority.issue(self.login, self.request.key_id, addresses,
-                                              self.request.permit_pty)
+        minted = self.request.authority.issue(
+            self.login, self.request.key_id, addresses, self.request.permit_pty,
+            permit_port_forwarding=self.request.permit_port_forwarding)
         self.issued = minted.issued
         # The key pair lives only in this list, which asyncssh drops after signing with it.
         return [(minted.private_key, minted.certificate)]

@@ -40,7 +40,8 @@ def site(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     config.write_text(text, encoding="utf-8")
     env = {**os.environ, "CREDENTIALS_DIRECTORY": str(creds)}
     for args in (("keygen", "signing", "--out", str(etc / "signing.key")),
-                 ("keygen", "vault", "--out", str(creds / "vault-key"))):
+                 ("keygen", "vault", "--out", str(creds / "vault-key")),
+                 ("keygen", "ca", "--out", str(creds / "user-ca"))):
         made = _bastion(*args, env=env)
         assert made.returncode == 0, made.stderr
     yield config, env

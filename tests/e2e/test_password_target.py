@@ -73,6 +73,9 @@ class PasswordTargetStack(DemoStack):
         self.password_target = target
 
     def write_config(self) -> None:
+        if any(t["name"] == "app01" for t in self.config["targets"]):
+            super().write_config()  # written again (the bastion's port pinned): nothing to add
+            return
         host_key = self.password_target.key.export_public_key().decode().strip()
         config: dict[str, Any] = self.config
         config["targets"].append({"name": "app01", "host": "127.0.0.1",

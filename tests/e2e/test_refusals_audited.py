@@ -46,15 +46,16 @@ def event_count(st: DemoStack) -> int:
 
 
 def test_missing_credential_is_refused_and_audited(stack: DemoStack) -> None:
-    removed = subprocess.run([sys.executable, "-m", "bastion", "vault", "remove", "db01",
+    # web01 logs in with a vaulted key (the demo's db01 uses certificates, no vault entry).
+    removed = subprocess.run([sys.executable, "-m", "bastion", "vault", "remove", "web01",
                               stack.login, "-c", str(stack.config_path)],
                              capture_output=True, text=True, timeout=60, check=False)
     assert removed.returncode == 0, removed.stderr
     before = event_count(stack)
-    result = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "db01"), "--", "true"])
+    result = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "web01"), "--", "true"])
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == (f"bastion: no credential is stored for {stack.login} on target "
-                             "db01; ask an administrator\n")
+                             "web01; ask an administrator\n")
     conn = conn_of_last_login(stack, before)
     wait_until(lambda: any(e["event"] == "session.refused" for e in events_of_conn(stack, conn)),
                30, "session.refused of this connection")
@@ -62,25 +63,25 @@ def test_missing_credential_is_refused_and_audited(stack: DemoStack) -> None:
     names = [e["event"] for e in events]
     assert names.index("credential.missing") < names.index("session.refused")
     missing = next(e for e in events if e["event"] == "credential.missing")
-    assert missing["user"] == "demo" and missing["target"] == "db01"
+    assert missing["user"] == "demo" and missing["target"] == "web01"
     refused = next(e for e in events if e["event"] == "session.refused")
-    assert refused["target"] == "db01" and "no credential" in refused["reason"]
+    assert refused["target"] == "web01" and "no credential" in refused["reason"]
     assert "session.start" not in names
 
 
 def test_unreachable_target_is_refused_and_audited(stack: DemoStack) -> None:
-    stack.targets["web01"].stop()  # nothing listens on its port any more
+    stack.targets["db01"].stop()  # nothing listens on its port any more
     before = event_count(stack)
-    result = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "web01"), "--", "true"])
+    result = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "db01"), "--", "true"])
     assert result.returncode == 1 and result.stdout == ""
-    assert re.fullmatch(r"bastion: cannot connect to target web01: .+\n", result.stderr), \
+    assert re.fullmatch(r"bastion: cannot connect to target db01: .+\n", result.stderr), \
         result.stderr
     conn = conn_of_last_login(stack, before)
     wait_until(lambda: any(e["event"] == "session.refused" for e in events_of_conn(stack, conn)),
                30, "session.refused of this connection")
     events = events_of_conn(stack, conn)
     refused = next(e for e in events if e["event"] == "session.refused")
-    assert refused["target"] == "web01" and refused["reason"].startswith("cannot connect")
+    assert refused["target"] == "db01" and refused["reason"].startswith("cannot connect")
     # The recording opened for it says so too.
     record = wait_for_session_end(stack.spool_dir / str(refused["session"]))
     assert record["state"] == "refused"
