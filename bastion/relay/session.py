@@ -215,11 +215,11 @@ class ConnectionSession:
                     credential = self._certificate_request(recording.session_id, pty)
                 upstream = await dial(auth, credential, cfg.server.keepalive_interval)
             except BastionError as exc:
-                refused = ({"certificate": exc.certificate}
-                           if isinstance(exc, CertificateRefused) else {})
                 audit.emit("session.refused", conn=self.client.conn_id,
                            session=recording.session_id, user=self.identity.name,
-                           reason=str(exc), **auth.audit_fields(), **refused)
+                           reason=str(exc), **auth.audit_fields(),
+                           certificate=exc.certificate if isinstance(exc, CertificateRefused)
+                           else None)
                 self._end_state, self._end_reason = "refused", str(exc)
                 self._finish_recording()
                 raise
@@ -234,15 +234,15 @@ class ConnectionSession:
                 "name": auth.target.name, "address": upstream.address,
                 "port": auth.target.port, "login": auth.login,
                 "host_key_fingerprint": upstream.host_key_fingerprint}
-            certificate: dict[str, Any] = {}
-            if upstream.certificate is not None:
-                target_meta["certificate"] = upstream.certificate.record()
-                certificate["certificate"] = upstream.certificate.record()
+            certificate = (upstream.certificate.record() if upstream.certificate is not None
+                           else None)
+            if certificate is not None:
+                target_meta["certificate"] = certificate
             recording.set_field("target", target_meta)
             audit.emit("session.start", conn=self.client.conn_id,
                        session=recording.session_id, user=self.identity.name,
                        client=f"{self.client.address}:{self.client.port}", **auth.audit_fields(),
-                       **certificate)
+                       certificate=certificate)
             return self.upstream
 
     def _certificate_request(self, session_id: str, permit_pty: bool) -> CertificateRequest:
