@@ -152,7 +152,7 @@ def test_vault_target_still_uses_the_vault(stack: DemoStack) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "vault-ok\n"
     start = _last_start(stack, "web01")
-    assert "certificate" not in start
+    assert start["certificate"] is None  # a vaulted credential, no certificate
     assert "CERT" not in _sshd_log(stack, "web01")
 
 
