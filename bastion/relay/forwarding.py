@@ -155,14 +155,10 @@ class UserSide(asyncssh.SSHTCPSession[bytes]):
         self._forward.close("user", exc)
 
 
-class TargetSide(asyncssh.SSHTCPSession[bytes]):
-    """The destination reached through the target's sshd (a ``direct-tcpip`` channel there)."""
+class _DestinationEvents:
+    """What either kind of destination connection tells its forward (target's sshd or TCP)."""
 
-    def __init__(self, forward: Forward) -> None:
-        self._forward = forward
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self._forward.from_dest(data)
+    _forward: Forward
 
     def eof_received(self) -> bool:
         self._forward.dest_eof()
@@ -178,6 +174,16 @@ class TargetSide(asyncssh.SSHTCPSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forward.close("destination", exc)
+
+
+class TargetSide(_DestinationEvents, asyncssh.SSHTCPSession[bytes]):
+    """The destination reached through the target's sshd (a ``direct-tcpip`` channel there)."""
+
+    def __init__(self, forward: Forward) -> None:
+        self._forward = forward
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._forward.from_dest(data)
 
 
 class _ChannelPeer:
@@ -202,7 +208,7 @@ class _ChannelPeer:
         self._chan.close()
 
 
-class BastionSide(asyncio.Protocol):
+class BastionSide(_DestinationEvents, asyncio.Protocol):
     """The destination reached from the bastion itself (a TCP connection from here)."""
 
     def __init__(self, forward: Forward) -> None:
@@ -215,21 +221,6 @@ class BastionSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._forward.from_dest(data)
-
-    def eof_received(self) -> bool:
-        self._forward.dest_eof()
-        return True
-
-    def pause_writing(self) -> None:
-        if self._forward.user.chan is not None:
-            self._forward.user.chan.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self._forward.user.chan is not None:
-            self._forward.user.chan.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._forward.close("destination", exc)
 
     # _Peer
     def write(self, data: bytes) -> None:
