@@ -263,8 +263,9 @@ class Framer:
         injected, self._injected = self._injected, []
         return [chunk[:cut], *injected, chunk[cut:]] if cut < size else [chunk, *injected]
 
-    def _read_head(self) -> bool:
-        """Passive: read a complete head; True if the packet ends with it."""
+    def _complete_head(self) -> tuple[_Packet, bytes] | None:
+        """The packet and its head once all of the head that matters has arrived, else None
+        (``_need`` then says how many bytes to collect)."""
         head = bytes(self._head)
         if self._packet is None:
             length, ptype = struct.unpack_from(">IB", head, 0)
@@ -275,7 +276,15 @@ class Framer:
         need = head_need(packet.ptype, packet.length, head, from_client=self._from_client)
         if need > len(head):
             self._need = need
+            return None
+        return packet, head
+
+    def _read_head(self) -> bool:
+        """Passive: read a complete head; True if the packet ends with it."""
+        complete = self._complete_head()
+        if complete is None:
             return False
+        packet, head = complete
         self._decide(packet.ptype, packet.length, head)
         self._head.clear()
         self._need = 5
@@ -283,17 +292,10 @@ class Framer:
         return self._skip == 0
 
     def _advance_head(self, out: list[Piece]) -> None:
-        head = bytes(self._head)
-        if self._packet is None:
-            length, ptype = struct.unpack_from(">IB", head, 0)
-            if length < 1 or length > MAX_PACKET:
-                raise ProtocolViolation(f"an SFTP packet of {length} bytes")
-            self._packet = _Packet(ptype, length)
-        packet = self._packet
-        need = head_need(packet.ptype, packet.length, head, from_client=self._from_client)
-        if need > len(head):
-            self._need = need
+        complete = self._complete_head()
+        if complete is None:
             return
+        packet, head = complete
         self._forward = self._decide(packet.ptype, packet.length, head)
         if self._forward:
             out.append(head)
