@@ -48,6 +48,10 @@ class RecordingError(BastionError):
     """A recording cannot be opened or written; the session must not run."""
 
 
+class SpoolBusy(RecordingError):
+    """Another bastion process holds the spool's lock."""
+
+
 class AccessDenied(BastionError):
     """Policy refuses what the user asked for; the message says what was refused."""
 
