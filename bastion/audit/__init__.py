@@ -3,7 +3,8 @@
 Schema (stable): every event has ``ts`` (RFC 3339 UTC, microseconds), ``event`` (a dotted name
 such as ``login.success``, ``session.start``, ``command.verdict``), ``node`` and then the event's
 own fields (``worker``, the number of the worker process that wrote it, comes right after
-``node`` in events of ``bastion serve``'s workers). Field values are JSON scalars, lists or objects; secrets never appear.
+``node`` in events of ``bastion serve``'s workers). Field values are JSON scalars, lists or
+objects; secrets never appear.
 """
 
 from __future__ import annotations

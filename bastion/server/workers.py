@@ -354,8 +354,12 @@ class Supervisor:
             self.audit.emit("server.reload_failed", error=str(exc))
             return
         old, old_listener = self.config, self.listener
-        moved = (config.server.listen, config.server.port, config.server.worker_balance) != \
-            (old.server.listen, old.server.port, old.server.worker_balance)
+        assert old_listener is not None
+        bound = int(old_listener.getsockname()[1])
+        # (port 0 in the old config: the port it got stays; the same port given now too)
+        moved = (config.server.listen, config.server.worker_balance) != \
+            (old.server.listen, old.server.worker_balance) \
+            or config.server.port not in (0, bound)
         self.config = config
         try:
             if moved:
