@@ -240,7 +240,8 @@ class BastionServer:
             self.spool.lock()
             self.registry.clear_node(cfg.server.node_id)  # rows a crash left behind
             self.recover_spool()
-        host_keys, notes = load_host_keys(cfg.server.host_keys, create=True)
+        # (a worker's supervisor created a missing key and said so already)
+        host_keys, notes = load_host_keys(cfg.server.host_keys, create=self.role is None)
         for note in notes:
             log.warning("%s", note)
         ssh_options: dict[str, Any] = dict(

@@ -40,6 +40,8 @@ from pathlib import Path
 from bastion.audit import AuditLog
 from bastion.config import load_config
 from bastion.config.model import Config, WorkerBalance
+from bastion.credentials.hostkeys import load_host_keys
+from bastion.credentials.vault import Vault, load_vault_key
 from bastion.errors import BastionError, ConfigError
 from bastion.evidence.seal import Sealer
 from bastion.recording import Spool
@@ -159,6 +161,11 @@ class Supervisor:
     def _prepare_node(self) -> None:
         """Lock the spool, recover and seal what a crash left, clear stale rows (as one
         process would at start), and bind the port."""
+        # Created once here, not raced by the workers: a missing vault file, host key.
+        Vault.open(self.config.vault.path, load_vault_key(self.config.vault), create=True)
+        _, notes = load_host_keys(self.config.server.host_keys, create=True)
+        for note in notes:
+            log.warning("%s", note)
         self.spool.lock(wait=_LOCK_WAIT)
         self._in_child(self._recover)
         self._in_child(lambda: self._forget_rows(None))

@@ -153,6 +153,17 @@ def test_a_killed_worker_is_replaced_and_its_session_recovered(sealing_stack: De
         assert survivor.end() == 0
         assert wait_for_session_end(stack.spool_dir / survivor_start["session"])["state"] \
             == "closed"
+        for live in spare:
+            assert live.end() == 0
+        # Both workers sealed into the node's one chain: the whole spool verifies, no gap.
+        wait_until(lambda: all((f / "manifest.sig").exists()
+                               for f in stack.spool_dir.iterdir() if f.is_dir()), 30,
+                   "every session to be sealed")
+        chain = verify(stack, stack.spool_dir)
+        assert chain.returncode == 0, chain.stdout + chain.stderr
+        sealed = [json.loads((f / "manifest.json").read_text())
+                  for f in stack.spool_dir.iterdir() if f.is_dir()]
+        assert sorted(m["sequence"] for m in sealed) == list(range(1, len(sealed) + 1))
     finally:
         for live, _ in sessions.values():
             live.kill()
