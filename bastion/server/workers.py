@@ -42,10 +42,10 @@ from bastion.config import load_config
 from bastion.config.model import Config, WorkerBalance
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Vault, load_vault_key
-from bastion.errors import BastionError, ConfigError
+from bastion.errors import BastionError, ConfigError, WorkerStartFailed
 from bastion.evidence.seal import Sealer
 from bastion.recording import Spool
-from bastion.server.app import WorkerRole, serve
+from bastion.server.app import BastionServer, WorkerRole, serve
 from bastion.server.preflight import preflight
 from bastion.state.backends import open_state
 from bastion.state.sessions import SessionRegistry
@@ -159,8 +159,9 @@ class Supervisor:
 
     # -- once per node ------------------------------------------------------------------------
     def _prepare_node(self) -> None:
-        """Lock the spool, recover and seal what a crash left, clear stale rows (as one
-        process would at start), and bind the port."""
+        """Check that a worker can start, lock the spool, recover and seal what a crash left,
+        clear stale rows (as one process would at start), and bind the port."""
+        self._probe_worker()
         # Created once here, not raced by the workers: a missing vault file, host key.
         Vault.open(self.config.vault.path, load_vault_key(self.config.vault), create=True)
         _, notes = load_host_keys(self.config.server.host_keys, create=True)
@@ -229,6 +230,36 @@ class Supervisor:
             finally:
                 os._exit(code)
         os.waitpid(pid, 0)
+
+    def _probe_worker(self) -> None:
+        """Build a worker's services once in a child (state database, vault key, CA, signing
+        key, features) so that what stops every worker stops the start with its one line."""
+        read_fd, write_fd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            code = 1
+            try:
+                server = BastionServer(self.config, self.audit)
+                server.identity.db.close()
+                code = 0
+            except BastionError as exc:
+                os.write(write_fd, str(exc).encode())
+                code = exc.exit_code
+            except BaseException:
+                log.exception("a worker cannot start")
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as said:
+            message = said.read().decode(errors="replace")
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise WorkerStartFailed(message or "a worker cannot start (see the log above)",
+                                    code if code > 0 else EXIT_FAILED)
 
     # -- workers ------------------------------------------------------------------------------
     def _fork_worker(self, index: int) -> Worker:
@@ -313,7 +344,7 @@ class Supervisor:
         how = (f"signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
                else f"exit status {os.waitstatus_to_exitcode(status)}")
         replaced = worker.generation == self.generation and not self._stopping
-        if replaced or os.waitstatus_to_exitcode(status) != 0:
+        if replaced:
             log.warning("worker %d (pid %d) ended: %s", worker.index, worker.pid, how)
         self.audit.emit("worker.exited", worker=worker.index, pid=worker.pid, how=how,
                         replaced=replaced)
