@@ -22,9 +22,9 @@ the database and a slow database cannot take the threads sealing and lookups nee
 - open sessions per identity, across nodes: if the database fails, new sessions are refused
   (fail closed); running sessions go on.
 
-Places are given back by a thread (``_Keeper``) that retries what the database did not take
-and renews this process's leases; a place whose release never reaches the database lapses
-with its lease (``LEASE`` after the process stopped renewing it).
+Places are given back by a thread (bastion/server/limits_keeper.py) that retries what the
+database did not take and renews this process's leases; a place whose release never reaches
+the database lapses with its lease (``LEASE`` after the process stopped renewing it).
 """
 
 from __future__ import annotations
@@ -35,21 +35,19 @@ import functools
 import itertools
 import logging
 import secrets
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 
 from bastion.config.model import Config
 from bastion.errors import BastionError
-from bastion.state.limits import RENEW_EVERY, LimitStore, Scope
+from bastion.server.limits_keeper import LimitKeeper
+from bastion.state.limits import LimitStore, Scope
 
 log = logging.getLogger("bastion.server")
 
 _WINDOW = 60.0  # seconds: device logins are counted per minute
 MAX_CHECKS_IN_FLIGHT = 32  # shared checks of new connections waiting for the database
-RETRY_EVERY = 2.0  # seconds between attempts to give back places the database did not take
-SWEEP_EVERY = 600.0  # seconds between deletions of long-lapsed rows
 TOO_MANY_UNAUTHENTICATED = "too many unauthenticated connections from this address"
 TOO_MANY_CHECKS = "too many connections waiting to be checked"
 
@@ -132,7 +130,7 @@ class ServerLimits:
         self._checks_in_flight = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="bastion-limits")
-        self._keeper = _Keeper(store)
+        self._keeper = LimitKeeper(store)
 
     def node_source(self, source: str) -> str:
         """The subject of a source's unauthenticated allowance: per node."""
@@ -168,7 +166,8 @@ class ServerLimits:
         if check.cancelled():
             return
         if (exc := check.exception()) is not None:
-            log.warning("unauthenticated connections: %s; this process's allowance applies", exc)
+            _warn_now_and_then("unauthenticated connections: %s; this process's allowance "
+                               "applies", exc)
             return
         if check.result():
             self._keeper.taken()
@@ -191,7 +190,7 @@ class ServerLimits:
                     self.store.acquire, Scope.DEVICE_LOGIN, source, self._device_logins,
                     self._holder(f"d{next(self._serial)}"), lease=False, ttl=_WINDOW))
         except BastionError as exc:
-            log.warning("device login rate: %s; this process's count applies", exc)
+            _warn_now_and_then("device login rate: %s; this process's count applies", exc)
             return True
 
     # -- sessions per identity -----------------------------------------------------------------
@@ -247,81 +246,14 @@ class ServerLimits:
         return self._keeper.flush(timeout)
 
 
-class _Keeper:
-    """A thread that gives places back (retrying while the database fails) and renews this
-    process's leases while it holds any; it stops when there is nothing left to do."""
+_last_warning = 0.0
 
-    def __init__(self, store: LimitStore) -> None:
-        self._store = store
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._returns: list[tuple[Scope, str, str]] = []
-        self._leases = 0  # places taken as leases and not yet given back to the database
-        self._thread: threading.Thread | None = None
-        self._renewed = self._swept = time.monotonic()
 
-    def taken(self) -> None:
-        """A lease was taken: renew it from now on."""
-        with self._lock:
-            self._leases += 1
-            self._start()
-
-    def give_back(self, scope: Scope, subject: str, holder: str) -> None:
-        """Queue a place to give back (``taken`` counted it)."""
-        with self._lock:
-            self._returns.append((scope, subject, holder))
-            self._idle.clear()
-            self._start()
-        self._wake.set()
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until every queued place was given back; False after ``timeout``."""
-        return self._idle.wait(timeout)
-
-    def _start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="bastion-limits-keeper",
-                                            daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        wait = RENEW_EVERY
-        while True:
-            self._wake.wait(wait)
-            self._wake.clear()
-            with self._lock:
-                returns, self._returns = self._returns, []
-            failed = []
-            for scope, subject, holder in returns:
-                try:
-                    self._store.release(scope, subject, holder)
-                except BastionError as exc:
-                    failed.append((scope, subject, holder))
-                    log.warning("cannot give back a %s place yet (retrying): %s", scope, exc)
-            now = time.monotonic()
-            with self._lock:
-                self._leases -= len(returns) - len(failed)
-                self._returns[:0] = failed
-                leases = self._leases
-            if leases > 0 and now - self._renewed >= RENEW_EVERY:
-                try:
-                    self._store.renew()
-                    self._renewed = now
-                except BastionError as exc:  # retried soon; the leases last LEASE meanwhile
-                    log.warning("cannot renew limit leases (retrying): %s", exc)
-            if now - self._swept >= SWEEP_EVERY:
-                try:
-                    self._store.sweep()
-                    self._swept = now
-                except BastionError as exc:
-                    log.warning("cannot sweep lapsed limit places: %s", exc)
-            with self._lock:
-                if not self._returns:
-                    self._idle.set()
-                    if self._leases <= 0:
-                        self._thread = None
-                        return
-                wait = RETRY_EVERY if self._returns or now - self._renewed >= RENEW_EVERY \
-                    else RENEW_EVERY
+def _warn_now_and_then(message: str, exc: BaseException) -> None:
+    """Log a database failure at most every few seconds (a flood during an outage would
+    otherwise write one line per connection)."""
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning >= 5.0:
+        _last_warning = now
+        log.warning(message, exc)

@@ -17,7 +17,7 @@ from harness.state import StateBackend
 
 from bastion.config.model import Config, ServerConfig
 from bastion.errors import StateError
-from bastion.server import limits as server_limits
+from bastion.server import limits_keeper
 from bastion.server.limits import (
     MAX_CHECKS_IN_FLIGHT,
     TOO_MANY_CHECKS,
@@ -202,7 +202,7 @@ def test_session_cap_across_workers_fails_closed_without_the_database(
 
 def test_a_release_the_database_missed_is_retried(state_backend: StateBackend,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_limits, "RETRY_EVERY", 0.05)
+    monkeypatch.setattr(limits_keeper, "RETRY_EVERY", 0.05)
 
     async def scenario() -> None:
         limits = worker(state_backend, "node-a", 1)
@@ -257,7 +257,7 @@ def test_device_logins_per_minute_across_nodes(state_backend: StateBackend) -> N
 
 def test_the_keeper_renews_leases_while_they_are_held(state_backend: StateBackend,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_limits, "RENEW_EVERY", 0.05)
+    monkeypatch.setattr(limits_keeper, "RENEW_EVERY", 0.05)
     now = [1_000_000.0]
 
     async def scenario() -> None:
