@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,9 @@ from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
 from bastion.server.features import approval_service, build_features
 from bastion.server.hardening import algorithm_options
-from bastion.server.limits import SourceLimits
+from bastion.server.limits import ServerLimits
 from bastion.server.proxy import ProxyListener
+from bastion.state.limits import LimitStore
 from bastion.state.sessions import KillRequest, RunningSession, SessionRegistry
 
 log = logging.getLogger("bastion.server")
@@ -70,17 +70,17 @@ class BastionServer:
         # Connection ids are unique within the node: a worker's carry its number.
         self._conn_prefix = f"{role.index}." if role is not None else ""
         self.local_keys = LocalKeyIndex.from_config(config)
-        self.limits = SourceLimits(config.server.max_unauthenticated_per_source,
-                                   config.server.device_logins_per_source)
         self.spool = Spool(config.paths.spool_dir, config.server.node_id)
         self._vault_key = load_vault_key(config.vault)
         self.identity = IdentityService.open(config, audit, self._vault_key,
                                              reload_key=self._reload_vault_key)
         self.approvals = approval_service(config, audit, self.identity)
+        # Per-source and per-identity limits, shared with the other workers and nodes through
+        # the state database (bastion/server/limits.py).
+        self.limits = ServerLimits(config, LimitStore(self.identity.db, config.server.node_id))
         self.connections: dict[str, BastionConnection] = {}
         self._no_connections = asyncio.Event()
         self._conn_ids = (f"{self._conn_prefix}{n}" for n in itertools.count(1))
-        self._per_identity: Counter[str] = Counter()
         self._acceptor: asyncssh.SSHAcceptor | ProxyListener | None = None
         self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
         self._upkeep: asyncio.Task[None] | None = None
@@ -146,18 +146,14 @@ class BastionServer:
     def _totp_required(self, identity: Identity, target: str) -> bool:
         return self.identity is not None and self.identity.totp_required(identity, target)
 
-    def acquire(self, identity_key: str, limit: int) -> bool:
-        """Count a session for an identity unless it is at its cap."""
-        if self._per_identity[identity_key] >= limit:
-            return False
-        self._per_identity[identity_key] += 1
-        return True
+    async def acquire(self, identity_key: str, limit: int, holder: str) -> bool:
+        """Count a session (``holder``: its connection) for an identity unless it is at its
+        cap on any worker or node; StateError if the state database cannot say."""
+        return await self.limits.acquire_session(identity_key, limit, holder)
 
-    def release(self, identity_key: str) -> None:
-        """Uncount a session."""
-        self._per_identity[identity_key] -= 1
-        if self._per_identity[identity_key] <= 0:
-            del self._per_identity[identity_key]
+    def release(self, identity_key: str, holder: str) -> None:
+        """Uncount a session (the database is told in the background)."""
+        self.limits.release_session(identity_key, holder)
 
     def admit(self, connection: BastionConnection) -> bool:
         """Register a new connection unless the global cap is reached."""
@@ -449,6 +445,8 @@ class BastionServer:
             await asyncio.gather(*self._sealing, return_exceptions=True)
         with contextlib.suppress(BastionError):
             self.registry.unregister(self._registered)
+        # Every place given back has reached the state database before the process goes.
+        await asyncio.to_thread(self.limits.flush, _SHUTDOWN_GRACE)
         if self.role is not None:
             self.audit.emit("worker.stop", worker=self.role.index, pid=os.getpid())
         else:

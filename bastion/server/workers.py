@@ -48,6 +48,7 @@ from bastion.recording import Spool
 from bastion.server.app import BastionServer, WorkerRole, serve
 from bastion.server.preflight import preflight
 from bastion.state.backends import open_state
+from bastion.state.limits import LimitStore
 from bastion.state.sessions import SessionRegistry
 
 log = logging.getLogger("bastion.server")
@@ -195,7 +196,8 @@ class Supervisor:
             log.info("recovered %d recording(s)", len(recovered))
 
     def _forget_rows(self, pid: int | None) -> None:
-        """Drop the running-session rows of the node (pid None) or of one dead worker."""
+        """Drop the running-session rows and the limit holds (session places, connections
+        not signed in) of the node (pid None) or of one dead worker."""
         node = self.config.server.node_id
         try:
             db = open_state(self.config)
@@ -203,11 +205,13 @@ class Supervisor:
             log.warning("session registry: %s", exc)
             return
         try:
-            registry = SessionRegistry(db)
-            if pid is None:
+            registry, limits = SessionRegistry(db), LimitStore(db, node)
+            if pid is None:  # the node starts: what its previous run left
                 registry.clear_node(node)
+                limits.forget_node(node)
             else:
                 registry.clear_process(node, pid)
+                limits.forget_process(node, pid)
         except BastionError as exc:
             log.warning("session registry: %s", exc)
         finally:
