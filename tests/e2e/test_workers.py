@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -219,3 +220,46 @@ def test_sighup_with_a_broken_config_changes_nothing(stack: DemoStack) -> None:
     assert not any(e["event"] == "worker.exited" for e in audit(stack))
     ok = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "web01"), "--", "echo ok"])
     assert ok.stdout == "ok\n", ok.stderr
+
+
+def test_strangers_from_one_address_share_one_allowance_across_workers(tmp_path: Path) -> None:
+    cap = 3
+    st = two_workers(tmp_path / "stack", evidence=False)
+    # reuseport: the kernel spreads connections by address hash, so both workers get some
+    # (with the shared socket an idle node's first worker tends to win every accept).
+    st.merge_config({"server": {"max_unauthenticated_per_source": cap,
+                                "worker_balance": "reuseport"}})
+    with st:
+        sockets = []
+        try:
+            # Silent TCP connections (no SSH banner): each a stranger from 127.0.0.1.
+            for _ in range(8):
+                sockets.append(socket.create_connection((st.bastion_host, st.bastion_port)))
+
+            def refused() -> list[dict[str, Any]]:
+                return [e for e in audit(st) if e["event"] == "connection.refused"]
+            wait_until(lambda: len(refused()) == 8 - cap, 30, "the connections over the cap")
+
+            def still_open(sock: socket.socket) -> bool:
+                sock.setblocking(False)
+                try:
+                    while sock.recv(4096):  # the server's SSH banner: read past it
+                        pass
+                    return False  # end of stream: the bastion closed it
+                except BlockingIOError:
+                    return True  # nothing more to read and not closed: held open
+                except OSError:
+                    return False  # reset
+            wait_until(lambda: sum(map(still_open, sockets)) == cap, 30,
+                       f"exactly {cap} connections to stay open")
+            assert all("unauthenticated" in e["reason"] for e in refused())
+        finally:
+            for sock in sockets:
+                sock.close()
+        # Both workers took some of them: the allowance held across processes.
+        wait_until(lambda: len([e for e in audit(st)
+                                if e["event"] == "connection.unauthenticated"]) == 8, 30,
+                   "every connection to be closed")
+        took = {e["worker"] for e in audit(st)
+                if e["event"] in ("connection.refused", "connection.unauthenticated")}
+        assert took == {1, 2}
