@@ -224,7 +224,7 @@ def test_sighup_with_a_broken_config_changes_nothing(stack: DemoStack) -> None:
 
 def test_strangers_from_one_address_share_one_allowance_across_workers(tmp_path: Path) -> None:
     cap = 3
-    OPENED = 12  # noqa: N806 (all twelve on one worker: 1 in 2048)
+    opened = 12  # (all twelve on one worker: 1 in 2048)
     st = two_workers(tmp_path / "stack", evidence=False)
     # reuseport: the kernel spreads connections by address hash, so both workers get some
     # (with the shared socket an idle node's first worker tends to win every accept).
@@ -234,12 +234,12 @@ def test_strangers_from_one_address_share_one_allowance_across_workers(tmp_path:
         sockets = []
         try:
             # Silent TCP connections (no SSH banner): each a stranger from 127.0.0.1.
-            for _ in range(OPENED):
+            for _ in range(opened):
                 sockets.append(socket.create_connection((st.bastion_host, st.bastion_port)))
 
             def refused() -> list[dict[str, Any]]:
                 return [e for e in audit(st) if e["event"] == "connection.refused"]
-            wait_until(lambda: len(refused()) == OPENED - cap, 30, "the connections over the cap")
+            wait_until(lambda: len(refused()) == opened - cap, 30, "the connections over the cap")
 
             def still_open(sock: socket.socket) -> bool:
                 sock.setblocking(False)
@@ -259,7 +259,7 @@ def test_strangers_from_one_address_share_one_allowance_across_workers(tmp_path:
                 sock.close()
         # Both workers took some of them: the allowance held across processes.
         wait_until(lambda: len([e for e in audit(st)
-                                if e["event"] == "connection.unauthenticated"]) == OPENED, 30,
+                                if e["event"] == "connection.unauthenticated"]) == opened, 30,
                    "every connection to be closed")
         took = {e["worker"] for e in audit(st)
                 if e["event"] in ("connection.refused", "connection.unauthenticated")}
