@@ -154,7 +154,8 @@ class ScanOnly(Stage):
         masker = self.maskers.get(stream)
         if masker is None:
             masker = self.maskers[stream] = StreamMasker(self.scanner, self.shared.counts)
-        masker.push(data)  # the masked copy is dropped: only the counts are kept
+            masker.count_only = True
+        masker.push(data)  # no masked copy is made: only the counts are kept
         self.emit(data, stream)
 
     def end(self) -> None:
