@@ -73,7 +73,8 @@ class StreamMasker:
         # The fast path: one Hyperscan pass shows there is nothing to strip and nothing to find;
         # what is left is the hold-back at the end (the same code as the full path).
         clean = not self.in_key and self.scanner.clean(main)
-        stripped = None if clean else Stripped(main)
+        # Counting only never maps positions: one block (no join of the blocks' parts).
+        stripped = None if clean else Stripped(main, len(main) + 1 if self.count_only else None)
         visible = main if stripped is None else stripped.visible
         # Quiet: no detector can match, only the hold-back is left (None: not known yet, a key
         # block is open).
