@@ -105,8 +105,10 @@ BUILTIN: tuple[Detector, ...] = (
         pattern=(r"(?i:aws_secret_access_key|aws_secret_key|secret_access_key|secretaccesskey)"
                  r"""["']?\s{0,8}[:=]\s{0,8}["']?(?P<secret>[A-Za-z0-9/+]{40})"""
                  r"(?:[^A-Za-z0-9/+=]|$)"),
+        # No \b in the pattern (MY_AWS_SECRET_ACCESS_KEY=...), so none in the tail: a tail
+        # stricter than its pattern let a secret split across two chunks through.
         tail=_prefixed("aws_secret", "secret_access_key", "secretaccesskey", body=_LINE_REST,
-                       ignore_case=True),
+                       ignore_case=True, boundary=False),
         allow_example=True,
     ),
     Detector(
@@ -140,7 +142,7 @@ BUILTIN: tuple[Detector, ...] = (
         name="authorization_header",
         pattern=(r"""(?i:authorization)["']?\s{0,8}[:=]\s{0,8}["']?(?i:bearer|basic|token)"""
                  r"\s{1,8}(?P<secret>[A-Za-z0-9._~+/=-]+)"),
-        tail=_prefixed("authorization", body=_LINE_REST, ignore_case=True),
+        tail=_prefixed("authorization", body=_LINE_REST, ignore_case=True, boundary=False),
     ),
     Detector(
         name="url_password",

@@ -33,12 +33,21 @@ PARTIAL_LIMIT = 512  # a longer unterminated escape at a chunk's end is taken as
 
 def partial_escape_start(raw: bytes) -> int | None:
     """Where an escape sequence cut off by the end of ``raw`` starts, or None."""
-    esc = raw.rfind(b"\x1b", max(0, len(raw) - PARTIAL_LIMIT))
+    first = max(0, len(raw) - PARTIAL_LIMIT)
+    esc = raw.rfind(b"\x1b", first)
     if esc < 0:
         return None
     match = ESCAPE.match(raw, esc)
     if match is not None:
         return None
+    if esc == len(raw) - 1:
+        # A last ESC may be the first byte of the terminator (ESC \) of an OSC or DCS string
+        # opened by the ESC before it: the string starts there (else its text would be read as
+        # visible, and a secret after it judged with the wrong \b context).
+        opened = raw.rfind(b"\x1b", first, esc)
+        kind = raw[opened + 1:opened + 2] if opened >= 0 else b""
+        if kind in (b"P", b"X", b"^", b"_") or (kind == b"]" and b"\x07" not in raw[opened:esc]):
+            return opened
     return esc
 
 
