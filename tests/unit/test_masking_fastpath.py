@@ -4,7 +4,8 @@
   secret) skips stripping and RE2 (``Scanner.clean``).
 - Escapes are stripped in blocks cut at ground points, and only blocks with a hit are mapped
   (``Stripped``); the hold-back point is mapped from a window that starts at a ground point.
-- Counting without masking (``count_only``, exec channels) skips building the masked copy.
+- Counting without masking (``count_only``, exec channels) skips building the masked copy and
+  scans a large chunk in cache-sized pieces.
 - Card candidates are checked by a Luhn in C and RE2's extension is called directly.
 
 Each is compared with the full path (every chunk stripped and scanned, one position map of the
@@ -21,10 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_masking_detectors import NEGATIVE, POSITIVE, SCANNER
 
-from bastion.masking import escapes, stream
+from bastion.masking import escapes, stream, timed
 from bastion.masking.engine import TAIL_WINDOW, Scanner, luhn_ok, spans_of
 from bastion.masking.escapes import EscapeMap, Stripped, ground, strip, suffix_raw_index
 from bastion.masking.stream import StreamMasker
+from bastion.masking.timed import ScanOnly, SharedState
 
 
 class FullPathScanner(Scanner):
@@ -186,3 +188,26 @@ def test_spans_through_the_extension_equal_the_public_api(anchored: bool) -> Non
         for pos in range(len(data) + 1):
             assert fast(data, pos, len(data)) == public(data, pos, len(data))
     assert TAIL_WINDOW > 0
+
+
+@settings(max_examples=800, deadline=None)
+@given(pieces, cuts, st.sampled_from([1, 3, 16, 200]))
+def test_exec_counting_in_pieces_counts_like_whole_chunks(parts: list[bytes], points: list[int],
+                                                          piece: int) -> None:
+    """ScanOnly scans a large chunk in pieces (cache-sized); the counts do not change."""
+    chunks = chunked(b"".join(parts), points)
+
+    def counts(size: int) -> dict[str, int]:
+        shared = SharedState()
+        stage = ScanOnly(SCANNER, shared)
+        passed: list[bytes] = []
+        stage.emit = lambda data, _stream: passed.append(data)
+        stage.emit_end = lambda: None
+        with mock.patch.object(timed, "SCAN_PIECE", size):
+            for chunk in chunks:
+                stage.feed(chunk, 0)
+            stage.end()
+        assert passed == chunks, "every byte passes unchanged"
+        return dict(shared.counts)
+
+    assert counts(piece) == counts(1 << 30)
