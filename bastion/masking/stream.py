@@ -5,6 +5,11 @@ secret completed by the next chunk (a cut escape sequence or UTF-8 character, or
 detector's tail pattern). ``flush`` masks and returns everything held (the caller calls it on a
 short timer, at the end of the stream, and when the hold grows past its byte bound).
 
+Chunks of plain text take a fast path: the scanner's raw prefilter shows there is no escape
+sequence to strip and nothing any detector could match, so only the chunk's end is looked at for
+the hold-back (docs/masking.md, "Performance"). The rest are stripped of escape sequences, and
+RE2 runs if the prefilter over the visible text finds something.
+
 A private key block is state: after ``-----BEGIN ... PRIVATE KEY-----`` everything up to the
 matching END line is masked as it streams. If the END does not come within ``KEY_MAX_BYTES``
 or ``KEY_MAX_LINES`` the masking stops there (all of it stayed masked) and the state resets.
@@ -26,6 +31,9 @@ KEY_MAX_LINES = 1000
 KEY_END = re2.compile(rb"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----", options())
 KEY_END_PARTIAL = re2.compile(rb"-{1,5}(?:E(?:N(?:D[A-Z0-9 -]{0,70})?)?)?$", options())
 UNTERMINATED_KEY = "private_key_unterminated"
+# What of a chunk no detector can match in may still be held: the tail search window, the byte
+# before it (\b context) and a UTF-8 character cut by the chunk (at most 3 bytes), and a spare.
+QUIET_END = TAIL_WINDOW + 8
 
 
 class StreamMasker:
@@ -81,9 +89,9 @@ class StreamMasker:
         quiet = None if self.in_key else clean or not self.scanner.maybe(visible)
         hits: list[tuple[int, int, Detector]] = []
         context = len(self.before)
-        if quiet is True and len(visible) > TAIL_WINDOW + 8:
+        if quiet is True and len(visible) > QUIET_END:
             # Only the end can be held: scan just that (no copy of a large chunk).
-            base = len(visible) - TAIL_WINDOW - 8
+            base = len(visible) - QUIET_END
             hold = base + self._scan(visible[base:], hits, final, 0, quiet)
         elif context:  # scanned with the byte before it, so \b at its start is judged right
             hold = self._scan(self.before + visible, hits, final, context, quiet) - context
