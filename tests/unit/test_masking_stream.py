@@ -91,6 +91,22 @@ def test_a_secret_glued_to_a_word_is_held_across_any_split(data: bytes) -> None:
         assert streamed(data[:cut], data[cut:]) == expected, cut
 
 
+@pytest.mark.parametrize("data", [
+    b"Authorization: Bearer\r\n  abc.def-ghi\r\n",
+    b"aws_secret_access_key:\r\n  abcdEFGHijklMNOPqrstUVWX/yz0123456789+ab\r\n",
+    b"$ run --password\r\n S3cr3t\r\n",
+    b"$ sshpass\r\n -p S3cr3t ssh host\r\n",
+])
+def test_a_value_on_the_next_line_is_held_across_any_split(data: bytes) -> None:
+    """The blanks these patterns allow between a context word and the value include line
+    ends; what is held back at a chunk's end stopped at the line end (the value went
+    through when a chunk ended there)."""
+    expected = whole(data)
+    assert expected != data
+    for cut in range(len(data) + 1):
+        assert streamed(data[:cut], data[cut:]) == expected, cut
+
+
 @pytest.mark.parametrize("title", [b"\x1b]2;build 42 done\x1b\\", b"\x1bPq#0;2;0;0;0\x1b\\"])
 def test_a_string_escape_cut_in_its_terminator_is_held_whole(title: bytes) -> None:
     """An OSC or DCS string cut between the ESC and the backslash of its terminator is held
