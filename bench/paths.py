@@ -33,6 +33,10 @@ from bastion.state.backends import open_state
 from bench.install import Unavailable, ensure_ssh_mitm, ensure_tlog
 
 ALL_PATHS = ("direct", "jump", "tlog", "ssh-mitm", "bastion")
+# bench/run --masking both: the same bastion process, through a second name of web01 whose
+# masking is off (masking_off = ["*"]), so masked and unmasked are measured in one run.
+UNMASKED = "bastion-unmasked"
+UNMASKED_TARGET = "web01-unmasked"
 BENCH_SESSIONS_CAP = 5000  # sessions per identity and connections: the bench opens up to 1000+
 
 
@@ -57,10 +61,12 @@ class BenchEnv:
     """Starts every requested path and writes one ssh_config with a Host per path."""
 
     def __init__(self, workdir: Path, wanted: tuple[str, ...], *, masking: bool = True,
-                 commands: bool = True, state: str = "sqlite", workers: int = 0) -> None:
+                 commands: bool = True, state: str = "sqlite", workers: int = 0,
+                 unmasked: bool = False) -> None:
         self.workdir = workdir
         self.wanted = wanted
         self.masking = masking  # the shipped default is on
+        self.unmasked = unmasked  # also the UNMASKED path (masking off for its target)
         self.state = state  # the bastion's state backend: "sqlite" or "postgresql"
         self.workers = workers  # bastion serve's worker processes (0: one per CPU)
         self.unavailable: dict[str, str] = {}  # path -> reason it is not measured
@@ -69,7 +75,8 @@ class BenchEnv:
         self.client_key = workdir / "client_ed25519"
         self.bound_key = workdir / "bound_ed25519"
         # The demo's command rules switch command control on (commands=False: off).
-        self.stack = DemoStack(workdir / "stack", target_names=("web01",),
+        names = ("web01", UNMASKED_TARGET) if unmasked else ("web01",)  # vault entries
+        self.stack = DemoStack(workdir / "stack", target_names=names,
                                keep_target_key=True, with_idp=False, command_rules=commands)
         self.jump: RelaySshd | None = None
         self.tlog: RelaySshd | None = None
@@ -115,7 +122,8 @@ class BenchEnv:
     @property
     def paths(self) -> list[str]:
         """The requested paths that are running, in table order."""
-        return [p for p in ALL_PATHS if p in self.wanted and p not in self.unavailable]
+        paths = [p for p in ALL_PATHS if p in self.wanted and p not in self.unavailable]
+        return [*paths, UNMASKED] if self.unmasked else paths
 
     @property
     def target(self) -> SshdTarget:
@@ -169,6 +177,10 @@ class BenchEnv:
                                        "workers": self.workers}})
         if not self.masking:
             stack.merge_config({"masking": {"enabled": False}})
+        if self.unmasked:  # web01 once more, masking off there (lists replace: both given)
+            web01 = stack.config["targets"][0]
+            stack.merge_config({"targets": [web01, {**web01, "name": UNMASKED_TARGET,
+                                                    "masking_off": ["*"]}]})
         if self.state == "postgresql":  # a throwaway cluster, migrated like a real deployment
             cluster = ThrowawayPostgres().start()
             self._cleanups.append(cluster.stop)
@@ -199,6 +211,7 @@ class BenchEnv:
                                  "IdentityFile": str(stack.target_key_path)}
         self._hosts["bastion"] = {"HostName": LOOPBACK, "Port": str(stack.bastion_port),
                                   "User": f"{login}@web01", "IdentityFile": str(self.bound_key)}
+        self._hosts[UNMASKED] = {**self._hosts["bastion"], "User": f"{login}@{UNMASKED_TARGET}"}
 
     def _setup_target(self) -> None:
         """The demo's target, as DemoStack.setup_targets makes it, with two bench settings:

@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import measure, scale, transfers
 from bench.install import ensure_py_spy
-from bench.paths import ALL_PATHS, BenchEnv
+from bench.paths import ALL_PATHS, UNMASKED, BenchEnv
 
 MB = 1_000_000
 TARGETS = {
@@ -54,8 +54,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="command control with the demo's rules (default on)")
     parser.add_argument("--state", default="sqlite", choices=["sqlite", "postgresql"],
                         help="the bastion's state backend (postgresql: a throwaway cluster)")
-    parser.add_argument("--masking", choices=("on", "off"), default="on",
-                        help="the bastion's output masking (default on, as shipped)")
+    parser.add_argument("--masking", choices=("on", "off", "both"), default="on",
+                        help="the bastion's output masking (default on, as shipped; both: "
+                             f"also the path {UNMASKED}, the same bastion with masking off "
+                             "for its target, for the ratio in one run)")
     parser.add_argument("--transfer-mb", type=float,
                         help="file size of the transfers figure (default 1000, quick 20)")
     parser.add_argument("--skip", default="",
@@ -149,6 +151,7 @@ class Suite:
         for name, (command, tty) in kinds.items():
             seconds: dict[str, list[float]] = {p: [] for p in paths}
             bastion_cpu: list[float] = []
+            unmasked_cpu: list[float] = []
             failures: dict[str, str] = {}
             for round_no in range(self.args.rounds):
                 order = paths[round_no % len(paths):] + paths[:round_no % len(paths)]
@@ -170,6 +173,8 @@ class Suite:
                         run = measure.bulk(argv, timeout=limit)
                     if path == "bastion":
                         bastion_cpu.append(measure.cpu_seconds(self.env.bastion_pid) - cpu0)
+                    elif path == UNMASKED:
+                        unmasked_cpu.append(measure.cpu_seconds(self.env.bastion_pid) - cpu0)
                     if profiler is not None:
                         profiler()
                     self.env.clear_recordings()
@@ -187,6 +192,8 @@ class Suite:
                 "ratio_vs_jump": _ratios(med, "jump"), "ratio_vs_direct": _ratios(med, "direct"),
                 "bastion_cpu_seconds": round(measure.median(bastion_cpu), 2)
                 if bastion_cpu else None,
+                **({"unmasked_cpu_seconds": round(measure.median(unmasked_cpu), 2)}
+                   if unmasked_cpu else {}),
                 "failures": failures}
 
     def _profiler(self, name: str) -> Callable[[], None] | None:
@@ -332,6 +339,7 @@ def verdicts(r: dict[str, Any]) -> dict[str, Any]:
                 ratio = round(secs["bastion"] / secs[peer], 3)
                 out[f"{name}_vs_{peer}"] = {"value": ratio, "target": "<= 0.5",
                                             "met": ratio <= 0.5}
+    out.update(masking_verdicts(r))
     echo = r.get("echo_latency")
     if echo:
         for condition in ("idle", "loaded"):
@@ -356,6 +364,25 @@ def verdicts(r: dict[str, Any]) -> dict[str, Any]:
         out.update(transfers.verdicts(r["transfers"]))
     if r.get("scale"):
         out.update(scale.verdicts(r["scale"]))
+    return out
+
+
+def masking_verdicts(r: dict[str, Any]) -> dict[str, Any]:
+    """Issue 11 (--masking both): masked pty text keeps >= 80% of the unmasked throughput of
+    the same run; masking adds at most 1 ms to the echo p99."""
+    out: dict[str, Any] = {}
+    secs = r.get("bulk_pty_text", {}).get("seconds", {})
+    if "bastion" in secs and UNMASKED in secs:
+        kept = round(secs[UNMASKED] / secs["bastion"], 3)
+        out["bulk_pty_text_masked_keeps"] = {"value": kept, "target": ">= 0.8",
+                                             "met": kept >= 0.8}
+    for condition in ("idle", "loaded"):
+        figures = r.get("echo_latency", {}).get(condition, {}).get("paths", {})
+        masked, unmasked = figures.get("bastion", {}), figures.get(UNMASKED, {})
+        if "p99_ms" in masked and "p99_ms" in unmasked:
+            added = round(masked["p99_ms"] - unmasked["p99_ms"], 3)
+            out[f"echo_{condition}_masking_added_p99_ms"] = {
+                "value": added, "target": "<= 1", "met": added <= 1.0}
     return out
 
 
@@ -437,9 +464,9 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": machine(),
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        with BenchEnv(workdir, args.wanted, masking=args.masking == "on",
+        with BenchEnv(workdir, args.wanted, masking=args.masking != "off",
                       commands=args.commands == "on", state=args.state,
-                      workers=args.workers) as env:
+                      workers=args.workers, unmasked=args.masking == "both") as env:
             result["paths"] = {p: {"measured": p in env.paths,
                                    **({"reason": env.unavailable[p]}
                                       if p in env.unavailable else {})}

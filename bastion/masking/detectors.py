@@ -78,6 +78,16 @@ def _value(group: str) -> str:
     return rf"""(?P<{group}>'[^'\r\n]+'|"[^"\r\n]+"|[^\s'"]+)"""
 
 _LINE_REST = r"[^\r\n]*"  # a context word was seen: hold the rest of the line
+# The start of a command-line value (quoted, or up to the next blank).
+_VALUE_START = r"""(?:'[^'\r\n]*|"[^"\r\n]*|[^\s'"]*)"""
+
+
+def _across_lines(words: str, gap: int, value: str) -> str:
+    """Tail of a pattern whose blanks between a context word and the value may be line ends:
+    the word, up to ``gap`` bytes of anything (the longest run of quotes, blanks, ``:``/``=``
+    and scheme word the pattern allows there), then the value so far. A tail that stopped at the
+    line end, where its pattern did not, let the value through when a chunk ended there."""
+    return f"{words}[\\s\\S]{{0,{gap}}}{value}$"
 _ENV_WORDS = ("token", "password", "passwd", "secret", "api_key", "apikey", "access_key",
               "private_key")
 
@@ -105,8 +115,12 @@ BUILTIN: tuple[Detector, ...] = (
         pattern=(r"(?i:aws_secret_access_key|aws_secret_key|secret_access_key|secretaccesskey)"
                  r"""["']?\s{0,8}[:=]\s{0,8}["']?(?P<secret>[A-Za-z0-9/+]{40})"""
                  r"(?:[^A-Za-z0-9/+=]|$)"),
+        # No \b in the pattern (MY_AWS_SECRET_ACCESS_KEY=...), so none in the tail: a tail
+        # stricter than its pattern let a secret split across two chunks through.
         tail=_prefixed("aws_secret", "secret_access_key", "secretaccesskey", body=_LINE_REST,
-                       ignore_case=True),
+                       ignore_case=True, boundary=False) + "|" + _across_lines(
+            "(?i:aws_secret_access_key|aws_secret_key|secret_access_key|secretaccesskey)", 19,
+            "[A-Za-z0-9/+]*"),
         allow_example=True,
     ),
     Detector(
@@ -140,7 +154,8 @@ BUILTIN: tuple[Detector, ...] = (
         name="authorization_header",
         pattern=(r"""(?i:authorization)["']?\s{0,8}[:=]\s{0,8}["']?(?i:bearer|basic|token)"""
                  r"\s{1,8}(?P<secret>[A-Za-z0-9._~+/=-]+)"),
-        tail=_prefixed("authorization", body=_LINE_REST, ignore_case=True),
+        tail=_prefixed("authorization", body=_LINE_REST, ignore_case=True, boundary=False)
+        + "|" + _across_lines("(?i:authorization)", 33, "[A-Za-z0-9._~+/=-]*"),
     ),
     Detector(
         name="url_password",
@@ -154,7 +169,11 @@ BUILTIN: tuple[Detector, ...] = (
                  + r"|--(?:password|passwd)(?:=|\s{1,8})" + _value("secret2")
                  + r"|\bsshpass\s{1,8}-p\s{0,8}" + _value("secret3") + ")"),
         tail=(_prefixed("mysql", "mariadb", "sshpass", body=_LINE_REST)
-              + "|" + _prefixed("--passw", body=_LINE_REST, boundary=False)),
+              + "|" + _prefixed("--passw", body=_LINE_REST, boundary=False)
+              + r"|\b(?:mysql|mysqldump|mysqladmin|mariadb|mariadb-dump)\b[^\r\n]*\s(?:-(?:p"
+              + _VALUE_START + ")?)?$"
+              + r"|--(?:password|passwd)\s{1,8}" + _VALUE_START + "$"
+              + r"|\bsshpass\s{1,8}(?:-(?:p\s{0,8}" + _VALUE_START + ")?)?$"),
     ),
     Detector(
         name="env_secret",

@@ -2,32 +2,30 @@
 
 Both engines are used, each for what it does best (measured in docs/masking.md, "Matching
 engine"): Hyperscan in prefilter mode answers "can anything match in this chunk?" at about
-3 GB/s, so most chunks never reach RE2; RE2 (``google-re2``) then finds the leftmost match of
-one alternation of all detectors, with the capture group that says what to mask. Hyperscan alone
-cannot do that part: no capture groups, every end offset reported through a Python callback, and
-start-of-match mode refuses the bounded repeats the detectors use ("Pattern is too large").
+1-3 GB/s (``prefilter``), so most chunks never reach RE2; RE2 (``google-re2``) then finds the
+leftmost match of one alternation of all detectors, with the capture group that says what to
+mask. Hyperscan alone cannot do that part: no capture groups, every end offset reported through
+a Python callback, and start-of-match mode refuses the bounded repeats the detectors use
+("Pattern is too large").
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import re2
 
+from bastion.masking import prefilter
 from bastion.masking.detectors import BUILTIN, PRIVATE_KEY, Detector, Replacement, Validator
 
-hyperscan: Any
-try:  # Hyperscan (x86-64 wheels): a 3 GB/s "could anything match here?" before RE2 runs
-    import hyperscan
-except ImportError:  # pragma: no cover - other platforms: RE2 alone, slower on bulk output
-    hyperscan = None
+# google-re2's C++ extension (see spans_of); None in another build: the public API
+_binding: Any = getattr(re2, "_re2", None)
 
 SECRET_GROUP = re.compile(r"\(\?P<(secret\d*)>")
 TAIL_WINDOW = 1024  # visible bytes at a chunk's end searched for a possible incomplete secret
@@ -72,17 +70,49 @@ class Hit:
     detector: Detector
 
 
+_VALUE = bytes.maketrans(b"0123456789", bytes(range(10)))
+_DOUBLED = bytes.maketrans(b"0123456789", bytes([0, 2, 4, 6, 8, 1, 3, 5, 7, 9]))  # 2d, summed
+_NOT_DIGITS = bytes(sorted(set(range(256)) - set(b"0123456789")))
+
+
 def luhn_ok(digits: bytes) -> bool:
-    """The Luhn check digit test of a payment card number (digits only)."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = char - 48
-        if index % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
+    """The Luhn check digit test of a payment card number (digits only). Translate and sum run
+    in C: a card candidate is checked in about a microsecond (a loop per digit took five)."""
+    reverse = digits[::-1]
+    total = sum(reverse[0::2].translate(_VALUE)) + sum(reverse[1::2].translate(_DOUBLED))
     return total % 10 == 0
+
+
+Spans = Callable[[bytes, int, int], "list[tuple[int, int]] | None"]
+
+
+def spans_of(regex: Any, *, anchored: bool) -> Spans:
+    """A function giving the (start, end) of the whole match and of every group of the first
+    match of ``regex`` in ``text[pos:endpos]`` (at ``pos`` if ``anchored``), None if none.
+
+    google-re2's extension object is called directly when it is there: its Python wrapper
+    builds a generator and a match object per call and reads each group through Python, which
+    made up most of the cost of a card candidate (measured in docs/masking.md, "Performance").
+    """
+    low = getattr(regex, "_regexp", None)
+    anchors = getattr(getattr(_binding, "RE2", None), "Anchor", None)
+    if low is not None and anchors is not None:
+        match = low.Match
+        anchor = anchors.ANCHOR_START if anchored else anchors.UNANCHORED
+
+        def spans(text: bytes, pos: int, endpos: int) -> list[tuple[int, int]] | None:
+            if pos > endpos:
+                return None
+            found: list[tuple[int, int]] = match(anchor, text, pos, endpos)
+            return None if found[0][0] < 0 else found
+        return spans
+    public = regex.match if anchored else regex.search
+    groups = regex.groups
+
+    def public_spans(text: bytes, pos: int, endpos: int) -> list[tuple[int, int]] | None:
+        found = public(text, pos, endpos)
+        return None if found is None else [found.span(i) for i in range(groups + 1)]
+    return public_spans
 
 
 def jwt_ok(token: bytes) -> bool:
@@ -150,54 +180,59 @@ class Scanner:
         self.allow_regex = (re2.compile("|".join(f"(?:{p})" for p in allow_patterns)
                                         .encode("utf-8"), options()) if allow_patterns else None)
         self.has_private_key = any(d.name == PRIVATE_KEY for d in self.detectors)
-        self.prefilter = _prefilter(self.detectors)
+        patterns = tuple(d.pattern for d in self.detectors)
+        self.prefilter = prefilter.database(patterns, raw=False)
+        self.raw_prefilter = prefilter.database(patterns, raw=True)
+        self._find = spans_of(self.find, anchored=False) if self.find else None
+        self._groups = spans_of(self.regex, anchored=True) if self.regex else None
+        self._tail = spans_of(self.tail, anchored=False) if self.tail else None
+        # Per detector (in order): its outer group and its secret groups.
+        self._layout = [(group, self.outer[group], self.secret_groups[group])
+                        for group in sorted(self.outer)]
 
     def maybe(self, visible: bytes) -> bool:
         """False when no detector can match in ``visible`` (a superset test: True may be wrong,
         False never is). Without Hyperscan always True."""
         if self.prefilter is None or self.regex is None:
             return self.regex is not None
-        found: list[int] = []
+        return prefilter.matches(self.prefilter, visible)
 
-        def on_match(*_args: object) -> bool:
-            found.append(1)
-            return True  # stop at the first: one is enough to run RE2
-
-        with contextlib.suppress(hyperscan.ScanTerminated):
-            self.prefilter.scan(visible, match_event_handler=on_match)
-        return bool(found)
+    def clean(self, raw: bytes) -> bool:
+        """True when ``raw`` holds no escape sequence or control byte (its visible text is
+        itself) and no detector can match in it: the fast path. Without Hyperscan never."""
+        # An ESC, first, by memchr: Hyperscan took 0.2 ms per MB to report the first control
+        # byte of binary output.
+        return (self.raw_prefilter is not None and b"\x1b" not in raw
+                and not prefilter.matches(self.raw_prefilter, raw))
 
     def search(self, visible: bytes, pos: int) -> tuple[int, int, Hit | None] | None:
         """The next candidate at or after ``pos``: (match start, match end, hit or None).
 
         The hit is None when the candidate failed its validator or is allowlisted.
         """
-        assert self.regex is not None and self.find is not None
-        where = self.find.search(visible, pos)
+        assert self._find is not None and self._groups is not None
+        where = self._find(visible, pos, len(visible))
         if where is None:
             return None
-        match = self.regex.match(visible, where.start(), where.end())
-        if match is None:  # pragma: no cover - both programs match the same span
-            return where.start(), where.start() + 1, None
-        index = match.lastindex
-        if index not in self.outer:
-            index = next(i for i in self.outer if match.start(i) >= 0)
-        det = self.outer[index]
-        start, end = match.span()
+        found, found_end = where[0]
+        spans = self._groups(visible, found, found_end)
+        if spans is None:  # pragma: no cover - both programs match the same span
+            return found, found + 1, None
+        _, det, secrets = next(item for item in self._layout if spans[item[0]][0] >= 0)
+        start, end = spans[0]
         mask_start, mask_end = start, end
-        for group in self.secret_groups[index]:
-            if match.start(group) >= 0:
-                mask_start, mask_end = match.span(group)
+        for secret in secrets:
+            if spans[secret][0] >= 0:
+                mask_start, mask_end = spans[secret]
                 break
         value = visible[mask_start:mask_end]
-        whole = visible[start:end]
-        if not self._valid(det, value) or self._allowed(det, value, whole):
+        if not self._valid(det, value) or self._allowed(det, value, visible[start:end]):
             return start, end, None
         return start, end, Hit(mask_start, mask_end, det)
 
     def _valid(self, det: Detector, value: bytes) -> bool:
         if det.validator is Validator.LUHN:
-            digits = bytes(c for c in value if 48 <= c <= 57)
+            digits = value.translate(None, _NOT_DIGITS)
             return 12 <= len(digits) <= 19 and luhn_ok(digits)
         if det.validator is Validator.JWT:
             return jwt_ok(value)
@@ -218,8 +253,10 @@ class Scanner:
         # the window is kept as context for \b.
         first = max(pos, end - TAIL_WINDOW)
         base = max(first - 1, 0)
-        match = self.tail.search(visible[base:end], first - base)
-        return end if match is None else base + match.start()
+        window = visible[base:end]
+        assert self._tail is not None
+        found = self._tail(window, first - base, len(window))
+        return end if found is None else base + found[0][0]
 
     def iter_hits(self, visible: bytes) -> Iterator[Hit]:
         """Every hit in a complete text (no stream state; private keys need ``mask_text``)."""
@@ -232,30 +269,6 @@ class Scanner:
             if hit is not None:
                 yield hit
             pos = end if hit is not None and end > start else start + 1
-
-
-def _loosen(pattern: str) -> str:
-    """A superset of ``pattern`` that Hyperscan compiles fast: no groups names, and ``{m,n}``
-    repeats open-ended (``{1,256}`` classes took it seconds to compile)."""
-    pattern = re.sub(r"\(\?P<\w+>", "(?:", pattern)
-    return re.sub(r"(?<!\\)\{(\d+),\d+\}", r"{\1,}", pattern)
-
-
-def _prefilter(detectors: tuple[Detector, ...]) -> Any:
-    """A Hyperscan database of every detector in prefilter mode (may over-match, never under);
-    None without Hyperscan or if it refuses a pattern (RE2 then scans every chunk)."""
-    if hyperscan is None or not detectors:
-        return None
-    patterns = [_loosen(d.pattern).encode("utf-8") for d in detectors]
-    flags = (hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_PREFILTER
-             | hyperscan.HS_FLAG_ALLOWEMPTY)  # no UTF8 flag: exec streams are binary
-    database = hyperscan.Database()
-    try:
-        database.compile(expressions=patterns, ids=list(range(len(patterns))),
-                         elements=len(patterns), flags=[flags] * len(patterns))
-    except hyperscan.error:
-        return None
-    return database
 
 
 def replacement(det: Detector, visible: bytes) -> bytes:

@@ -5,6 +5,11 @@ secret completed by the next chunk (a cut escape sequence or UTF-8 character, or
 detector's tail pattern). ``flush`` masks and returns everything held (the caller calls it on a
 short timer, at the end of the stream, and when the hold grows past its byte bound).
 
+Chunks of plain text take a fast path: the scanner's raw prefilter shows there is no escape
+sequence to strip and nothing any detector could match, so only the chunk's end is looked at for
+the hold-back (docs/masking.md, "Performance"). The rest are stripped of escape sequences, and
+RE2 runs if the prefilter over the visible text finds something.
+
 A private key block is state: after ``-----BEGIN ... PRIVATE KEY-----`` everything up to the
 matching END line is masked as it streams. If the END does not come within ``KEY_MAX_BYTES``
 or ``KEY_MAX_LINES`` the masking stops there (all of it stayed masked) and the state resets.
@@ -17,8 +22,8 @@ from collections import Counter
 import re2
 
 from bastion.masking.detectors import PRIVATE_KEY, Detector
-from bastion.masking.engine import Hit, Scanner, options, replacement, stars
-from bastion.masking.escapes import EscapeMap, partial_escape_start, strip, suffix_raw_index
+from bastion.masking.engine import TAIL_WINDOW, Hit, Scanner, options, replacement, stars
+from bastion.masking.escapes import Stripped, partial_escape_start, suffix_raw_index
 
 MAX_HOLD = 4096  # bytes held back at most; past it the stream is flushed
 KEY_MAX_BYTES = 64 * 1024  # a private key block longer than this is cut off (fail closed)
@@ -26,6 +31,9 @@ KEY_MAX_LINES = 1000
 KEY_END = re2.compile(rb"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----", options())
 KEY_END_PARTIAL = re2.compile(rb"-{1,5}(?:E(?:N(?:D[A-Z0-9 -]{0,70})?)?)?$", options())
 UNTERMINATED_KEY = "private_key_unterminated"
+# What of a chunk no detector can match in may still be held: the tail search window, the byte
+# before it (\b context) and a UTF-8 character cut by the chunk (at most 3 bytes), and a spare.
+QUIET_END = TAIL_WINDOW + 8
 
 
 class StreamMasker:
@@ -39,6 +47,7 @@ class StreamMasker:
         self.in_key = False
         self.key_bytes = 0
         self.key_lines = 0
+        self.count_only = False  # the caller drops the output: skip masking it (ScanOnly)
 
     def push(self, data: bytes) -> bytes:
         """Add a chunk; return the bytes that may go on now (masked)."""
@@ -69,30 +78,36 @@ class StreamMasker:
             if partial is not None:
                 cut = partial
         main = raw[:cut] if cut < len(raw) else raw
-        visible = strip(main)
+        # The fast path: one Hyperscan pass shows there is nothing to strip and nothing to find;
+        # what is left is the hold-back at the end (the same code as the full path).
+        clean = not self.in_key and self.scanner.clean(main)
+        # Counting only never maps positions: one block (no join of the blocks' parts).
+        stripped = None if clean else Stripped(main, len(main) + 1 if self.count_only else None)
+        visible = main if stripped is None else stripped.visible
+        # Quiet: no detector can match, only the hold-back is left (None: not known yet, a key
+        # block is open).
+        quiet = None if self.in_key else clean or not self.scanner.maybe(visible)
         hits: list[tuple[int, int, Detector]] = []
         context = len(self.before)
-        if context:  # scanned with the byte before it, so \b at its start is judged right
-            hold = self._scan(self.before + visible, hits, final, context) - context
+        if quiet is True and len(visible) > QUIET_END:
+            # Only the end can be held: scan just that (no copy of a large chunk).
+            base = len(visible) - QUIET_END
+            hold = base + self._scan(visible[base:], hits, final, 0, quiet)
+        elif context:  # scanned with the byte before it, so \b at its start is judged right
+            hold = self._scan(self.before + visible, hits, final, context, quiet) - context
             hits = [(start - context, end - context, det) for start, end, det in hits]
         else:
-            hold = self._scan(visible, hits, final, 0)
+            hold = self._scan(visible, hits, final, 0, quiet)
         if hold > 0:
             self.before = visible[hold - 1:hold]
         if not final and len(visible) - hold > MAX_HOLD:
             return self._process(raw, final=True)
-        if len(visible) == len(main):  # no escapes: visible positions are raw positions
-            raw_hold = hold
-            emap = None
-        elif hits:
-            emap = EscapeMap(main)
-            raw_hold = emap.raw_index(hold) if hold < len(visible) else len(main)
-        else:
-            emap = None
-            raw_hold = suffix_raw_index(main, len(visible) - hold)
+        escapes = len(visible) != len(main)  # else visible positions are raw positions
+        raw_hold = suffix_raw_index(main, len(visible) - hold) if escapes else hold
         self.pending = main[raw_hold:] + raw[cut:] if not final else b""
-        if not hits:
+        if not hits or self.count_only:
             return main[:raw_hold]
+        emap = stripped if escapes else None
         out = bytearray(main[:raw_hold])
         for start, end, det in reversed(hits):
             segments = [(start, end, start)] if emap is None else emap.raw_segments(start, end)
@@ -103,15 +118,16 @@ class StreamMasker:
         return bytes(out)
 
     def _scan(self, visible: bytes, hits: list[tuple[int, int, Detector]], final: bool,
-              pos: int) -> int:
-        """Fill ``hits`` with the spans to mask from ``pos``; return where to hold from."""
+              pos: int, quiet: bool | None = None) -> int:
+        """Fill ``hits`` with the spans to mask from ``pos``; return where to hold from.
+        ``quiet``: whether the prefilter found nothing in ``visible[pos:]`` (None: ask it)."""
         size = len(visible) if final else self._complete(visible, pos)
         if self.in_key:
             pos, hold = self._key(visible, pos, hits, final)
             if self.in_key:
                 return hold
         hold = size if final else self._tail(visible, pos, size)
-        if pos >= hold or not self.scanner.maybe(visible):
+        if pos >= hold or (quiet if quiet is not None else not self.scanner.maybe(visible)):
             return hold
         while self.scanner.regex is not None and pos < hold:
             found = self.scanner.search(visible, pos)

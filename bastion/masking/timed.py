@@ -142,6 +142,9 @@ class RecordOutputMasker(TimedMasker):
         super().feed(data, stream)
 
 
+SCAN_PIECE = 256 * 1024
+
+
 class ScanOnly(Stage):
     """Counts what the detectors find and passes every byte on unchanged (exec evidence)."""
 
@@ -154,7 +157,12 @@ class ScanOnly(Stage):
         masker = self.maskers.get(stream)
         if masker is None:
             masker = self.maskers[stream] = StreamMasker(self.scanner, self.shared.counts)
-        masker.push(data)  # the masked copy is dropped: only the counts are kept
+            masker.count_only = True
+        # No masked copy is made: only the counts are kept. A large chunk is scanned in pieces
+        # that stay in the CPU cache: stripping binary output took 5.7 ms/MB in 2 MB chunks,
+        # 3.4 in 256 KiB pieces (the stream holds back across pieces as across chunks).
+        for start in range(0, len(data), SCAN_PIECE):
+            masker.push(data[start:start + SCAN_PIECE] if len(data) > SCAN_PIECE else data)
         self.emit(data, stream)
 
     def end(self) -> None:

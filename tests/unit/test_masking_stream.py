@@ -78,6 +78,47 @@ def test_look_alikes_stream_through_unchanged(text: str) -> None:
         assert streamed(data[:cut], data[cut:]) == data
 
 
+@pytest.mark.parametrize("data", [
+    b"HTTP_AUTHORIZATION=Bearer abc.def-ghi\r\n",
+    b"  MY_AWS_SECRET_ACCESS_KEY: abcdEFGHijklMNOPqrstUVWX/yz0123456789+ab\r\n",
+])
+def test_a_secret_glued_to_a_word_is_held_across_any_split(data: bytes) -> None:
+    """These detectors need no word boundary before their context word, so neither does
+    what is held back at a chunk's end (it did: split there, the secret went through)."""
+    expected = whole(data)
+    assert expected != data
+    for cut in range(len(data) + 1):
+        assert streamed(data[:cut], data[cut:]) == expected, cut
+
+
+@pytest.mark.parametrize("data", [
+    b"Authorization: Bearer\r\n  abc.def-ghi\r\n",
+    b"aws_secret_access_key:\r\n  abcdEFGHijklMNOPqrstUVWX/yz0123456789+ab\r\n",
+    b"$ run --password\r\n S3cr3t\r\n",
+    b"$ sshpass\r\n -p S3cr3t ssh host\r\n",
+])
+def test_a_value_on_the_next_line_is_held_across_any_split(data: bytes) -> None:
+    """The blanks these patterns allow between a context word and the value include line
+    ends; what is held back at a chunk's end stopped at the line end (the value went
+    through when a chunk ended there)."""
+    expected = whole(data)
+    assert expected != data
+    for cut in range(len(data) + 1):
+        assert streamed(data[:cut], data[cut:]) == expected, cut
+
+
+@pytest.mark.parametrize("title", [b"\x1b]2;build 42 done\x1b\\", b"\x1bPq#0;2;0;0;0\x1b\\"])
+def test_a_string_escape_cut_in_its_terminator_is_held_whole(title: bytes) -> None:
+    """An OSC or DCS string cut between the ESC and the backslash of its terminator is held
+    from its start, not read as text (which hid a card after it from the \\b check)."""
+    data = title + b"4111 1111 1111 1111\r\n"
+    expected = whole(data)
+    assert b"4111 1111 1111" not in expected
+    for cut in range(len(data) + 1):
+        assert streamed(data[:cut], data[cut:]) == expected, cut
+    assert streamed(*[data[i:i + 1] for i in range(len(data))]) == expected
+
+
 def test_hold_back_is_bounded_in_bytes() -> None:
     masker = StreamMasker(SCANNER)
     out = masker.push(b"Authorization: Bearer ")  # a context word: the line is held
@@ -139,7 +180,8 @@ PIECES = [b"ghp_", b"A" * 10, b"4111 1111 1111 1111", b" ", b"\r\n", b"\x1b[31m"
           b"\x1b[2C", b"AKIA", b"Z7QPRSTUVWXY2345", b"-----BEGIN RSA PRIVATE KEY-----\n",
           b"-----END RSA PRIVATE KEY-----\n", b"abc", "é".encode(), b"\xff", b"--password=",
           b"x", b"eyJhbGciOiJIUzI1NiJ9", b".", b"eyJzdWIiOiIxIn0", b"https://u:", b"pw@h",
-          b"\x00", b"\x1b", b"[", b"mysql -u r -p", b"TOKEN=", b"9", b"\x1b]0;title\x07"]
+          b"\x00", b"\x1b", b"[", b"mysql -u r -p", b"TOKEN=", b"9", b"\x1b]0;title\x07",
+          b"\x1b]2;title\x1b\\", b"\\", b"xAuthorization: Bearer "]
 
 
 @settings(max_examples=1500, deadline=None)
