@@ -3,6 +3,12 @@
 Bytes move in asyncssh's callbacks with no queue in between. Back-pressure is asyncssh's own: when
 the user's send buffer is full, reading from the target pauses, so SSH windows close and a slow
 client slows the target instead of growing memory.
+
+Small chunks (a terminal's few KiB per read) that arrive in one event-loop pass are joined into
+one write of at most ``JOIN_MAX`` bytes; a bulk chunk (a file transfer's full SSH packets) goes
+on as it came. So no buffer the relay makes is larger than about one SSH packet plus
+``JOIN_MAX``, whatever the window or the file size, and the user's pause takes effect at the
+next chunk: asyncssh stops handing the target's data over as soon as reading is paused.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from bastion.relay.pipeline import Stream
 if TYPE_CHECKING:
     from bastion.relay.channel_relay import ChannelRelay
 
+# A chunk this large is bulk output (OpenSSH sends up to 32 KiB per packet when it has that
+# much): joining it with others would only copy it, and the join would grow with the window.
+BULK_CHUNK = 16 * 1024
+JOIN_MAX = 64 * 1024  # bytes of small chunks joined into one write at most
+
 
 class TargetChannel(asyncssh.SSHClientSession[bytes]):
     """asyncssh's client session on the target; hands everything to its ``ChannelRelay``."""
@@ -27,6 +38,7 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
         self.exit_signal: tuple[str, bool, str, str] | None = None
         # Output that arrived in this event-loop pass, handed on as one chunk at its end.
         self._held: list[bytes] = []
+        self._held_bytes = 0
         self._flush_scheduled = False
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -34,24 +46,35 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
             self.flush()  # keep stdout before stderr as the target sent them
             self._relay.output.feed(data, Stream.STDERR)
             return
+        if len(data) >= BULK_CHUNK:
+            self.flush()  # what came before it first
+            self._relay.output.feed(data, Stream.DATA)
+            return
         # One socket read from the target holds many small packets (a pty gives ~4 KiB per
         # read); joining those of one loop pass makes full-size packets to the user and one
         # recorder event: asyncssh encrypts and sends (with an MSG_IGNORE) per packet, so
         # this is most of the relay's cost. The join waits for no timer: the rest of the
         # pass is microseconds, so keystroke echo is not delayed.
         self._held.append(data)
-        if not self._flush_scheduled:
+        self._held_bytes += len(data)
+        if self._held_bytes >= JOIN_MAX:
+            self.flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def flush(self) -> None:
         """Hand on the output held from this event-loop pass."""
-        self._flush_scheduled = False
         held = self._held
         if not held:
             return
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
+        self._held_bytes = 0
         self._relay.output.feed(data, Stream.DATA)
 
     def eof_received(self) -> bool:
