@@ -48,6 +48,19 @@ class RecordingError(BastionError):
     """A recording cannot be opened or written; the session must not run."""
 
 
+class WorkerStartFailed(BastionError):
+    """What stopped a worker of ``bastion serve`` from starting, as that worker said it (its
+    one line and exit status, e.g. 2 for a config problem)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class SpoolBusy(RecordingError):
+    """Another bastion process holds the spool's lock."""
+
+
 class AccessDenied(BastionError):
     """Policy refuses what the user asked for; the message says what was refused."""
 

@@ -50,18 +50,49 @@ def _write_repeated(path: Path, block: bytes, size: int) -> None:
             left -= out.write(block[:left])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (``bastion serve`` is a supervisor and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _cpu_of(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:  # it ended meanwhile
+        return 0.0
+    # utime + stime, and cutime + cstime: what its children that ended used
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds used so far by a process and all its descendants."""
+    return sum(_cpu_of(p) for p in process_tree(pid))
+
+
+def _rss_of(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident set size of a process."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Resident set size of a process and its descendants, added up (pages the workers
+    still share with the supervisor are counted in each)."""
+    return sum(_rss_of(p) for p in process_tree(pid))
+
+
+def max_process_rss_bytes(pid: int) -> int:
+    """The largest resident set of one process among ``pid`` and its descendants."""
+    return max(_rss_of(p) for p in process_tree(pid))
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

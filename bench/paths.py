@@ -57,11 +57,12 @@ class BenchEnv:
     """Starts every requested path and writes one ssh_config with a Host per path."""
 
     def __init__(self, workdir: Path, wanted: tuple[str, ...], *, masking: bool = True,
-                 commands: bool = True, state: str = "sqlite") -> None:
+                 commands: bool = True, state: str = "sqlite", workers: int = 0) -> None:
         self.workdir = workdir
         self.wanted = wanted
         self.masking = masking  # the shipped default is on
         self.state = state  # the bastion's state backend: "sqlite" or "postgresql"
+        self.workers = workers  # bastion serve's worker processes (0: one per CPU)
         self.unavailable: dict[str, str] = {}  # path -> reason it is not measured
         self.ssh_config = workdir / "ssh_config"
         self.known_hosts = workdir / "known_hosts"
@@ -164,7 +165,8 @@ class BenchEnv:
         stack.setup_access()
         # Room for the concurrency run; everything else is the demo's (shipped) config.
         stack.merge_config({"server": {"max_sessions_per_user": BENCH_SESSIONS_CAP,
-                                       "max_connections": BENCH_SESSIONS_CAP}})
+                                       "max_connections": BENCH_SESSIONS_CAP,
+                                       "workers": self.workers}})
         if not self.masking:
             stack.merge_config({"masking": {"enabled": False}})
         if self.state == "postgresql":  # a throwaway cluster, migrated like a real deployment
@@ -297,6 +299,16 @@ class BenchEnv:
         self.ssh_config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     # -- what the measurements use ---------------------------------------------------------------
+    def restart_bastion(self, *, workers: int, balance: str) -> None:
+        """Restart ``bastion serve`` (same port, spool and state) with these worker settings;
+        0 workers: one per CPU, as shipped."""
+        stack = self.stack
+        assert stack.bastion is not None
+        stack.merge_config({"server": {"workers": workers, "worker_balance": balance}})
+        stack.write_config()
+        stack.bastion.stop(timeout=60)
+        stack.start_bastion()
+
     def ssh(self, path: str, command: str | None = None, *, tty: bool = False) -> list[str]:
         """OpenSSH argv reaching web01 through ``path`` (an interactive shell without command)."""
         argv = ["ssh", "-F", str(self.ssh_config), "-tt" if tty else "-T", path]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import measure, transfers
+from bench import measure, scale, transfers
 from bench.install import ensure_py_spy
 from bench.paths import ALL_PATHS, BenchEnv
 
@@ -59,7 +59,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--transfer-mb", type=float,
                         help="file size of the transfers figure (default 1000, quick 20)")
     parser.add_argument("--skip", default="",
-                        help="comma-separated: bulk,echo,idle,login,transfers")
+                        help="comma-separated: bulk,echo,idle,login,transfers,scale")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="the bastion's worker processes (default 0: one per CPU, as "
+                        "shipped); the scale figure tries 1 and one per CPU itself")
+    parser.add_argument("--parallel-sessions", type=int, default=8,
+                        help="bulk sessions run at once in the scale figure (default 8)")
     parser.add_argument("--profile", type=Path,
                         help="write py-spy profiles of the bastion's bulk runs to this dir")
     parser.add_argument("--profile-format", default="flamegraph",
@@ -195,7 +200,8 @@ class Suite:
         fmt = self.args.profile_format
         suffix = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}[fmt]
         proc = subprocess.Popen(
-            [spy, "record", "--rate", "250", "--nonblocking", "--format", fmt, "-o",
+            [spy, "record", "--rate", "250", "--nonblocking", "--subprocesses", "--format", fmt,
+             "-o",
              str(self.args.profile / f"{name}.{suffix}"), "--pid", str(self.env.bastion_pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # py-spy attaches
@@ -291,10 +297,15 @@ class Suite:
         self.result["transfers"] = transfers.run(
             self.env, self.workdir, int(self.args.transfer_mb * MB), self.args.rounds, self.log)
 
+    # -- 6 ----------------------------------------------------------------------------------------
+    def scale(self) -> None:
+        """Worker processes: loaded echo and parallel bulk at 1 and one per CPU (issue 14)."""
+        self.result["scale"] = scale.run(self.env, self.workdir, self.args, self.log)
+
     def run(self) -> dict[str, Any]:
         """All selected measurements, then the verdicts against the issue's targets."""
         steps = {"bulk": self.bulk, "echo": self.echo, "idle": self.idle, "login": self.login,
-                 "transfers": self.transfers}
+                 "transfers": self.transfers, "scale": self.scale}
         for name, step in steps.items():
             if name not in self.args.skipped:
                 step()
@@ -343,6 +354,8 @@ def verdicts(r: dict[str, Any]) -> dict[str, Any]:
         out["logins_per_s"] = {"value": rate, "target": ">= 50", "met": rate >= 50}
     if r.get("transfers"):
         out.update(transfers.verdicts(r["transfers"]))
+    if r.get("scale"):
+        out.update(scale.verdicts(r["scale"]))
     return out
 
 
@@ -397,6 +410,8 @@ def table(r: dict[str, Any], paths: list[str]) -> str:
                      f"{login['bastion'].get('bastion_cpu_ms_per_login')} ms per login")
     if r.get("transfers"):
         lines += transfers.table(r["transfers"])
+    if r.get("scale"):
+        lines += scale.table(r["scale"])
     lines.append("\ntargets:")
     for name, v in r.get("targets", {}).items():
         mark = {True: "met", False: "NOT met", None: "n/a"}[v["met"]]
@@ -423,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         with BenchEnv(workdir, args.wanted, masking=args.masking == "on",
-                      commands=args.commands == "on", state=args.state) as env:
+                      commands=args.commands == "on", state=args.state,
+                      workers=args.workers) as env:
             result["paths"] = {p: {"measured": p in env.paths,
                                    **({"reason": env.unavailable[p]}
                                       if p in env.unavailable else {})}

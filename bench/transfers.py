@@ -59,7 +59,7 @@ class _PeakRss:
     def _run(self) -> None:
         while not self._stop.wait(0.2):
             try:
-                self.peak = max(self.peak, measure.rss_bytes(self.pid))
+                self.peak = max(self.peak, measure.max_process_rss_bytes(self.pid))
             except OSError:
                 return
 

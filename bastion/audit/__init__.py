@@ -2,7 +2,9 @@
 
 Schema (stable): every event has ``ts`` (RFC 3339 UTC, microseconds), ``event`` (a dotted name
 such as ``login.success``, ``session.start``, ``command.verdict``), ``node`` and then the event's
-own fields. Field values are JSON scalars, lists or objects; secrets never appear.
+own fields (``worker``, the number of the worker process that wrote it, comes right after
+``node`` in events of ``bastion serve``'s workers). Field values are JSON scalars, lists or
+objects; secrets never appear.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ class AuditLog:
     commands exit non-zero while the audit trail is broken.
     """
 
-    def __init__(self, path: Path | None, node: str, stream: TextIO | None = sys.stderr) -> None:
+    def __init__(self, path: Path | None, node: str, stream: TextIO | None = sys.stderr,
+                 worker: int | None = None) -> None:
         self._node = node
+        self._worker = worker  # the worker process of `bastion serve --workers` writing
         self._stream = stream
         self._lock = threading.Lock()
         self._path = path
@@ -56,6 +60,8 @@ class AuditLog:
             "event": event,
             "node": self._node,
         }
+        if self._worker is not None:
+            record["worker"] = self._worker
         record.update(fields)
         line = json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":"))
         with self._lock:

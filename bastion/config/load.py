@@ -29,6 +29,7 @@ from bastion.config.model import (
     Target,
     TargetAuth,
     VaultConfig,
+    WorkerBalance,
 )
 from bastion.config.reader import Source, Table
 from bastion.config.state import StateConfig, parse_state
@@ -152,6 +153,10 @@ def _server(t: Table, paths: PathsConfig) -> ServerConfig:
         keepalive_interval=t.duration("keepalive_interval", 30.0),
         keepalive_count_max=t.integer("keepalive_count_max", 3, lo=1, hi=100),
         proxy_protocol_from=_networks(t, "proxy_protocol_from"),
+        workers=t.integer("workers", 0, lo=0, hi=256),
+        worker_balance=WorkerBalance(t.string("worker_balance", "shared",
+                                              pattern="shared|reuseport",
+                                              what='"shared" or "reuseport"')),
     )
     t.done()
     return server

@@ -19,6 +19,13 @@ GROUP_NAME = r"[A-Za-z0-9_.:/@-]{1,128}"
 NODE_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 
 
+class WorkerBalance(StrEnum):
+    """How worker processes share the listening port."""
+
+    SHARED = "shared"  # one socket, every worker accepts on it: an idle worker takes the next
+    REUSEPORT = "reuseport"  # a socket per worker (SO_REUSEPORT): the kernel spreads by hash
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """The SSH listener and its limits."""
@@ -40,6 +47,9 @@ class ServerConfig:
     # Load balancers whose connections start with a PROXY protocol v2 header (the real client
     # address); empty: no header is accepted from anyone.
     proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Worker processes `bastion serve` runs (0: one per CPU); see bastion/server/workers.py.
+    workers: int = 0
+    worker_balance: WorkerBalance = WorkerBalance.SHARED
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from bastion.recording.layout import (
     channel_parts,
     recording_name,
 )
+from bastion.recording.liveness import release_liveness
 from bastion.recording.streams import StreamWriter
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ class _Channel:
 class SessionRecording:
     """One session's directory: its metadata and the writer of each channel."""
 
-    def __init__(self, spool: Spool, session_id: str, path: Path, doc: dict[str, Any]) -> None:
+    def __init__(self, spool: Spool, session_id: str, path: Path, doc: dict[str, Any],
+                 live_fd: int | None = None) -> None:
         self.session_id = session_id
         self.path = path
         # Called by Spool.flush_due when a background flush fails: end the session with a notice.
@@ -95,6 +97,14 @@ class SessionRecording:
         # session.json on disk says the session ended (it may be sealed, even if a recording
         # file failed: the manifest then lists what was written, session.json the errors).
         self.ended_on_disk = False
+        # The folder's liveness lock (liveness.py), held until session.json says it ended.
+        self._live_fd = live_fd
+
+    def release_liveness(self) -> None:
+        """Drop the folder's liveness lock (the session ended on disk, or never started)."""
+        fd, self._live_fd = self._live_fd, None
+        if fd is not None:
+            release_liveness(fd)
 
     @property
     def finished(self) -> bool:
@@ -352,6 +362,8 @@ class SessionRecording:
                 result.set_exception(exc)
             else:
                 result.set_result(None)
+            finally:
+                self.release_liveness()
 
         submit(run)
         return result

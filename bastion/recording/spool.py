@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import RecordingError
+from bastion.errors import RecordingError, SpoolBusy
 from bastion.fsutil import fsync_dir
 from bastion.recording.asciicast import Clock
 from bastion.recording.durable import DIR_MODE, FILE_MODE, rfc3339
@@ -38,6 +38,7 @@ from bastion.recording.layout import (
     SessionState,
     new_session_id,
 )
+from bastion.recording.liveness import hold_liveness, session_liveness
 from bastion.recording.recovery import RecoveryResult, recover_session
 from bastion.recording.session import RESERVED_FIELDS, ChannelWriter, SessionRecording
 
@@ -94,8 +95,26 @@ class Spool:
         """Sessions started here and not yet finished."""
         return list(self._sessions.values())
 
-    def lock(self) -> None:
-        """Create the spool (0750) and take its exclusive lock, or raise RecordingError."""
+    @property
+    def lock_fd(self) -> int:
+        """The descriptor holding the spool lock (handed to worker processes)."""
+        self._require_lock()
+        assert self._lock_fd is not None
+        return self._lock_fd
+
+    def lock(self, wait: float = 0.0) -> None:
+        """Create the spool (0750) and take its exclusive lock, or raise RecordingError;
+        ``wait`` seconds for a previous holder to go (a crashed node's workers dying)."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._lock_once()
+            except SpoolBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _lock_once(self) -> None:
         if self._lock_fd is not None:
             return
         try:
@@ -109,7 +128,7 @@ class Spool:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise RecordingError(
+            raise SpoolBusy(
                 f"spool {self.root} is in use by another bastion (pid {holder})") from None
         except OSError as exc:
             os.close(fd)
@@ -162,8 +181,16 @@ class Spool:
                     self.root)
         return True
 
+    def adopt_lock(self, fd: int) -> None:
+        """Use a lock descriptor a supervising process took and handed down (the workers of
+        ``bastion serve --workers`` share the node's spool; the supervisor recovers it)."""
+        self._lock_fd = fd
+
     def unlock(self) -> None:
-        """Release the spool lock (at shutdown, after every session finished)."""
+        """Release the spool lock (at shutdown, after every session finished), and the
+        liveness locks of any session still open: this process is done with all of them."""
+        for recording in self._sessions.values():
+            recording.release_liveness()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -189,7 +216,10 @@ class Spool:
                     or entry.name in self._sessions:
                 continue
             try:
-                result = recover_session(entry)
+                with session_liveness(entry, wait=False) as dead:
+                    if not dead:
+                        continue  # another worker process of this node is recording it
+                    result = recover_session(entry)
                 if result is not None:
                     recovered.append(entry)
                     self.recovery_results.append(result)
@@ -220,6 +250,7 @@ class Spool:
             path = self.root / session_id
             try:
                 path.mkdir(mode=DIR_MODE)
+                live_fd = hold_liveness(path)
                 break
             except FileExistsError:
                 continue  # 48 random bits collided: draw again
@@ -234,11 +265,12 @@ class Spool:
             "start": rfc3339(started), "end": None, "end_reason": None, "recordings": [],
             "channels": [], "commands": [], "masks": {}, "approvals": []}
         doc.update(copy.deepcopy(meta))
-        recording = SessionRecording(self, session_id, path, doc)
+        recording = SessionRecording(self, session_id, path, doc, live_fd)
         try:
             recording.save()
             fsync_dir(self.root)
         except (OSError, RecordingError) as exc:
+            recording.release_liveness()
             shutil.rmtree(path, ignore_errors=True)  # nothing was recorded: leave no stray dir
             why = str(exc) if isinstance(exc, RecordingError) else _reason(exc)
             raise RecordingError(f"cannot record session: {why}") from None

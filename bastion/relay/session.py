@@ -54,10 +54,11 @@ class MaskingService(Protocol):
 
 
 class SessionCounter(Protocol):
-    """Counts open sessions per identity so a cap can be enforced across connections."""
+    """Counts open sessions per identity so a cap can be enforced across connections (and the
+    server's worker processes and nodes); ``holder`` names the counted connection."""
 
-    def acquire(self, identity_key: str, limit: int) -> bool: ...
-    def release(self, identity_key: str) -> None: ...
+    async def acquire(self, identity_key: str, limit: int, holder: str) -> bool: ...
+    def release(self, identity_key: str, holder: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -180,14 +181,7 @@ class ConnectionSession:
             # One count per connection, taken once and released once at close, whatever
             # happens to its channels (a refused set-up is retried by the next channel).
             if not self._counted:
-                if not self.services.counter.acquire(self.identity.key,
-                                                     cfg.server.max_sessions_per_user):
-                    audit.emit("session.refused", conn=self.client.conn_id,
-                               user=self.identity.name, request=request.describe(),
-                               reason="session limit")
-                    raise SessionLimit(f"you already have {cfg.server.max_sessions_per_user} "
-                                       "sessions open, the most allowed")
-                self._counted = True
+                await self._count_session(request.describe())
             credential: Credential | CertificateRequest | None = None
             if auth.target.auth is TargetAuth.VAULT:
                 try:
@@ -244,6 +238,27 @@ class ConnectionSession:
                        client=f"{self.client.address}:{self.client.port}", **auth.audit_fields(),
                        certificate=certificate)
             return self.upstream
+
+    async def _count_session(self, request: str) -> None:
+        """Take this connection's place under the identity's session cap, or refuse."""
+        cfg, audit, counter = self.services.config, self.services.audit, self.services.counter
+        limit = cfg.server.max_sessions_per_user
+        try:
+            counted = await counter.acquire(self.identity.key, limit, self.client.conn_id)
+        except BastionError as exc:  # the state database is away: fail closed
+            log.error("[conn=%s] cannot count sessions: %s", self.client.conn_id, exc)
+            audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
+                       request=request, reason=f"session limit unavailable: {exc}")
+            raise SessionLimit("your open sessions cannot be counted right now; "
+                               "try again later") from None
+        if not counted:
+            audit.emit("session.refused", conn=self.client.conn_id, user=self.identity.name,
+                       request=request, reason="session limit")
+            raise SessionLimit(f"you already have {limit} sessions open, the most allowed")
+        if self._closed:  # the user left while the place was being taken: give it back
+            counter.release(self.identity.key, self.client.conn_id)
+            raise AccessDenied("the session is closing")
+        self._counted = True
 
     def _certificate_request(self, session_id: str, permit_pty: bool) -> CertificateRequest:
         authority = self.services.certificate_authority
@@ -324,7 +339,7 @@ class ConnectionSession:
         if self.upstream is not None:
             self.upstream.close()
         if self._counted:
-            self.services.counter.release(self.identity.key)
+            self.services.counter.release(self.identity.key, self.client.conn_id)
         if self.recording is not None and self.services.masking is not None:
             self.services.masking.forget_session(self.recording.session_id)
         if self.recording is not None and self.authorization is not None:

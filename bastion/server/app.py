@@ -10,8 +10,8 @@ import os
 import signal
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,9 @@ from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
 from bastion.server.features import approval_service, build_features
 from bastion.server.hardening import algorithm_options
-from bastion.server.limits import SourceLimits
+from bastion.server.limits import ServerLimits
 from bastion.server.proxy import ProxyListener
+from bastion.state.limits import LimitStore
 from bastion.state.sessions import KillRequest, RunningSession, SessionRegistry
 
 log = logging.getLogger("bastion.server")
@@ -45,24 +46,41 @@ _UPKEEP_INTERVAL = 0.5  # seconds between recording flushes and idle checks
 _REVOCATION_EVERY = 4  # upkeep rounds between checks for revoked key bindings (2 s)
 
 
+@dataclass(frozen=True)
+class WorkerRole:
+    """What a worker process of ``bastion serve --workers N`` gets from its supervisor.
+
+    The supervisor has locked the spool, recovered and sealed what a crash left, cleared the
+    node's stale rows and bound the listening socket; the worker takes over the lock (an
+    inherited descriptor) and accepts on ``listener``.
+    """
+
+    index: int  # 1..N, in connection ids ("2.17") and audit events
+    spool_lock_fd: int
+    listener: socket.socket
+
+
 class BastionServer:
     """Owns the listener and what every connection shares: config, audit, spool, vault, caps."""
 
-    def __init__(self, config: Config, audit: AuditLog) -> None:
+    def __init__(self, config: Config, audit: AuditLog, role: WorkerRole | None = None) -> None:
         self.config = config
         self.audit = audit
+        self.role = role
+        # Connection ids are unique within the node: a worker's carry its number.
+        self._conn_prefix = f"{role.index}." if role is not None else ""
         self.local_keys = LocalKeyIndex.from_config(config)
-        self.limits = SourceLimits(config.server.max_unauthenticated_per_source,
-                                   config.server.device_logins_per_source)
         self.spool = Spool(config.paths.spool_dir, config.server.node_id)
         self._vault_key = load_vault_key(config.vault)
         self.identity = IdentityService.open(config, audit, self._vault_key,
                                              reload_key=self._reload_vault_key)
         self.approvals = approval_service(config, audit, self.identity)
+        # Per-source and per-identity limits, shared with the other workers and nodes through
+        # the state database (bastion/server/limits.py).
+        self.limits = ServerLimits(config, LimitStore(self.identity.db, config.server.node_id))
         self.connections: dict[str, BastionConnection] = {}
         self._no_connections = asyncio.Event()
-        self._conn_ids = itertools.count(1)
-        self._per_identity: Counter[str] = Counter()
+        self._conn_ids = (f"{self._conn_prefix}{n}" for n in itertools.count(1))
         self._acceptor: asyncssh.SSHAcceptor | ProxyListener | None = None
         self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
         self._upkeep: asyncio.Task[None] | None = None
@@ -128,18 +146,14 @@ class BastionServer:
     def _totp_required(self, identity: Identity, target: str) -> bool:
         return self.identity is not None and self.identity.totp_required(identity, target)
 
-    def acquire(self, identity_key: str, limit: int) -> bool:
-        """Count a session for an identity unless it is at its cap."""
-        if self._per_identity[identity_key] >= limit:
-            return False
-        self._per_identity[identity_key] += 1
-        return True
+    async def acquire(self, identity_key: str, limit: int, holder: str) -> bool:
+        """Count a session (``holder``: its connection) for an identity unless it is at its
+        cap on any worker or node; StateError if the state database cannot say."""
+        return await self.limits.acquire_session(identity_key, limit, holder)
 
-    def release(self, identity_key: str) -> None:
-        """Uncount a session."""
-        self._per_identity[identity_key] -= 1
-        if self._per_identity[identity_key] <= 0:
-            del self._per_identity[identity_key]
+    def release(self, identity_key: str, holder: str) -> None:
+        """Uncount a session (the database is told in the background)."""
+        self.limits.release_session(identity_key, holder)
 
     def admit(self, connection: BastionConnection) -> bool:
         """Register a new connection unless the global cap is reached."""
@@ -153,6 +167,12 @@ class BastionServer:
         self.connections.pop(connection.conn_id, None)
         if not self.connections:
             self._no_connections.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no connection is open."""
+        if self.connections:
+            self._no_connections.clear()
+            await self._no_connections.wait()
 
     async def _drained(self, timeout: float) -> bool:
         """Wait until no connection is left; False if some still are after ``timeout``."""
@@ -206,18 +226,18 @@ class BastionServer:
         return int(self._acceptor.get_port())
 
     async def start(self) -> None:
-        """Check the vault, take the spool, recover crashed recordings, then listen."""
+        """Check the vault, take the spool, recover crashed recordings, then listen (a worker
+        finds all of that done by its supervisor, and accepts on the socket it was given)."""
         cfg = self.config
         Vault.open(cfg.vault.path, self._vault_key, create=True)  # fail fast on key or file
-        self.spool.lock()
-        self.registry.clear_node(cfg.server.node_id)  # rows a crash left behind
-        self.spool.recover()
-        for result in self.spool.recovery_results:
-            self.audit.emit("recording.recovered", session=result.path.name,
-                            state=result.state.value, problems=result.problems[:20])
-        if self.sealer is not None:
-            self._seal_leftovers()
-        host_keys, notes = load_host_keys(cfg.server.host_keys, create=True)
+        if self.role is not None:
+            self.spool.adopt_lock(self.role.spool_lock_fd)
+        else:
+            self.spool.lock()
+            self.registry.clear_node(cfg.server.node_id)  # rows a crash left behind
+            self.recover_spool()
+        # (a worker's supervisor created a missing key and said so already)
+        host_keys, notes = load_host_keys(cfg.server.host_keys, create=self.role is None)
         for note in notes:
             log.warning("%s", note)
         ssh_options: dict[str, Any] = dict(
@@ -236,21 +256,37 @@ class BastionServer:
             self._acceptor = ProxyListener(
                 cfg.server.listen, cfg.server.port, cfg.server.proxy_protocol_from,
                 self._proxied_connection, self._proxy_refused)
-            await self._acceptor.start()
+            await self._acceptor.start(self.role.listener if self.role is not None else None)
+        elif self.role is not None:
+            self._acceptor = await asyncssh.create_server(
+                self._new_connection, sock=self.role.listener, **ssh_options)
         else:
             self._acceptor = await asyncssh.create_server(
                 self._new_connection, cfg.server.listen, cfg.server.port, reuse_address=True,
                 **ssh_options)
         self._upkeep = asyncio.get_running_loop().create_task(self._upkeep_loop())
-        self.audit.emit("server.start", listen=cfg.server.listen, port=self.port)
+        if self.role is not None:
+            self.audit.emit("worker.start", worker=self.role.index, pid=os.getpid())
+        else:
+            self.audit.emit("server.start", listen=cfg.server.listen, port=self.port)
         log.info("listening on %s:%d", cfg.server.listen, self.port)
 
+    def recover_spool(self) -> None:
+        """Close the recordings a crash left open (a dead worker's, with --workers) and seal
+        them and any finished recording left unsealed; each one audited."""
+        self.spool.recover()
+        for result in self.spool.recovery_results:
+            self.audit.emit("recording.recovered", session=result.path.name,
+                            state=result.state.value, problems=result.problems[:20])
+        if self.sealer is not None:
+            self._seal_leftovers()
+
     def _new_connection(self) -> BastionConnection:
-        return BastionConnection(self, str(next(self._conn_ids)))
+        return BastionConnection(self, next(self._conn_ids))
 
     async def _proxied_connection(self, sock: socket.socket, client: tuple[str, int]) -> None:
         """Run SSH on a socket whose PROXY header was read; ``client`` is the real address."""
-        conn_id = str(next(self._conn_ids))
+        conn_id = next(self._conn_ids)
         try:
             await asyncssh.run_server(
                 sock, options=self._ssh_options,
@@ -259,7 +295,7 @@ class BastionServer:
             log.debug("[conn=%s] %s", conn_id, exc)  # connection object audited it already
 
     def _proxy_refused(self, peer: tuple[str, int], reason: str) -> None:
-        self.audit.emit("connection.refused", conn=str(next(self._conn_ids)),
+        self.audit.emit("connection.refused", conn=next(self._conn_ids),
                         client=f"{peer[0]}:{peer[1]}", reason=reason)
 
     async def _end_revoked(self) -> None:
@@ -372,6 +408,17 @@ class BastionServer:
                                                           kill.session_id)
         done.add_done_callback(_log_state_failure)
 
+    def stop_accepting(self) -> None:
+        """Take no new connections (a worker replaced after a config reload: it finishes the
+        sessions it runs, then stops)."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+
+    @property
+    def idle(self) -> bool:
+        """No connection is open."""
+        return not self.connections
+
     async def stop(self) -> None:
         """Stop listening and end every session with a notice; recordings are finished."""
         if self._acceptor is not None:
@@ -398,7 +445,12 @@ class BastionServer:
             await asyncio.gather(*self._sealing, return_exceptions=True)
         with contextlib.suppress(BastionError):
             self.registry.unregister(self._registered)
-        self.audit.emit("server.stop")
+        # Every place given back has reached the state database before the process goes.
+        await asyncio.to_thread(self.limits.flush, _SHUTDOWN_GRACE)
+        if self.role is not None:
+            self.audit.emit("worker.stop", worker=self.role.index, pid=os.getpid())
+        else:
+            self.audit.emit("server.stop")
 
 
 def _log_state_failure(future: asyncio.Future[None]) -> None:
@@ -407,9 +459,10 @@ def _log_state_failure(future: asyncio.Future[None]) -> None:
 
 
 async def serve(config: Config, audit: AuditLog, ready: Callable[[int], None] | None = None,
-                ) -> None:
-    """Run the bastion until SIGTERM or SIGINT."""
-    server = BastionServer(config, audit)
+                role: WorkerRole | None = None) -> None:
+    """Run the bastion (or one worker of it) until SIGTERM or SIGINT; a worker also stops
+    after SIGUSR1 (its supervisor replaced it) once its last connection closed."""
+    server = BastionServer(config, audit, role)
     await server.start()
     if ready is not None:
         ready(server.port)
@@ -417,7 +470,24 @@ async def serve(config: Config, audit: AuditLog, ready: Callable[[int], None] | 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    draining: list[asyncio.Task[None]] = []
+
+    async def drain() -> None:
+        server.stop_accepting()
+        assert role is not None
+        audit.emit("worker.draining", worker=role.index, connections=len(server.connections))
+        await server.wait_idle()
+        stop.set()
+
+    def start_draining() -> None:
+        if not draining:
+            draining.append(loop.create_task(drain()))
+
+    if role is not None:
+        loop.add_signal_handler(signal.SIGUSR1, start_draining)
     try:
         await stop.wait()
     finally:
+        for task in draining:
+            task.cancel()
         await server.stop()

@@ -25,7 +25,7 @@ from bastion.relay.approver_menu import APPROVER_USER, ApproverSession
 from bastion.relay.channels import UserChannel
 from bastion.relay.session import ClientInfo, ConnectionSession, RelayServices
 from bastion.server.auth import ConnectionAuth, KbdIntAnswer, LocalKeyIndex
-from bastion.server.limits import SourceLimits
+from bastion.server.limits import ServerLimits, UnauthenticatedHold
 
 log = logging.getLogger("bastion.server")
 
@@ -50,7 +50,7 @@ class ConnectionHost(Protocol):
     @property
     def relay_services(self) -> RelayServices: ...
     @property
-    def limits(self) -> SourceLimits: ...
+    def limits(self) -> ServerLimits: ...
     @property
     def approvals(self) -> ApprovalService: ...
 
@@ -78,7 +78,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.session: ConnectionSession | None = None
         self.channels: list[UserChannel] = []
         self._refusal: str | None = None  # the server is full: said at the first auth request
-        self._counted_unauthenticated = False
+        self._unauthenticated: UnauthenticatedHold | None = None  # its place until signed in
         self._login_timer: asyncio.TimerHandle | None = None
 
     # -- connection lifecycle ----------------------------------------------------------------
@@ -92,21 +92,26 @@ class BastionConnection(asyncssh.SSHServer):
         self.auth.watch_signatures(conn)
         forwarding.watch_channel_requests(conn, lambda: self.session)
         wire.coalesce_writes(conn)  # one socket write per loop pass, not two per packet
-        if not srv.limits.open_unauthenticated(self.peer[0]):
-            # Strangers from one address share a small allowance: close at once, so silent
-            # sockets from there cannot hold the bastion (no protocol owed to them yet).
-            srv.audit.emit("connection.refused", conn=self.conn_id,
-                           client=f"{self.peer[0]}:{self.peer[1]}",
-                           reason="too many unauthenticated connections from this address")
-            conn.abort()
+        # Strangers from one address share a small allowance (on all workers of this node):
+        # refused here by this process's count, or moments later by the shared one.
+        self._unauthenticated = srv.limits.open_unauthenticated(
+            self.peer[0], self.conn_id, self._refuse_stranger)
+        if self._unauthenticated is None:
             return
-        self._counted_unauthenticated = True
         if not srv.admit(self):
             # Said properly once the client asks to log in (after key exchange), so it reads
             # as a refusal and not as a broken banner; a silent one meets the login timer.
             self._refusal = "bastion: too many connections, try again later"
         self._login_timer = asyncio.get_running_loop().call_later(
             srv.config.server.login_timeout, self._login_expired)
+
+    def _refuse_stranger(self, reason: str) -> None:
+        """Close a connection not signed in at once: silent sockets from one address cannot
+        hold the bastion (no protocol is owed to them yet)."""
+        self._server.audit.emit("connection.refused", conn=self.conn_id,
+                                client=f"{self.peer[0]}:{self.peer[1]}", reason=reason)
+        if self.conn is not None:
+            self.conn.abort()
 
     def _login_expired(self) -> None:
         """Not signed in within login_timeout (or the device login's time): disconnect."""
@@ -120,9 +125,9 @@ class BastionConnection(asyncssh.SSHServer):
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
-        if self._counted_unauthenticated:
-            self._counted_unauthenticated = False
-            self._server.limits.close_unauthenticated(self.peer[0])
+        if self._unauthenticated is not None:
+            self._unauthenticated.release()
+            self._unauthenticated = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._authenticated_or_gone()
@@ -178,7 +183,7 @@ class BastionConnection(asyncssh.SSHServer):
         assert self.auth is not None and self.conn is not None
         if self.auth.starts_device_login():
             srv = self._server
-            if not srv.limits.start_device_login(self.peer[0]):
+            if not await srv.limits.start_device_login(self.peer[0]):
                 reason = "too many device logins from your address; try again in a minute"
                 self.auth.refuse_device_login(reason)
                 self.conn.send_auth_banner(f"bastion: {reason}\r\n")

@@ -184,8 +184,14 @@ class ProxyListener:
         self._accepting: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        """Bind and listen (the address asyncssh would have used), then accept in a task."""
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind and listen (the address asyncssh would have used), or use the listening
+        ``sock`` a supervisor handed down, then accept in a task."""
+        if sock is not None:
+            sock.setblocking(False)
+            self._sock = sock
+            self._accepting = asyncio.get_running_loop().create_task(self._accept_loop())
+            return
         family, kind, proto, _, address = socket.getaddrinfo(
             self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)

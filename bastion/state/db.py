@@ -103,6 +103,24 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX approvals_state ON approvals (state, created);
     """,
+    # 5: places held under a limit, shared by the worker processes and nodes (session cap per
+    # identity, unauthenticated connections per source, device logins per source per minute);
+    # see bastion/state/limits.py
+    """
+    CREATE TABLE limit_holds (
+        scope   TEXT NOT NULL,        -- which limit: session, unauthenticated, device_login
+        subject TEXT NOT NULL,        -- whose: Identity.key, node|address, address
+        slot    INTEGER NOT NULL,     -- 0 .. limit-1: the primary key keeps the count exact
+        node    TEXT NOT NULL,        -- the holder: node id, process id, id in the process
+        pid     INTEGER NOT NULL,
+        holder  TEXT NOT NULL,
+        lease   INTEGER NOT NULL,     -- 1: renewed while its process lives, 0: a rate entry
+        expires REAL NOT NULL,        -- free from then on (unix time)
+        PRIMARY KEY (scope, subject, slot)
+    );
+    CREATE INDEX limit_holds_process ON limit_holds (node, pid);
+    CREATE INDEX limit_holds_expires ON limit_holds (expires);
+    """,
 )
 
 
@@ -170,6 +188,11 @@ class StateDB:
     def migrate(self) -> list[int]:
         """Apply the migrations this database lacks; return their numbers."""
         raise NotImplementedError
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One change in a transaction of its own; the number of rows it changed."""
+        with self.transaction() as cur:
+            return cur.execute(sql, params).rowcount
 
     def close(self) -> None:
         """Close the connection(s)."""

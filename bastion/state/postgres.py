@@ -158,6 +158,15 @@ class PostgresStateDB(StateDB):
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StateError(f"state database {self.where}: {_first_line(exc)}") from None
 
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One change, committed on its own (autocommit: one round trip, not BEGIN and
+        COMMIT around it); the number of rows it changed."""
+        try:
+            with self._pool.connection() as conn, conn.cursor() as raw:
+                return _PgCursor(raw).execute(sql, params).rowcount
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StateError(f"state database {self.where}: {_first_line(exc)}") from None
+
     @property
     def schema_version(self) -> int:
         """How many migrations ran (0 on an empty database)."""

@@ -80,6 +80,12 @@ class SessionRegistry:
         with self.db.transaction() as cur:
             cur.execute("DELETE FROM running_sessions WHERE node = ?", (node,))
 
+    def clear_process(self, node: str, pid: int) -> None:
+        """Forget the sessions of one worker process of a node (it died; the supervisor
+        recovered its recordings)."""
+        with self.db.transaction() as cur:
+            cur.execute("DELETE FROM running_sessions WHERE node = ? AND pid = ?", (node, pid))
+
     def pending_kills(self, node: str) -> list[KillRequest]:
         """Kill requests not yet carried out for sessions this node runs."""
         rows = self.db.query(

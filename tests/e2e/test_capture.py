@@ -154,7 +154,9 @@ def test_sigkill_mid_transfer_closes_streams_and_seals_interrupted(private_stack
         assert client.stdout is not None
         received = b""
         while len(received) < 4000000:
-            chunk = client.stdout.read(65536)
+            # (os.read: a buffered read(65536) would wait for the rest of 64 KiB, i.e. for
+            # the end of the session, and the kill would come after it)
+            chunk = os.read(client.stdout.fileno(), 65536)
             assert chunk, "the transfer ended early"
             received += chunk
         session = _session_with(stack, "mid-transfer")

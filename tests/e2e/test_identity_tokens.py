@@ -165,13 +165,16 @@ def test_valid_token_through_the_front_is_accepted(stack: TamperStack) -> None:
     before = stack.front.jwks_fetches
     client = login(stack, "valid")
     assert client.finish() == 0 and client.stdout == "in\n"
-    # The keys are fetched at most once (none if an earlier test of the module fetched them) ...
-    after_first = stack.front.jwks_fetches
-    assert after_first - before in (0, 1)
-    # ... and then cached: another login with a token signed by the same key fetches nothing.
-    again = login(stack, "valid")
-    assert again.finish() == 0 and again.stdout == "in\n"
-    assert stack.front.jwks_fetches == after_first
+    # The keys are fetched at most once per worker process (none if an earlier test of the
+    # module fetched them) and then cached: more logins with tokens signed by the same key
+    # fetch nothing more, whichever worker takes them.
+    assert stack.front.jwks_fetches - before in (0, 1)
+    workers = [e["workers"] for e in read_events(stack.state_dir / "audit.jsonl")
+               if e["event"] == "server.start"][-1]
+    for _ in range(3):
+        again = login(stack, "valid")
+        assert again.finish() == 0 and again.stdout == "in\n"
+    assert stack.front.jwks_fetches - before <= workers
 
 
 @pytest.mark.parametrize(("mode", "reason"), [

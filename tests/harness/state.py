@@ -20,6 +20,7 @@ class StateBackend:
     name: str  # "sqlite" or "postgresql"
     open: Callable[[], StateDB]
     opened: list[StateDB]
+    location: str = ""  # the SQLite file or the PostgreSQL URL (for another process to open)
 
     def close_all(self) -> None:
         """Close every connection ``open()`` made."""
@@ -36,7 +37,7 @@ def sqlite_backend(path: Path) -> StateBackend:
         opened.append(db)
         return db
 
-    return StateBackend("sqlite", open_db, opened)
+    return StateBackend("sqlite", open_db, opened, str(path))
 
 
 def postgres_backend(url: str) -> StateBackend:
@@ -51,4 +52,4 @@ def postgres_backend(url: str) -> StateBackend:
         opened.append(db)
         return db
 
-    return StateBackend("postgresql", open_db, opened)
+    return StateBackend("postgresql", open_db, opened, url)

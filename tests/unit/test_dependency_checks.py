@@ -59,7 +59,7 @@ def test_deptry_fails_when_an_imported_package_is_not_declared(tmp_path: Path) -
     assert result.returncode != 0
     out = _said(result)
     assert "'uvloop' imported but" in out, out
-    assert "bastion/cli/serve.py" in out
+    assert "bastion/server/workers.py" in out
 
 
 def test_deptry_fails_when_a_declared_dependency_is_unused(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from bastion.relay.pipeline import (
     Stream,
 )
 from bastion.relay.session import ClientInfo, ConnectionSession
+from bastion.state.limits import Scope
 
 # -- composition -------------------------------------------------------------------------------
 
@@ -180,7 +181,10 @@ async def _one_target_per_connection(tmp_path: Path) -> None:
             for _ in range(3):  # refused channels do not count sessions
                 with pytest.raises(AccessDenied, match="this connection is on svc@app01"):
                     await session.connect(app02)
-            assert bed.server._per_identity[alice.key] == 1
+            assert bed.server.limits._per_identity[alice.key] == 1
+            assert bed.server.limits.store.count(Scope.SESSION, alice.key) == 1
         finally:
             session.close()
-        assert bed.server._per_identity[alice.key] == 0
+        assert bed.server.limits._per_identity[alice.key] == 0
+        assert await asyncio.to_thread(bed.server.limits.flush, 30)
+        assert bed.server.limits.store.count(Scope.SESSION, alice.key) == 0

@@ -14,6 +14,7 @@ from harness.inprocess import Bed, relay_bed
 
 from bastion.server.auth import MAX_OFFERED_KEYS
 from bastion.server.limits import SourceLimits
+from bastion.state.limits import Scope
 
 
 def test_source_limits_count_per_address_and_per_minute() -> None:
@@ -76,7 +77,15 @@ def test_silent_sockets_from_one_address_do_not_lock_out_another(tmp_path: Path)
                 for sock in silent:
                     sock.close()
             await asyncio.sleep(0)
-            assert bed.server.limits._unauthenticated == {}  # every count given back
+            assert bed.server.limits.sources._unauthenticated == {}  # every count given back
+            # ... and every place in the state database (shared with the node's workers).
+            limits = bed.server.limits
+            subject = limits.node_source("127.0.0.1")
+            deadline = loop.time() + 30
+            while limits.store.count(Scope.UNAUTHENTICATED, subject) \
+                    or limits.store.count(Scope.UNAUTHENTICATED, limits.node_source("127.0.0.2")):
+                assert loop.time() < deadline, "places left in the state database"
+                await asyncio.sleep(0.05)
 
     asyncio.run(scenario())
 

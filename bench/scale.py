@@ -1,0 +1,152 @@
+"""Figure 6, scale-out (issue 14): what worker processes buy, in one run.
+
+The bastion is restarted with each setting in turn (``--workers`` N with the shared socket,
+N with SO_REUSEPORT, and 1), and for each, and for the OpenSSH jump host in the same run:
+
+- keystroke echo p99 with ``load_sessions`` other sessions streaming (added over direct);
+- aggregate throughput of ``parallel`` bulk exec sessions started together (binary ``cat``),
+  and how the sessions spread over the workers (from the audit log).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import measure
+from bench.paths import BenchEnv
+
+MB = 1024 * 1024
+
+
+def parallel_bulk(argv: list[str], count: int, size: int, timeout: float) -> dict[str, Any]:
+    """``count`` copies of ``argv`` (each printing ``size`` bytes) at once: aggregate MB/s."""
+    runs: list[measure.BulkRun | None] = [None] * count
+
+    def one(index: int) -> None:
+        runs[index] = measure.bulk(argv, timeout)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    complete = [r for r in runs if r is not None and r.exit_status == 0 and r.received == size]
+    return {"sessions": count, "complete": len(complete), "seconds": round(seconds, 3),
+            "aggregate_mb_per_s": round(sum(r.received for r in complete) / MB / seconds, 1)}
+
+
+def loaded_echo(env: BenchEnv, path: str, samples: int, load_sessions: int) -> dict[str, Any]:
+    """Echo p50/p99 through ``path`` with ``load_sessions`` others streaming."""
+    argv = env.ssh(path, measure.ECHO_COMMAND, tty=True)
+    try:
+        with measure.Streamers(env.ssh(path, measure.STREAM_COMMAND, tty=True),
+                               load_sessions) as load:
+            values = measure.echo_latency(argv, samples, 0.005)
+            streaming = load.streaming
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    return {"p50_ms": round(measure.percentile(values, 0.5) * 1000, 3),
+            "p99_ms": round(measure.percentile(values, 0.99) * 1000, 3),
+            "streaming_sessions": streaming}
+
+
+def _spread(audit: Path, since: float) -> dict[str, int]:
+    """Sessions started per worker since ``since`` (audit ``session.start`` events)."""
+    counts: Counter[str] = Counter()
+    for line in audit.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event["event"] == "session.start" and event.get("worker") is not None:
+            stamp = dt.datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+            if stamp >= since:
+                counts[str(event["worker"])] += 1
+    return dict(sorted(counts.items()))
+
+
+def run(env: BenchEnv, workdir: Path, args: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The scale figure; see the module docstring."""
+    cpus = os.cpu_count() or 1
+    count = args.parallel_sessions
+    size = int(min(args.size_mb, 50) * MB)
+    _, binary = measure.make_payloads(workdir / "scale-payload", size)
+    command = f"cat {shlex.quote(str(binary))}"
+    timeout = max(120.0, size / MB * count)
+    settings = [("bastion_workers_cpus", cpus, "shared"),
+                ("bastion_workers_cpus_reuseport", cpus, "reuseport"),
+                ("bastion_one_worker", 1, "shared")]
+    out: dict[str, Any] = {"cpus": cpus, "parallel_sessions": count,
+                           "bytes_per_session": size, "load_sessions": args.load_sessions,
+                           "samples": args.samples}
+    audit = env.stack.state_dir / "audit.jsonl"
+    log("scale: direct and jump host")
+    out["direct"] = {"loaded_echo": loaded_echo(env, "direct", args.samples,
+                                                args.load_sessions)}
+    out["jump"] = {"loaded_echo": loaded_echo(env, "jump", args.samples, args.load_sessions),
+                   "parallel_bulk": parallel_bulk(env.ssh("jump", command), count, size,
+                                                  timeout)}
+    for name, workers, balance in settings:
+        log(f"scale: bastion with {workers} worker(s), {balance}")
+        env.restart_bastion(workers=workers, balance=balance)
+        since = time.time() - 1
+        figure: dict[str, Any] = {"workers": workers, "balance": balance}
+        figure["parallel_bulk"] = parallel_bulk(env.ssh("bastion", command), count, size,
+                                                timeout)
+        figure["parallel_bulk"]["sessions_per_worker"] = _spread(audit, since)
+        env.clear_recordings()
+        figure["loaded_echo"] = loaded_echo(env, "bastion", args.samples, args.load_sessions)
+        env.clear_recordings()
+        out[name] = figure
+    env.restart_bastion(workers=0, balance="shared")  # as shipped, for what runs next
+    direct = out["direct"]["loaded_echo"].get("p99_ms")
+    one = out["bastion_one_worker"]["parallel_bulk"]["aggregate_mb_per_s"]
+    for name in ("jump", *(s[0] for s in settings)):
+        p99 = out[name]["loaded_echo"].get("p99_ms")
+        out[name]["loaded_echo_added_p99_ms"] = round(p99 - direct, 3) \
+            if p99 is not None and direct is not None else None
+        rate = out[name]["parallel_bulk"]["aggregate_mb_per_s"]
+        out[name]["parallel_bulk_vs_one_worker"] = round(rate / one, 2) if one else None
+    return out
+
+
+def verdicts(r: dict[str, Any]) -> dict[str, Any]:
+    """Issue 14's targets: loaded echo p99 and parallel scaling with a worker per CPU."""
+    full = r["bastion_workers_cpus"]
+    added = full.get("loaded_echo_added_p99_ms")
+    scaling = full.get("parallel_bulk_vs_one_worker")
+    return {
+        "scale_loaded_echo_added_p99_ms": {
+            "value": added, "target": "<= 5", "met": None if added is None else added <= 5.0},
+        "scale_parallel_bulk_vs_one_worker": {
+            "value": scaling, "target": ">= 1.6",
+            "met": None if scaling is None else scaling >= 1.6}}
+
+
+def table(r: dict[str, Any]) -> list[str]:
+    """The scale figure as a markdown table."""
+    lines = [f"\nscale-out ({r['cpus']} CPUs): loaded echo ({r['load_sessions']} sessions "
+             f"streaming, {r['samples']} samples) and {r['parallel_sessions']} bulk sessions "
+             f"at once ({r['bytes_per_session'] // MB} MB each)\n",
+             "| path | echo p99 ms | added p99 ms | parallel MB/s | x one worker | "
+             "sessions per worker |",
+             "|---|---|---|---|---|---|"]
+    for name in ("direct", "jump", "bastion_one_worker", "bastion_workers_cpus",
+                 "bastion_workers_cpus_reuseport"):
+        figure = r.get(name, {})
+        echo = figure.get("loaded_echo", {})
+        bulk = figure.get("parallel_bulk", {})
+        lines.append(f"| {name} | {echo.get('p99_ms', echo.get('error', '-'))} | "
+                     f"{figure.get('loaded_echo_added_p99_ms', '-')} | "
+                     f"{bulk.get('aggregate_mb_per_s', '-')} | "
+                     f"{figure.get('parallel_bulk_vs_one_worker', '-')} | "
+                     f"{bulk.get('sessions_per_worker', '-')} |")
+    return lines
