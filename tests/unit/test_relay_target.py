@@ -1,5 +1,5 @@
-"""The target's output entering the pipeline (bastion/relay/target.py): small chunks of one
-event-loop pass joined (at most JOIN_MAX), bulk chunks passed on as they came, order kept."""
+"""The target's output entering the pipeline (bastion/relay/target.py): the chunks of one
+event-loop pass joined, never much more than JOIN_MAX at once, order kept."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import asyncssh
 
 from bastion.relay.pipeline import Stream
-from bastion.relay.target import BULK_CHUNK, JOIN_MAX, TargetChannel
+from bastion.relay.target import JOIN_MAX, TargetChannel
 
 
 class FakeOutput:
@@ -50,33 +50,35 @@ def test_small_chunks_of_one_pass_become_one_feed() -> None:
     asyncio.run(run())
 
 
-def test_a_bulk_chunk_goes_on_at_once_after_what_was_held() -> None:
+def test_a_chunk_of_join_max_goes_on_at_once_after_what_was_held() -> None:
     async def run() -> None:
         channel, out = _channel()
-        bulk = b"B" * BULK_CHUNK
+        big = b"B" * JOIN_MAX
+        channel.data_received(big, None)
+        assert out.fed == [(big, Stream.DATA)]
+        assert out.fed[0][0] is big  # alone: not copied
         channel.data_received(b"head", None)
-        channel.data_received(bulk, None)
-        assert out.fed == [(b"head", Stream.DATA), (bulk, Stream.DATA)]
-        assert out.fed[1][0] is bulk  # not copied
+        channel.data_received(big, None)
+        assert out.fed[1] == (b"head" + big, Stream.DATA)  # in order, at once
         channel.data_received(b"tail", None)
         await _next_pass()
-        assert [d for d, _ in out.fed] == [b"head", bulk, b"tail"]
+        assert [d for d, _ in out.fed][2:] == [b"tail"]
     asyncio.run(run())
 
 
-def test_joined_output_never_grows_past_join_max() -> None:
-    """After a pause, asyncssh hands over a whole window's worth of small chunks in one pass:
-    the joins stay small (a 2 MiB join was one of the bastion's largest allocations)."""
+def test_joined_output_never_grows_with_the_window() -> None:
+    """After a pause, asyncssh hands over a whole window's worth of packets in one pass: the
+    joins stay bounded (a 2 MiB join was one of the bastion's largest allocations)."""
     async def run() -> None:
         channel, out = _channel()
-        piece = b"x" * 4096
+        piece = b"x" * 32768
         count = 2 * 1024 * 1024 // len(piece)
         for _ in range(count):
             channel.data_received(piece, None)
         await _next_pass()
         sizes = [len(d) for d, _ in out.fed]
         assert sum(sizes) == count * len(piece)
-        assert max(sizes) <= JOIN_MAX
+        assert max(sizes) <= JOIN_MAX  # 32 KiB pieces: a join reaches JOIN_MAX exactly
         assert len(sizes) >= count * len(piece) // JOIN_MAX
     asyncio.run(run())
 
