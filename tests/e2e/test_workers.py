@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -109,13 +110,13 @@ def test_a_killed_worker_is_replaced_and_its_session_recovered(sealing_stack: De
     # Open sessions until both workers hold one (the kernel hands each connection to
     # whichever worker accepts first; twelve tries all landing on one would be a bug).
     sessions: dict[int, tuple[LiveSession, dict[str, Any]]] = {}
-    spare: list[LiveSession] = []
+    spare: list[tuple[LiveSession, dict[str, Any]]] = []
     try:
         for attempt in range(12):
             live = LiveSession(stack, "web01", f"spread{attempt}")
             start = session_of(stack, live.tag)
             if start["worker"] in sessions:
-                spare.append(live)
+                spare.append((live, start))
             else:
                 sessions[start["worker"]] = (live, start)
             if len(sessions) == 2:
@@ -140,8 +141,10 @@ def test_a_killed_worker_is_replaced_and_its_session_recovered(sealing_stack: De
         wait_until(lambda: (folder / "manifest.sig").exists(), 30, "the recovery to be sealed")
         verdict = verify(stack, folder)
         assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+        # Recovered: the sessions worker 1 was running, and only those.
         recovered = [e["session"] for e in audit(stack) if e["event"] == "recording.recovered"]
-        assert recovered == [victim_start["session"]]
+        on_victim = [victim_start] + [st for _, st in spare if st["worker"] == 1]
+        assert sorted(recovered) == sorted(st["session"] for st in on_victim)
 
         # The other worker's session never noticed; new connections are served.
         assert survivor.echo("still here") == f"{survivor.tag}:still here\n"
@@ -153,8 +156,9 @@ def test_a_killed_worker_is_replaced_and_its_session_recovered(sealing_stack: De
         assert survivor.end() == 0
         assert wait_for_session_end(stack.spool_dir / survivor_start["session"])["state"] \
             == "closed"
-        for live in spare:
-            assert live.end() == 0
+        for live, start in spare:
+            if start["worker"] == 2:
+                assert live.end() == 0
         # Both workers sealed into the node's one chain: the whole spool verifies, no gap.
         wait_until(lambda: all((f / "manifest.sig").exists()
                                for f in stack.spool_dir.iterdir() if f.is_dir()), 30,
@@ -167,7 +171,7 @@ def test_a_killed_worker_is_replaced_and_its_session_recovered(sealing_stack: De
     finally:
         for live, _ in sessions.values():
             live.kill()
-        for live in spare:
+        for live, _ in spare:
             live.kill()
 
 
@@ -216,3 +220,47 @@ def test_sighup_with_a_broken_config_changes_nothing(stack: DemoStack) -> None:
     assert not any(e["event"] == "worker.exited" for e in audit(stack))
     ok = run_ssh([*ssh_base_argv(stack), bastion_destination(stack, "web01"), "--", "echo ok"])
     assert ok.stdout == "ok\n", ok.stderr
+
+
+def test_strangers_from_one_address_share_one_allowance_across_workers(tmp_path: Path) -> None:
+    cap = 3
+    opened = 12  # (all twelve on one worker: 1 in 2048)
+    st = two_workers(tmp_path / "stack", evidence=False)
+    # reuseport: the kernel spreads connections by address hash, so both workers get some
+    # (with the shared socket an idle node's first worker tends to win every accept).
+    st.merge_config({"server": {"max_unauthenticated_per_source": cap,
+                                "worker_balance": "reuseport"}})
+    with st:
+        sockets = []
+        try:
+            # Silent TCP connections (no SSH banner): each a stranger from 127.0.0.1.
+            for _ in range(opened):
+                sockets.append(socket.create_connection((st.bastion_host, st.bastion_port)))
+
+            def refused() -> list[dict[str, Any]]:
+                return [e for e in audit(st) if e["event"] == "connection.refused"]
+            wait_until(lambda: len(refused()) == opened - cap, 30, "the connections over the cap")
+
+            def still_open(sock: socket.socket) -> bool:
+                sock.setblocking(False)
+                try:
+                    while sock.recv(4096):  # the server's SSH banner: read past it
+                        pass
+                    return False  # end of stream: the bastion closed it
+                except BlockingIOError:
+                    return True  # nothing more to read and not closed: held open
+                except OSError:
+                    return False  # reset
+            wait_until(lambda: sum(map(still_open, sockets)) == cap, 30,
+                       f"exactly {cap} connections to stay open")
+            assert all("unauthenticated" in e["reason"] for e in refused())
+        finally:
+            for sock in sockets:
+                sock.close()
+        # Both workers took some of them: the allowance held across processes.
+        wait_until(lambda: len([e for e in audit(st)
+                                if e["event"] == "connection.unauthenticated"]) == opened, 30,
+                   "every connection to be closed")
+        took = {e["worker"] for e in audit(st)
+                if e["event"] in ("connection.refused", "connection.unauthenticated")}
+        assert took == {1, 2}
