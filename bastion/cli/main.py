@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -38,41 +39,53 @@ class BastionGroup(click.Group):
             sys.exit(EXIT_INTERNAL)
 
 
-@click.group(cls=BastionGroup)
+# Every command by name, and where it lives. A command's module is imported only when that
+# command runs (or --help lists them): `bastion serve` then does not carry boto3 (upload,
+# verify, replay from S3: about 12 MB resident) or the other commands' libraries.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "check-config": ("bastion.cli.config_cmd", "check_config"),
+    "keygen": ("bastion.cli.keygen", "keygen"),
+    "serve": ("bastion.cli.serve", "serve_cmd"),
+    "demo": ("bastion.cli.demo", "demo"),
+    "vault": ("bastion.cli.vault", "vault"),
+    "upload": ("bastion.cli.evidence", "upload"),
+    "verify": ("bastion.cli.evidence", "verify"),
+    "keys": ("bastion.cli.identity", "keys"),
+    "totp": ("bastion.cli.identity", "totp"),
+    "approvals": ("bastion.cli.approvals", "approvals"),
+    "replay": ("bastion.cli.replay", "replay"),
+    "sessions": ("bastion.cli.sessions", "sessions"),
+    "check-command": ("bastion.cli.commands", "check_command"),
+    "ca": ("bastion.cli.ca", "ca"),
+    "migrate": ("bastion.cli.migrate", "migrate"),
+}
+
+
+class _LazyCommands(BastionGroup):
+    """The top-level group: lists every command, imports a command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _COMMANDS:
+            module, attribute = _COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(cls=_LazyCommands)
 @click.version_option(package_name="bastion")
 def cli() -> None:
     """bastion: an SSH bastion that signs people in and records every session."""
 
 
 def _register() -> None:
-    # Each module adds its own commands; imported here so `bastion --help` lists them all.
-    from bastion.cli import config_cmd, keygen
-
-    cli.add_command(config_cmd.check_config)
-    cli.add_command(keygen.keygen)
-    from bastion.cli import serve as serve_cmd
-    cli.add_command(serve_cmd.serve_cmd)
-    from bastion.cli import demo as demo_cmd
-    cli.add_command(demo_cmd.demo)
-    from bastion.cli import vault as vault_cmd
-    cli.add_command(vault_cmd.vault)
-    from bastion.cli import evidence as evidence_cmd
-    evidence_cmd.register(cli)
-    from bastion.cli import identity as identity_cmd
-    cli.add_command(identity_cmd.keys)
-    cli.add_command(identity_cmd.totp)
-    from bastion.cli import approvals as approvals_cmd
-    cli.add_command(approvals_cmd.approvals)
-    from bastion.cli import replay as replay_cmd
-    cli.add_command(replay_cmd.replay)
-    from bastion.cli import sessions as sessions_cmd
-    cli.add_command(sessions_cmd.sessions)
-    from bastion.cli import commands as commands_cmd
-    cli.add_command(commands_cmd.check_command)
-    from bastion.cli import ca as ca_cmd
-    cli.add_command(ca_cmd.ca)
-    from bastion.cli import migrate as migrate_cmd
-    cli.add_command(migrate_cmd.migrate)
+    """Import every command now (tests that drive ``cli`` directly; main() needs not)."""
+    for name in _COMMANDS:
+        cli.get_command(click.Context(cli), name)
 
 
 def main() -> None:
@@ -81,7 +94,6 @@ def main() -> None:
     Click's own errors (an unknown option, a missing argument) are printed as the README's one
     line ``bastion: ...`` with exit status 2 instead of click's usage block.
     """
-    _register()
     try:
         cli.main(prog_name="bastion", standalone_mode=False)
     except click.UsageError as exc:

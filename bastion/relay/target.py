@@ -3,6 +3,14 @@
 Bytes move in asyncssh's callbacks with no queue in between. Back-pressure is asyncssh's own: when
 the user's send buffer is full, reading from the target pauses, so SSH windows close and a slow
 client slows the target instead of growing memory.
+
+The chunks that arrive in one event-loop pass (a terminal's few KiB per read, a transfer's
+32 KiB SSH packets) are joined into one write, and one recorder event, of at most about
+``JOIN_MAX`` bytes: as soon as that much is held it goes on. So no buffer the relay makes grows
+with the window or the file, and the user's pause takes effect within ``JOIN_MAX``: asyncssh
+stops handing the target's data over as soon as reading is paused. (Before this bound, a resumed
+channel handed over a whole 2 MiB window in one pass, joined and copied whole on its way, and
+the bastion's heap grew by 20-40 MiB during a 1 GB download.)
 """
 
 from __future__ import annotations
@@ -17,6 +25,12 @@ from bastion.relay.pipeline import Stream
 if TYPE_CHECKING:
     from bastion.relay.channel_relay import ChannelRelay
 
+# Bytes joined into one write at most. Large enough that per-write costs (a recorder event and
+# timing line, asyncssh's write, exec output masking's scan per chunk) are spread over eight
+# 32 KiB packets: 500 MB rsync down took 4.0-4.5 CPU-s joined to 128-256 KiB against 5.4-5.5 s
+# with each packet on its own; the recorder writes chunks of 64 KiB or more without a copy.
+JOIN_MAX = 256 * 1024
+
 
 class TargetChannel(asyncssh.SSHClientSession[bytes]):
     """asyncssh's client session on the target; hands everything to its ``ChannelRelay``."""
@@ -27,6 +41,7 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
         self.exit_signal: tuple[str, bool, str, str] | None = None
         # Output that arrived in this event-loop pass, handed on as one chunk at its end.
         self._held: list[bytes] = []
+        self._held_bytes = 0
         self._flush_scheduled = False
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -40,18 +55,25 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
         # this is most of the relay's cost. The join waits for no timer: the rest of the
         # pass is microseconds, so keystroke echo is not delayed.
         self._held.append(data)
-        if not self._flush_scheduled:
+        self._held_bytes += len(data)
+        if self._held_bytes >= JOIN_MAX:
+            self.flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def flush(self) -> None:
         """Hand on the output held from this event-loop pass."""
-        self._flush_scheduled = False
         held = self._held
         if not held:
             return
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
+        self._held_bytes = 0
         self._relay.output.feed(data, Stream.DATA)
 
     def eof_received(self) -> bool:

@@ -25,6 +25,7 @@ from bastion.credentials.ca import CertificateAuthority, IssuedCertificate
 from bastion.credentials.vault import Credential
 from bastion.errors import CertificateRefused, ConfigError, HostKeyMismatch, UpstreamError
 from bastion.policy.access import Authorization
+from bastion.relay.wire import coalesce_writes
 
 log = logging.getLogger("bastion.relay")
 
@@ -87,6 +88,9 @@ class _PinnedHostKeyClient(asyncssh.SSHClient):
 
     presented: list[str] = field(default_factory=list)
 
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        coalesce_writes(conn)  # an upload's packets to the target: one write per loop pass
+
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:
         self.presented.append(key.get_fingerprint("sha256"))
@@ -109,6 +113,7 @@ class _CertificateClient(_PinnedHostKeyClient):
     local_address: str | None = None
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        super().connection_made(conn)
         sockname = conn.get_extra_info("sockname")
         # The address the target sees us come from (barring NAT); an IPv6 zone ("%eth0") is
         # no part of it.

@@ -20,7 +20,7 @@ from bastion.config.model import Config
 from bastion.errors import AuditUnavailable, BastionError
 from bastion.identity.service import IdentityService
 from bastion.policy.access import TargetRequest, parse_username
-from bastion.relay import forwarding
+from bastion.relay import forwarding, wire
 from bastion.relay.approver_menu import APPROVER_USER, ApproverSession
 from bastion.relay.channels import UserChannel
 from bastion.relay.session import ClientInfo, ConnectionSession, RelayServices
@@ -91,6 +91,7 @@ class BastionConnection(asyncssh.SSHServer):
                                    f"{self.peer[0]}:{self.peer[1]}", srv.identity)
         self.auth.watch_signatures(conn)
         forwarding.watch_channel_requests(conn, lambda: self.session)
+        wire.coalesce_writes(conn)  # one socket write per loop pass, not two per packet
         # Strangers from one address share a small allowance (on all workers of this node):
         # refused here by this process's count, or moments later by the shared one.
         self._unauthenticated = srv.limits.open_unauthenticated(

@@ -20,8 +20,6 @@ from bastion.config.model import Config, Target
 from bastion.identity.service import IdentityService
 from bastion.masking import MaskingFactory
 from bastion.masking.seam import Stage as MaskingStage
-from bastion.policy.commands import CommandPolicy
-from bastion.relay.command_stage import CommandCatcher
 from bastion.relay.pipeline import ChannelInfo, ChannelStages, Stage, StageContext, StageFactory
 from bastion.relay.scp_stage import ExecTransferFactory
 from bastion.relay.session import MaskingService
@@ -43,6 +41,11 @@ def build_features(config: Config, approvals: ApprovalService | None = None) -> 
     # it, before anything else changes them (it holds a line for approval, drops a denied one).
     commands = config.commands
     if commands.rules or commands.unresolved or any(t.unresolved for t in config.targets):
+        # Imported only here: the bash grammar (tree-sitter) and the terminal emulator (pyte)
+        # are about 5 MB of every worker's memory, needed only where command rules exist.
+        from bastion.policy.commands import CommandPolicy
+        from bastion.relay.command_stage import CommandCatcher
+
         factories.append(CommandCatcher(CommandPolicy.from_config(config), approvals))
     # Transfers read the file-transfer protocols as user and target speak them; masking comes
     # last, right before the recorder.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from bastion.config.model import Config
 from bastion.state.db import DB_NAME, StateDB
-from bastion.state.postgres import PostgresStateDB
 from bastion.state.sqlite import SqliteStateDB
 
 
@@ -17,6 +16,10 @@ def open_state(config: Config, *, migrate: bool | None = None) -> StateDB:
     """
     if config.state.url is None:
         return SqliteStateDB(config.paths.state_dir / DB_NAME, migrate=migrate is None)
+    # Imported only here: psycopg and its libpq/OpenSSL copies are about 11 MB of resident
+    # memory that a bastion on SQLite would otherwise carry for nothing.
+    from bastion.state.postgres import PostgresStateDB
+
     db = PostgresStateDB(config.state.url, pool_size=config.state.pool_size,
                          connect_timeout=config.state.connect_timeout)
     if migrate is None:

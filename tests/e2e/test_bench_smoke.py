@@ -60,5 +60,6 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
         for direction, transfer in directions.items():
             assert transfer["failures"] == {}, (method, direction, transfer)
             assert set(transfer["seconds"]) == {"jump", "bastion"}
+            assert transfer["bastion_cpu_seconds"] is not None
     assert set(figures["transfers"]["methods"]) == {"scp", "scp -O", "sftp", "rsync"}
     assert "| bastion |" in stdout  # the printed table

@@ -1,10 +1,10 @@
 """One large transfer: 1 GiB up and down with OpenSSH sftp through the bastion, memory flat.
 
-The bastion's resident memory is sampled from /proc while the transfer runs. Flat means it does
-not grow with the bytes moved: after the first quarter of the transfer (connection, windows and
-buffers in place) the peak rises by less than 16 MiB over the remaining 3/4 GiB each way. The
-issue's absolute bar (100 MB) is not asserted: the idle bastion alone is about 68 MB now (the
-bash grammar, RE2, Hyperscan and pyte loaded), see the issue note. Everything large is removed.
+The resident memory of every bastion process (the supervisor and its workers; the transfer runs
+in one worker) is sampled from /proc while the transfer runs, and the largest one is kept per
+sample. Two bars, both the issue's: under 100 MB (10^6 bytes) throughout, and flat: after the
+first quarter of the transfer (connection, windows and buffers in place) the peak rises by less
+than 16 MiB over the remaining 3/4 GiB each way. Everything large is removed.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 SIZE = 1024 ** 3
 GROWTH_LIMIT_KIB = 16 * 1024  # after the first quarter, the peak may rise this much at most
+RSS_LIMIT_KIB = 100_000_000 // 1024  # the issue's 100 MB, for any one bastion process
 CHUNK = 4 * 1024 * 1024
 
 
@@ -41,8 +42,23 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (``bastion serve``: the supervisor and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 class RssSampler:
-    """Samples a process's RSS every 0.2 s in a thread until stopped; keeps the peak."""
+    """Samples the largest RSS among a process and its descendants every 0.2 s in a thread
+    until stopped; keeps the peak."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -53,7 +69,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            self.samples.append(rss_kib(self.pid))
+            self.samples.append(max(rss_kib(p) for p in process_tree(self.pid)))
             self.peak = max(self.peak, self.samples[-1])
 
     def __enter__(self) -> RssSampler:
@@ -116,6 +132,8 @@ def test_sftp_1gib_up_and_down_with_flat_memory(stack: DemoStack, tmp_path: Path
         growth = max(samples) - early
         assert growth < GROWTH_LIMIT_KIB, (
             f"bastion RSS grew {growth} KiB after the first quarter (peak {max(samples)} KiB)")
+        assert max(samples) < RSS_LIMIT_KIB, (
+            f"a bastion process reached {max(samples)} KiB resident (the bar: 100 MB)")
     finally:
         for path in (local, remote, back):
             path.unlink(missing_ok=True)
