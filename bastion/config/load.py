@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -15,9 +16,11 @@ from bastion.config.commands import UNRESOLVED_PATTERN, UNRESOLVED_WHAT, parse_c
 from bastion.config.identity import IdentityConfig, parse_identity
 from bastion.config.masking import MaskingConfig, parse_masking, parse_target_masking
 from bastion.config.model import (
+    DEFAULT_CIPHERS,
     GROUP_NAME,
     LOGIN_NAME,
     NODE_ID,
+    SSH_CIPHERS,
     TARGET_NAME,
     AccessRule,
     Config,
@@ -157,9 +160,20 @@ def _server(t: Table, paths: PathsConfig) -> ServerConfig:
         worker_balance=WorkerBalance(t.string("worker_balance", "shared",
                                               pattern="shared|reuseport",
                                               what='"shared" or "reuseport"')),
+        ciphers=_ciphers(t),
     )
     t.done()
     return server
+
+
+def _ciphers(t: Table) -> tuple[str, ...]:
+    what = "a list of ciphers from " + ", ".join(SSH_CIPHERS)
+    ciphers: tuple[str, ...] = t.strings(
+        "ciphers", DEFAULT_CIPHERS, pattern="|".join(re.escape(c) for c in SSH_CIPHERS),
+        what=what)
+    if not ciphers:
+        raise t.error("ciphers", what, [])
+    return ciphers
 
 
 def _networks(t: Table, key: str) -> tuple[IPv4Network | IPv6Network, ...]:

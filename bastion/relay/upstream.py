@@ -32,7 +32,7 @@ log = logging.getLogger("bastion.relay")
 # The client picks the cipher, so the bastion chooses for its own connections to targets: AES-GCM
 # first. In asyncssh one AES-GCM packet is one AEAD call (AES-NI), about a fifth of the cost of
 # ChaCha20-Poly1305 (four cipher objects per packet), and every relayed byte is decrypted here.
-# Only ciphers of the server's hardened list (bastion.server.hardening.CIPHERS).
+# Only ciphers of the hardened list (bastion.config.model.SSH_CIPHERS).
 _UPSTREAM_CIPHERS = ("aes256-gcm@openssh.com", "aes128-gcm@openssh.com",
                      "chacha20-poly1305@openssh.com", "aes256-ctr", "aes192-ctr", "aes128-ctr")
 

@@ -248,7 +248,7 @@ class BastionServer:
             keepalive_interval=cfg.server.keepalive_interval or None,
             keepalive_count_max=cfg.server.keepalive_count_max,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False,
-            line_editor=False, encoding=None, **algorithm_options())
+            line_editor=False, encoding=None, **algorithm_options(cfg.server.ciphers))
         if cfg.server.proxy_protocol_from:
             # Behind a load balancer: accept TCP here, take its PROXY header off, and run
             # asyncssh on each socket with the client's real address.

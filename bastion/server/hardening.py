@@ -14,12 +14,12 @@ from asyncssh.kex import get_kex_algs
 from asyncssh.mac import get_mac_algs
 from asyncssh.public_key import get_public_key_algs
 
+from bastion.errors import ConfigError
+
 KEX = ("mlkem768x25519-sha256", "sntrup761x25519-sha512@openssh.com", "curve25519-sha256",
        "curve25519-sha256@libssh.org", "ecdh-sha2-nistp521", "ecdh-sha2-nistp384",
        "ecdh-sha2-nistp256", "diffie-hellman-group16-sha512", "diffie-hellman-group18-sha512",
        "diffie-hellman-group14-sha256")
-CIPHERS = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com",
-           "aes256-ctr", "aes192-ctr", "aes128-ctr")
 # Encrypt-then-MAC only: the MAC covers the ciphertext (AEAD ciphers need no MAC at all).
 MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com",
         "umac-128-etm@openssh.com")
@@ -33,11 +33,15 @@ def _supported(wanted: tuple[str, ...], available: list[bytes]) -> list[str]:
     return [name for name in wanted if name in have]
 
 
-def algorithm_options() -> dict[str, Any]:
-    """Keyword options for asyncssh.create_server/connect restricting algorithms."""
+def algorithm_options(ciphers: tuple[str, ...]) -> dict[str, Any]:
+    """Keyword options for asyncssh.create_server restricting algorithms; ``ciphers`` is
+    ``[server] ciphers`` (validated against ``SSH_CIPHERS`` at load)."""
+    offered = _supported(ciphers, get_encryption_algs())
+    if not offered:
+        raise ConfigError(f"server.ciphers: this asyncssh supports none of {', '.join(ciphers)}")
     return {
         "kex_algs": _supported(KEX, get_kex_algs()),
-        "encryption_algs": _supported(CIPHERS, get_encryption_algs()),
+        "encryption_algs": offered,
         "mac_algs": _supported(MACS, get_mac_algs()),
         "signature_algs": _supported(SIGNATURES, get_public_key_algs()),
         # No compression: it buys little on interactive traffic and mixes attacker-chosen

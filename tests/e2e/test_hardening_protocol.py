@@ -25,6 +25,8 @@ def _ssh(stack: DemoStack, *options: str) -> tuple[int, str, str]:
     (("-o", "KexAlgorithms=diffie-hellman-group14-sha1"), "no matching key exchange method"),
     (("-o", "KexAlgorithms=diffie-hellman-group1-sha1"), "no matching key exchange method"),
     (("-o", "Ciphers=aes128-cbc"), "no matching cipher found"),
+    # Not offered by default (config/model.py DEFAULT_CIPHERS: asyncssh's cost per packet).
+    (("-o", "Ciphers=chacha20-poly1305@openssh.com"), "no matching cipher found"),
 ])
 def test_weak_algorithms_are_refused(demo_stack: DemoStack, options: tuple[str, ...],
                                      refusal: str) -> None:
@@ -39,6 +41,14 @@ def test_etm_mac_and_no_compression_are_negotiated(demo_stack: DemoStack) -> Non
     assert "MAC: hmac-sha2-256-etm@openssh.com" in err or "MAC: umac-128-etm" in err
     assert "compression: none" in err
     assert "compression: zlib" not in err
+
+
+def test_stock_client_negotiates_aes(demo_stack: DemoStack) -> None:
+    # OpenSSH's own cipher order (chacha20-poly1305 first) against the bastion's offer.
+    code, out, err = _ssh(demo_stack, "-v")
+    assert code == 0 and out == "in\n", err
+    negotiated = [line for line in err.splitlines() if "kex: client->server cipher:" in line]
+    assert negotiated and all(" cipher: aes" in line for line in negotiated), negotiated
 
 
 def test_demo_env_and_logs_are_private(demo_stack: DemoStack) -> None:

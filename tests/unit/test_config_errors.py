@@ -101,3 +101,31 @@ def test_durations_accept_units(tmp_path: Path) -> None:
     assert config.server.idle_timeout == 900.0  # type: ignore[attr-defined]
     message = _error(tmp_path, BASE.replace("port = 2222", 'port = 2222\nidle_timeout = "soon"'))
     assert "server.idle_timeout: expected a duration" in message
+
+
+def test_ciphers_default_leaves_chacha20_out(tmp_path: Path) -> None:
+    ciphers = _load(tmp_path, BASE).server.ciphers  # type: ignore[attr-defined]
+    assert "chacha20-poly1305@openssh.com" not in ciphers
+    assert ciphers[0] == "aes128-gcm@openssh.com" and "aes128-ctr" in ciphers
+
+
+def test_ciphers_can_bring_chacha20_back(tmp_path: Path) -> None:
+    text = BASE.replace("port = 2222", 'port = 2222\nciphers = ["chacha20-poly1305@openssh.com",'
+                        ' "aes128-gcm@openssh.com"]')
+    assert _load(tmp_path, text).server.ciphers == (  # type: ignore[attr-defined]
+        "chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com")
+
+
+@pytest.mark.parametrize("value", ['["aes128-cbc"]', '["3des-cbc", "aes128-ctr"]', "[]",
+                                   '"aes128-ctr"', '["aes128-ctr.*"]'])
+def test_ciphers_outside_the_hardened_list_are_refused(tmp_path: Path, value: str) -> None:
+    message = _error(tmp_path, BASE.replace("port = 2222", f"port = 2222\nciphers = {value}"))
+    assert ":3: server.ciphers: expected a list of ciphers from aes128-gcm@openssh.com" in message
+    assert "\n" not in message
+
+
+def test_server_offers_the_configured_ciphers_in_order() -> None:
+    from bastion.server.hardening import algorithm_options
+
+    chosen = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com")
+    assert algorithm_options(chosen)["encryption_algs"] == list(chosen)
