@@ -305,3 +305,22 @@ def test_factory_mask_text_uses_config(tmp_path: Path) -> None:
     factory = MaskingFactory(config)
     assert factory.mask_text("id EMP-123456 card 4111 1111 1111 1111") == (
         "id ********** card 4111 1111 1111 1111")
+
+
+def test_detectors_are_compiled_when_the_server_builds_its_features(tmp_path: Path) -> None:
+    """Hyperscan compiles each target's detectors when a worker starts (about 45 ms a set), so
+    the first session through a worker does not wait for it."""
+    from test_config_errors import BASE
+
+    from bastion.config import load_config
+    from bastion.masking import prefilter
+    from bastion.server.features import build_features
+
+    path = tmp_path / "bastion.toml"
+    path.write_text(BASE + '\n[[targets]]\nname = "db01"\nhost = "127.0.0.1"\nhost_key = '
+                    + repr(BASE.split('host_key = "')[1].split('"')[0]).replace("'", '"')
+                    + '\nmasking_off = ["jwt"]\n', encoding="utf-8")
+    prefilter.database.cache_clear()
+    build_features(load_config(path))
+    compiled = prefilter.database.cache_info().currsize
+    assert compiled >= 4  # a raw and a visible database for web01's set and for db01's
