@@ -28,12 +28,6 @@ log = logging.getLogger("bastion.relay")
 _REASON_MAX = 400  # characters of a refusal reason shown to the user
 _EXIT_TARGET_LOST = 255  # what OpenSSH itself returns when the connection breaks
 _DATA = Stream.DATA
-# The SSH window of both channels of a relayed session (the user's and the target's): what each
-# peer may send before the bastion has passed data on. asyncssh's default, 2 MiB, left file
-# transfers waiting on the bastion's hop: a 300 MB sftp upload took 1.29x the jump host's time
-# with 2 MiB, 0.91x with 4 MiB and 1.02x with 8 MiB (bench/RESULTS.md). A window is credit, not
-# memory: bytes are held only while the next hop is slower, and then up to this much per side.
-CHANNEL_WINDOW = 4 * 1024 * 1024
 MAX_COLUMNS, MAX_ROWS = 2000, 1000  # a window size beyond these is a lie, not a terminal
 
 
@@ -178,7 +172,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
                 lambda: TargetChannel(relay), self._command, subsystem=self._subsystem,
                 term_type=self._term,
                 term_size=(relay.info.width, relay.info.height, 0, 0) if self._term else None,
-                term_modes=self._modes or None, encoding=None, window=CHANNEL_WINDOW)
+                term_modes=self._modes or None, encoding=None)
         except BastionError as exc:
             self.refuse(str(exc))
             return

@@ -22,7 +22,7 @@ from bastion.identity.service import IdentityService
 from bastion.policy.access import TargetRequest, parse_username
 from bastion.relay import forwarding, wire
 from bastion.relay.approver_menu import APPROVER_USER, ApproverSession
-from bastion.relay.channels import CHANNEL_WINDOW, UserChannel
+from bastion.relay.channels import UserChannel
 from bastion.relay.session import ClientInfo, ConnectionSession, RelayServices
 from bastion.server.auth import ConnectionAuth, KbdIntAnswer, LocalKeyIndex
 from bastion.server.limits import ServerLimits, UnauthenticatedHold
@@ -239,9 +239,7 @@ class BastionConnection(asyncssh.SSHServer):
                    for channel in self.channels)
 
     # -- channels ------------------------------------------------------------------------------
-    def session_requested(self) -> (
-            UserChannel | ApproverSession | bool
-            | tuple[asyncssh.SSHServerChannel[bytes], UserChannel]):
+    def session_requested(self) -> UserChannel | ApproverSession | bool:
         if self.session is None:
             return False
         self.channels = [c for c in self.channels if not c.closed]
@@ -255,9 +253,7 @@ class BastionConnection(asyncssh.SSHServer):
             return ApproverSession(self._server.approvals, Approver.of(self.session.identity))
         channel = UserChannel(self.session)
         self.channels.append(channel)
-        if self.conn is None:
-            return channel
-        return self.conn.create_server_channel(window=CHANNEL_WINDOW), channel
+        return channel
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> Awaitable[forwarding.UserSide]:
