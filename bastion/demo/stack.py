@@ -41,6 +41,14 @@ DEMO_GROUPS = ("ops",)
 DEMO_APPROVER_EMAIL = "alice@example.com"  # the demo IdP's alice approves held commands
 
 
+
+def wait_until_serving(process: ManagedProcess, host: str, timeout: float, offset: int = 0) -> int:
+    """The port of a ``bastion serve`` once all its workers are ready: its supervisor's
+    "bastion: listening on HOST:PORT (N workers)" line after byte ``offset`` of its log."""
+    found = process.wait_for_log_match(
+        r"(?m)^bastion: listening on " + re.escape(host) + r":(\d+) \(", timeout, offset)
+    return int(found.group(1))
+
 class DemoStack:
     """Builds a bastion setup in ``workdir`` and runs it; ``stop()`` ends all it started."""
 
@@ -373,21 +381,22 @@ class DemoStack:
         self.loaded_config = config
 
     def start_bastion(self, timeout: float = 30.0) -> None:
-        """Run ``bastion serve`` with the written config and wait for its port."""
+        """Run ``bastion serve`` with the written config and wait until every worker is ready.
+
+        Ready is the supervisor's "bastion: listening on HOST:PORT (N workers)" line, printed
+        once all workers have started: the port itself accepts connections earlier (the shared
+        socket is bound before the workers), and a worker's own log line comes before the
+        others have read the config, the vault and the keys."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.bastion_env}
-        if self.bastion_port:
-            self.bastion = self.start_process(
-                "bastion", [sys.executable, "-m", "bastion", "serve", "--config",
-                            str(self.config_path)],
-                port=self.bastion_port, env=env, timeout=timeout)
-            return
+        log_path = self.logs_dir / "bastion.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0  # appended across restarts
         self.bastion = self.start_process(
             "bastion", [sys.executable, "-m", "bastion", "serve", "--config",
                         str(self.config_path)], env=env, timeout=timeout)
-        # The port it bound, from its "listening on HOST:PORT" line (the first start's log).
-        found = self.bastion.wait_for_log_match(
-            r"listening on " + re.escape(self.bastion_host) + r":(\d+)", timeout)
-        self.bastion_port = int(found.group(1))
+        port = wait_until_serving(self.bastion, self.bastion_host, timeout, offset)
+        if self.bastion_port:
+            return
+        self.bastion_port = port
         # Pinned from now on: a restart (and the files written for clients) keep this port.
         self.merge_config({"server": {"port": self.bastion_port}})
         self.write_config()

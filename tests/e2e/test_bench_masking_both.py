@@ -8,34 +8,20 @@ speed targets are written.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from harness.bench import run_bench
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_masking_both_measures_the_unmasked_path_in_the_same_run(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    proc = subprocess.Popen(
-        [str(REPO / "bench" / "run"), "--masking", "both", "--paths", "direct,jump,bastion",
-         "--skip", "idle,login,transfers", "--size-mb", "2", "--rounds", "1", "--samples",
-         "20", "--load-sessions", "2", "--json", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHON": sys.executable})
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # the bench stops the sshds and the bastion it started on SIGTERM
-        stdout, stderr = proc.communicate(timeout=60)
-        pytest.fail(f"bench/run did not finish within 240 s:\n{stderr[-2000:]}")
-    assert proc.returncode == 0, stderr[-2000:]
-    figures = json.loads(out.read_text(encoding="utf-8"))
+    figures, stdout = run_bench(
+        tmp_path, "--masking", "both", "--paths", "direct,jump,bastion",
+        "--skip", "idle,login,transfers,scale", "--size-mb", "2", "--rounds", "1",
+        "--samples", "20", "--load-sessions", "2")
     for name in ("bulk_pty_text", "bulk_exec_binary", "bulk_exec_upload"):
         bulk = figures[name]
         assert bulk["failures"] == {}

@@ -6,36 +6,20 @@ against real OpenSSH, sshd and ``bastion serve`` and writes the figures it promi
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from harness.bench import run_bench
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    proc = subprocess.Popen(
-        [str(REPO / "bench" / "run"), "--paths", "direct,jump,bastion", "--size-mb", "2",
-         "--rounds", "1", "--samples", "20", "--load-sessions", "2", "--sessions", "3",
-         "--login-seconds", "1", "--transfer-mb", "1", "--json", str(out),
-         "--workdir", str(tmp_path / "work")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHON": sys.executable})
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # the bench stops the sshds and the bastion it started on SIGTERM
-        stdout, stderr = proc.communicate(timeout=60)
-        pytest.fail(f"bench/run did not finish within 240 s:\n{stderr[-2000:]}")
-    assert proc.returncode == 0, stderr[-2000:]
-    figures = json.loads(out.read_text(encoding="utf-8"))
+    figures, stdout = run_bench(
+        tmp_path, "--paths", "direct,jump,bastion", "--size-mb", "2", "--rounds", "1",
+        "--samples", "20", "--load-sessions", "2", "--sessions", "3", "--login-seconds", "1",
+        "--transfer-mb", "1")
     assert {"machine", "command", "paths", "bulk_pty_text", "bulk_exec_binary",
             "bulk_exec_upload", "echo_latency",
             "idle_sessions", "login_rate", "transfers", "targets"} <= set(figures)

@@ -19,7 +19,7 @@ from typing import Any
 import tomli_w
 
 from bastion.demo.procs import ManagedProcess, free_port
-from bastion.demo.stack import DemoStack
+from bastion.demo.stack import DemoStack, wait_until_serving
 
 
 @dataclass
@@ -74,7 +74,8 @@ class SharedStateStack(DemoStack):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.bastion_env}
         process = self.start_process(
             f"bastion-{node_id}", [sys.executable, "-m", "bastion", "serve", "--config",
-                                   str(config_path)], port=port, env=env, timeout=timeout)
+                                   str(config_path)], env=env, timeout=timeout)
+        wait_until_serving(process, self.bastion_host, timeout)
         node = Node(node_id, port, config_path, home / "state" / "audit.jsonl", home / "spool",
                     process)
         self.nodes.append(node)
