@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import asyncssh
+
 from bastion.audit import AuditLog
 from bastion.config.model import Config, Target, TargetAuth
 from bastion.credentials.ca import CertificateAuthority, certificate_key_id
@@ -31,6 +33,7 @@ from bastion.identity.model import Identity
 from bastion.policy.access import Authorization, TargetRequest, authorize
 from bastion.policy.transfers import forwards_through_target
 from bastion.recording import SessionRecording, Spool
+from bastion.relay import wire
 from bastion.relay.pipeline import ChannelKind, ChannelRecorder, StageFactory
 from bastion.relay.upstream import CertificateRequest, Upstream, dial
 
@@ -106,6 +109,9 @@ class ConnectionSession:
         self._pty_requested = pty_requested
         self.authorization: Authorization | None = None
         self.upstream: Upstream | None = None
+        # The user's SSH connection (set by the server): coupled to the target's for
+        # backpressure once dialled.
+        self.user_conn: asyncssh.SSHServerConnection | None = None
         self.recording: SessionRecording | None = None
         self.last_activity = time.monotonic()
         self._lock = asyncio.Lock()
@@ -221,6 +227,8 @@ class ConnectionSession:
                 upstream.close()
                 raise AccessDenied("the session is closing")
             self.upstream = upstream
+            if self.user_conn is not None:  # the user's socket full: stop reading the target's
+                wire.couple_backpressure(self.user_conn, upstream.conn)
             # The idle clock starts with the session, not with the dial (a slow target must
             # not use up the user's idle allowance).
             self.last_activity = time.monotonic()

@@ -24,6 +24,7 @@ before. tests/unit/test_relay_wire.py holds the installed asyncssh to this.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import asyncssh
@@ -101,3 +102,50 @@ def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConne
         return False
     setattr(conn, _ATTRIBUTE, CoalescingTransport(transport, asyncio.get_running_loop()))
     return True
+
+
+# What a connection's transport may hold before it says "pause writing" (asyncio's default is
+# 64 KiB; bigger keeps a bulk transfer from pausing and resuming its source every pass).
+WRITE_HIGH_WATER = 1024 * 1024
+
+
+def couple_backpressure(a: asyncssh.SSHServerConnection | asyncssh.SSHClientConnection,
+                        b: asyncssh.SSHServerConnection | asyncssh.SSHClientConnection) -> bool:
+    """While either connection's socket cannot take more, do not read the other's socket.
+
+    The SSH window bounds what a peer may be sent, but the peer sets it: a client that grants
+    a large window and then stops reading its socket left everything the target sent in the
+    bastion's memory (a 400 MB file: 387 MiB). asyncssh ignores its transport's
+    ``pause_writing`` ("Do nothing with this for now"), so it is taken here, as a TCP proxy
+    would: the relayed connection's socket is not read until this one's buffer drains. A peer
+    that stays stalled is then ended by its keepalives. False if either connection does not
+    have the transport this module installs (nothing is changed then).
+    """
+    ta, tb = getattr(a, _ATTRIBUTE, None), getattr(b, _ATTRIBUTE, None)
+    if not isinstance(ta, CoalescingTransport) or not isinstance(tb, CoalescingTransport):
+        return False
+    _pause_other_while_full(a, ta, tb)
+    _pause_other_while_full(b, tb, ta)
+    return True
+
+
+def _pause_other_while_full(conn: Any, own: CoalescingTransport,
+                            other: CoalescingTransport) -> None:
+    with contextlib.suppress(AttributeError, NotImplementedError):
+        own.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+    pause, resume = conn.pause_writing, conn.resume_writing
+
+    def pause_writing() -> None:  # called by the transport: its buffer passed the high mark
+        pause()
+        if not other.transport.is_closing():
+            other.transport.pause_reading()
+
+    def resume_writing() -> None:  # ... and fell below the low one
+        resume()
+        if not other.transport.is_closing():
+            other.transport.resume_reading()
+
+    # Instance attributes: the transport calls its protocol's methods by name (as
+    # forwarding.watch_channel_requests wraps two of asyncssh's).
+    conn.pause_writing = pause_writing
+    conn.resume_writing = resume_writing

@@ -231,6 +231,7 @@ class BastionConnection(asyncssh.SSHServer):
         self.session = ConnectionSession(self._server.relay_services, identity, client,
                                          request, refusal, totp_passed=self.auth.totp_passed,
                                          pty_requested=self._pty_requested)
+        self.session.user_conn = self.conn
 
     def _pty_requested(self) -> bool:
         """Whether a session channel of this connection has a terminal (a certificate for the

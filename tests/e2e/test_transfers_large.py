@@ -137,3 +137,42 @@ def test_sftp_1gib_up_and_down_with_flat_memory(stack: DemoStack, tmp_path: Path
     finally:
         for path in (local, remote, back):
             path.unlink(missing_ok=True)
+
+
+def test_a_client_that_stops_reading_does_not_fill_the_bastion(stack: DemoStack) -> None:
+    """A client may grant a huge SSH window and then stop reading its socket: what the target
+    keeps sending must wait at the target, not in the bastion's memory (it took 387 MiB for a
+    400 MB stream before), and arrive whole once the client reads again."""
+    import asyncio
+
+    import asyncssh
+
+    size = 400 * 1024 * 1024
+
+    class Counting(asyncssh.SSHClientSession[bytes]):
+        received = 0
+
+        def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+            Counting.received += len(data)
+
+    async def scenario() -> list[int]:
+        async with asyncssh.connect(
+                stack.bastion_host, stack.bastion_port, username=f"{stack.login}@web01",
+                client_keys=[str(stack.user_key_path)], known_hosts=str(stack.known_hosts_path),
+                agent_path=None) as conn:
+            chan, _ = await conn.create_session(
+                Counting, f"head -c {size} /dev/zero", encoding=None, window=2**31 - 1)
+            while Counting.received == 0:  # streaming has started
+                await asyncio.sleep(0.05)
+            transport = conn._transport  # the socket: the client stops reading it
+            transport.pause_reading()
+            with RssSampler(stack.bastion.pid) as sampler:
+                await asyncio.sleep(5)
+            transport.resume_reading()
+            await asyncio.wait_for(chan.wait_closed(), 120)
+            return sampler.samples
+
+    assert stack.bastion is not None
+    samples = asyncio.run(scenario())
+    assert Counting.received == size, "every byte arrives once the client reads again"
+    assert max(samples) < RSS_LIMIT_KIB, f"bastion peak {max(samples)} KiB while the client stalled"

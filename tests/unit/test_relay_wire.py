@@ -168,3 +168,43 @@ def test_the_relay_coalesces_both_connections_and_moves_every_byte(
     # packets than socket calls.
     assert counts["writes"] >= 4 * 128
     assert counts["calls"] * 4 < counts["writes"], counts
+
+
+def test_a_full_socket_stops_reading_the_relayed_ones_until_it_drains() -> None:
+    class Reading(FakeTransport):
+        def pause_reading(self) -> None:
+            self.calls.append(("pause_reading", None))
+
+        def resume_reading(self) -> None:
+            self.calls.append(("resume_reading", None))
+
+        def set_write_buffer_limits(self, high: int) -> None:
+            self.calls.append(("limits", high))
+
+    class Conn:
+        def __init__(self) -> None:
+            self._transport: Any = Reading()
+            self.seen: list[str] = []
+
+        def pause_writing(self) -> None:  # asyncssh's own: does nothing
+            self.seen.append("pause")
+
+        def resume_writing(self) -> None:
+            self.seen.append("resume")
+
+    async def run() -> None:
+        user, target = Conn(), Conn()
+        user_socket, target_socket = user._transport, target._transport
+        assert coalesce_writes(user) and coalesce_writes(target)  # type: ignore[arg-type]
+        assert wire.couple_backpressure(user, target)  # type: ignore[arg-type]
+        assert ("limits", wire.WRITE_HIGH_WATER) in user_socket.calls
+        user.pause_writing()  # the transport: the user's socket buffer is full
+        assert target_socket.calls[-1] == ("pause_reading", None)
+        assert ("pause_reading", None) not in user_socket.calls
+        user.resume_writing()
+        assert target_socket.calls[-1] == ("resume_reading", None)
+        target.pause_writing()  # and the other way: an upload to a target that stopped reading
+        assert user_socket.calls[-1] == ("pause_reading", None)
+        assert user.seen == ["pause", "resume"] and target.seen == ["pause"]
+        assert not wire.couple_backpressure(user, object())  # type: ignore[arg-type]
+    asyncio.run(run())
