@@ -97,7 +97,10 @@ def main() -> None:
     try:
         cli.main(prog_name="bastion", standalone_mode=False)
     except click.UsageError as exc:
-        where = exc.ctx.command_path + ": " if exc.ctx is not None else ""
+        # A subcommand's error names it ("bastion: keys revoke: ..."), without repeating
+        # "bastion"; the group's own error names nothing more.
+        path = exc.ctx.command_path.split(" ", 1)[1:] if exc.ctx is not None else []
+        where = f"{path[0]}: " if path else ""
         click.echo(f"bastion: {where}{exc.format_message()} (see --help)", err=True)
         sys.exit(2)
     except click.ClickException as exc:  # e.g. a file argument that cannot be opened

@@ -46,3 +46,12 @@ def test_keygen_host_writes_a_private_key_and_refuses_to_overwrite(tmp_path: Pat
     assert (tmp_path / "host_key.pub").read_text().strip() == result.stdout.strip()
     again = _bastion("keygen", "host", "--out", str(out))
     assert again.returncode != 0 and "not overwriting" in again.stderr
+
+
+def test_an_unknown_command_is_one_line_naming_it_once() -> None:
+    result = _bastion("sessoins")
+    assert result.returncode == 2
+    assert result.stderr == "bastion: No such command 'sessoins'. (see --help)\n"
+    missing = _bastion("keys", "revoke", "--no-such-option")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("bastion: keys revoke: No such option")
