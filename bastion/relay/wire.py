@@ -133,7 +133,7 @@ def _pause_other_while_full(conn: Any, own: CoalescingTransport,
                             other: CoalescingTransport) -> None:
     with contextlib.suppress(AttributeError, NotImplementedError):
         own.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-    pause, resume = conn.pause_writing, conn.resume_writing
+    pause, resume, lost = conn.pause_writing, conn.resume_writing, conn.connection_lost
 
     def pause_writing() -> None:  # called by the transport: its buffer passed the high mark
         pause()
@@ -145,7 +145,16 @@ def _pause_other_while_full(conn: Any, own: CoalescingTransport,
         if not other.transport.is_closing():
             other.transport.resume_reading()
 
+    def connection_lost(exc: Exception | None) -> None:
+        # A socket that went away while full must not leave the other one unread.
+        try:
+            lost(exc)
+        finally:
+            if not other.transport.is_closing():
+                other.transport.resume_reading()
+
     # Instance attributes: the transport calls its protocol's methods by name (as
     # forwarding.watch_channel_requests wraps two of asyncssh's).
     conn.pause_writing = pause_writing
     conn.resume_writing = resume_writing
+    conn.connection_lost = connection_lost

@@ -192,6 +192,9 @@ def test_a_full_socket_stops_reading_the_relayed_ones_until_it_drains() -> None:
         def resume_writing(self) -> None:
             self.seen.append("resume")
 
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.seen.append("lost")
+
     async def run() -> None:
         user, target = Conn(), Conn()
         user_socket, target_socket = user._transport, target._transport
@@ -205,6 +208,8 @@ def test_a_full_socket_stops_reading_the_relayed_ones_until_it_drains() -> None:
         assert target_socket.calls[-1] == ("resume_reading", None)
         target.pause_writing()  # and the other way: an upload to a target that stopped reading
         assert user_socket.calls[-1] == ("pause_reading", None)
-        assert user.seen == ["pause", "resume"] and target.seen == ["pause"]
+        target.connection_lost(None)  # gone while full: the user's socket is read again
+        assert user_socket.calls[-1] == ("resume_reading", None)
+        assert user.seen == ["pause", "resume"] and target.seen == ["pause", "lost"]
         assert not wire.couple_backpressure(user, object())  # type: ignore[arg-type]
     asyncio.run(run())
