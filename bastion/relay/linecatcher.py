@@ -87,7 +87,9 @@ class OutputTail:
         lost = self._scanned < self.start
         data = self.since(self._scanned)
         self._scanned = self.end
-        if b"\x1b[?" not in data:
+        # ESC first: a memchr; the three-byte search alone stops at every "?" of plain text
+        # (0.69 against 0.013 ms/MB, as in masking/noecho.py).
+        if b"\x1b" not in data or b"\x1b[?" not in data:
             if lost:
                 self.alternate = self.bracketed_paste = False
             return
