@@ -41,13 +41,13 @@ DEMO_GROUPS = ("ops",)
 DEMO_APPROVER_EMAIL = "alice@example.com"  # the demo IdP's alice approves held commands
 
 
-
 def wait_until_serving(process: ManagedProcess, host: str, timeout: float, offset: int = 0) -> int:
     """The port of a ``bastion serve`` once all its workers are ready: its supervisor's
     "bastion: listening on HOST:PORT (N workers)" line after byte ``offset`` of its log."""
     found = process.wait_for_log_match(
         r"(?m)^bastion: listening on " + re.escape(host) + r":(\d+) \(", timeout, offset)
     return int(found.group(1))
+
 
 class DemoStack:
     """Builds a bastion setup in ``workdir`` and runs it; ``stop()`` ends all it started."""

@@ -98,7 +98,8 @@ class ConnectionSession:
     def __init__(self, services: RelayServices, identity: Identity, client: ClientInfo,
                  request: TargetRequest | None, refusal: BastionError | None, *,
                  totp_passed: bool = False,
-                 pty_requested: Callable[[], bool] | None = None) -> None:
+                 pty_requested: Callable[[], bool] | None = None,
+                 user_conn: asyncssh.SSHServerConnection | None = None) -> None:
         self.services = services
         self.identity = identity
         self.client = client
@@ -109,9 +110,8 @@ class ConnectionSession:
         self._pty_requested = pty_requested
         self.authorization: Authorization | None = None
         self.upstream: Upstream | None = None
-        # The user's SSH connection (set by the server): coupled to the target's for
-        # backpressure once dialled.
-        self.user_conn: asyncssh.SSHServerConnection | None = None
+        # The user's SSH connection: coupled to the target's for backpressure once dialled.
+        self.user_conn = user_conn
         self.recording: SessionRecording | None = None
         self.last_activity = time.monotonic()
         self._lock = asyncio.Lock()

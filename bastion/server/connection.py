@@ -230,8 +230,8 @@ class BastionConnection(asyncssh.SSHServer):
                             key_fingerprint=self.auth.key_fingerprint)
         self.session = ConnectionSession(self._server.relay_services, identity, client,
                                          request, refusal, totp_passed=self.auth.totp_passed,
-                                         pty_requested=self._pty_requested)
-        self.session.user_conn = self.conn
+                                         pty_requested=self._pty_requested,
+                                         user_conn=self.conn)
 
     def _pty_requested(self) -> bool:
         """Whether a session channel of this connection has a terminal (a certificate for the
