@@ -25,7 +25,7 @@ from bastion.credentials.ca import CertificateAuthority, IssuedCertificate
 from bastion.credentials.vault import Credential
 from bastion.errors import CertificateRefused, ConfigError, HostKeyMismatch, UpstreamError
 from bastion.policy.access import Authorization
-from bastion.relay.wire import coalesce_writes
+from bastion.relay import wire
 
 log = logging.getLogger("bastion.relay")
 
@@ -89,7 +89,7 @@ class _PinnedHostKeyClient(asyncssh.SSHClient):
     presented: list[str] = field(default_factory=list)
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        coalesce_writes(conn)  # an upload's packets to the target: one write per loop pass
+        wire.install(conn)  # an upload's packets to the target: one write per loop pass
 
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:

@@ -1,24 +1,28 @@
-"""One socket write per event-loop pass for an SSH connection, instead of one per SSH packet.
+"""What the bastion changes in how asyncssh moves bytes on its two connections of a session.
 
-asyncssh writes every packet it sends to its transport on its own, and sends an empty
-``MSG_IGNORE`` packet before every packet once encryption is on: a bulk transfer to a user is two
-``send()`` calls per 32 KiB, each a trip through the kernel's TCP stack (and on loopback through
-the receiver's too). Profiled during a 1 GB sftp download, those calls were a third of the
-bastion's busy time. ``coalesce_writes`` puts a ``CoalescingTransport`` between one asyncssh
-connection and its transport: what the connection writes during one pass of the event loop goes
-to the transport as one ``writelines`` at the end of that pass (``call_soon``; no timer, so a
-keystroke's echo waits for microseconds, not for more data).
+Three changes, each measured on bulk transfers (docs/performance.md), none changing a byte or
+its order on the wire:
 
-Nothing else changes: bytes and their order are the same, the transport keeps its own buffer and
-flow control, and what is held is only what asyncssh wrote within the pass (bounded by the
-channels' windows). A close or abort first hands over what is held (asyncssh writes its
-DISCONNECT just before it aborts).
+- **One socket write per event-loop pass** (``coalesce_writes``). asyncssh writes every packet
+  to its transport on its own: two ``send()`` calls per 32 KiB, each a trip through the kernel's
+  TCP stack (on loopback through the receiver's too), a third of the bastion's busy time on a
+  1 GB sftp download. A ``CoalescingTransport`` between the connection and its transport hands
+  what was written during one pass over as one ``writelines`` at its end (``call_soon``; no
+  timer, so a keystroke's echo waits for microseconds, not for more data). The transport keeps
+  its own buffer and flow control; a close or abort first hands over what is held (asyncssh
+  writes its DISCONNECT just before it aborts).
+- **Reads parsed in pieces** (``read_in_pieces``): asyncssh recopies its input buffer twice
+  per packet, which made a 256 KiB read cost nine copies.
+- **No padding packets** (``drop_ignore_padding``): the empty ``MSG_IGNORE`` asyncssh sends
+  before every packet is a counter to a CBC attack, and no CBC cipher is offered.
+- And ``couple_backpressure``: a full socket stops the session's other socket being read.
 
 asyncssh keeps its transport in the private attribute ``_transport`` and gives no public way to
-wrap it; ``coalesce_writes`` replaces that attribute on one connection object (as
-``forwarding.watch_channel_requests`` wraps two of its methods), and leaves a connection alone
-(returns False) if an asyncssh version no longer has it: then packets go out one by one, as
-before. tests/unit/test_relay_wire.py holds the installed asyncssh to this.
+wrap it; this module replaces that attribute, and sets ``data_received`` and ``send_packet`` on
+one connection object (as ``forwarding.watch_channel_requests`` wraps two of its methods). It
+leaves a connection alone (returns False) if an asyncssh version no longer has what it needs:
+then the connection works as asyncssh ships it. tests/unit/test_relay_wire.py holds the
+installed asyncssh to this.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import contextlib
 from typing import Any
 
 import asyncssh
+from asyncssh.constants import MSG_IGNORE
 
 _ATTRIBUTE = "_transport"  # asyncssh.connection.SSHConnection's transport (asyncssh 2.x)
 
@@ -102,6 +107,82 @@ def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConne
         return False
     setattr(conn, _ATTRIBUTE, CoalescingTransport(transport, asyncio.get_running_loop()))
     return True
+
+
+# The most of a socket read handed to asyncssh at once (a little over one 32 KiB data packet).
+READ_PIECE = 32 * 1024
+
+
+def read_in_pieces(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> bool:
+    """Hand ``conn`` what its socket reads in pieces of ``READ_PIECE`` bytes.
+
+    asyncssh appends each read to a ``bytes`` buffer and slices the rest of that buffer off
+    twice per packet it takes out: a 256 KiB read of eight packets is copied about nine times
+    over (0.31 s per 300 MB in a model of it, an eighth of the bastion's CPU on an upload). Fed
+    one packet's worth at a time it copies a few small buffers that stay in the cache (0.05 s).
+    Bytes and their order are the same. Call it where ``coalesce_writes`` is called; False if
+    the connection has no transport yet (nothing changes then).
+    """
+    transport = getattr(conn, _ATTRIBUTE, None)
+    if isinstance(transport, CoalescingTransport):
+        transport = transport.transport
+    set_protocol = getattr(transport, "set_protocol", None)
+    if transport is None or not callable(set_protocol):
+        return False
+    receive = conn.data_received
+
+    def data_received(data: bytes, datatype: Any = None) -> None:
+        if len(data) <= READ_PIECE:
+            receive(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), READ_PIECE):
+            # A packet in this read may have closed the connection: the rest is not its.
+            if transport.is_closing():
+                return
+            receive(view[start:start + READ_PIECE])  # type: ignore[arg-type]
+
+    conn.data_received = data_received  # type: ignore[method-assign]
+    # uvloop keeps the protocol's data_received bound method from when it was set: set again.
+    set_protocol(conn)
+    return True
+
+
+# The body of asyncssh's padding MSG_IGNORE: String(b"").
+_EMPTY_STRING = b"\x00\x00\x00\x00"
+
+
+def drop_ignore_padding(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> bool:
+    """Do not send the empty ``MSG_IGNORE`` asyncssh puts before every packet, unless the
+    cipher is CBC.
+
+    The padding packet is RFC 4251's counter to an attack on CBC's chained IVs (section 9.3.1);
+    asyncssh sends it whatever the cipher, and neither side of the bastion offers CBC (the
+    hardened lists). OpenSSH does not send it. It cost a second encryption, packet and Python
+    call chain per data packet: about a tenth of the bastion's CPU on a 300 MB ``scp -O``
+    upload (docs/performance.md). asyncssh sends it through ``self.send_packet``, so the
+    instance attribute set here sees it; every other packet goes through unchanged.
+    """
+    send = getattr(conn, "send_packet", None)
+    if not callable(send):
+        return False
+
+    def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if pkttype == MSG_IGNORE and args == (_EMPTY_STRING,) \
+                and not str(conn.get_extra_info("send_cipher", "")).endswith("-cbc"):
+            return
+        send(pkttype, *args, handler=handler)
+
+    conn.send_packet = send_packet  # type: ignore[method-assign]
+    return True
+
+
+def install(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
+    """Everything this module does to one of the bastion's connections (from its
+    ``connection_made`` callback): coalesced writes, reads in pieces, no padding packets."""
+    coalesce_writes(conn)
+    read_in_pieces(conn)
+    drop_ignore_padding(conn)
 
 
 # What a connection's transport may hold before it says "pause writing" (asyncio's default is

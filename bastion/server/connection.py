@@ -91,7 +91,7 @@ class BastionConnection(asyncssh.SSHServer):
                                    f"{self.peer[0]}:{self.peer[1]}", srv.identity)
         self.auth.watch_signatures(conn)
         forwarding.watch_channel_requests(conn, lambda: self.session)
-        wire.coalesce_writes(conn)  # one socket write per loop pass, not two per packet
+        wire.install(conn)  # one socket write per loop pass, reads parsed in pieces
         # Strangers from one address share a small allowance (on all workers of this node):
         # refused here by this process's count, or moments later by the shared one.
         self._unauthenticated = srv.limits.open_unauthenticated(
