@@ -270,15 +270,7 @@ def test_the_relay_parses_reads_in_pieces_on_both_connections(
     monkeypatch.setattr(asyncssh.connection.SSHConnection, "data_received", recording)
     payload = os.urandom(8 * 1024 * 1024)
 
-    async def run() -> None:
-        async with relay_bed(tmp_path) as bed, asyncssh.connect(
-                "127.0.0.1", bed.server.port, username="app01",
-                client_keys=[bed.client_key], known_hosts=None) as conn:
-            result = await asyncio.wait_for(
-                conn.run("cat", input=payload, encoding=None), 120)
-        assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(payload).digest()
-
-    asyncio.run(run())
+    _cat_through_bastion(tmp_path, payload)
     # The test's client and the in-process target read whole socket reads; the bastion's
     # connection to the user and its connection to the target, one piece at a time.
     assert len(pieced) == 2, largest
@@ -328,6 +320,17 @@ def test_the_bastion_sends_no_padding_ignores_on_either_connection(
     monkeypatch.setattr(asyncssh.connection.SSHConnection, "send_packet", counting)
     payload = os.urandom(2 * 1024 * 1024)
 
+    _cat_through_bastion(tmp_path, payload)
+    assert len(bastions) == 2
+    for conn_id, counts in sent.items():
+        if conn_id in bastions:
+            assert counts[MSG_IGNORE] == 0 and counts[MSG_CHANNEL_DATA] >= 64, counts
+        else:  # asyncssh unchanged: one padding packet before each encrypted packet
+            assert counts[MSG_IGNORE] > 0, counts
+
+
+def _cat_through_bastion(tmp_path: Path, payload: bytes) -> None:
+    """``payload`` through the in-process bastion to an echoing target and back, intact."""
     async def run() -> None:
         async with relay_bed(tmp_path) as bed, asyncssh.connect(
                 "127.0.0.1", bed.server.port, username="app01",
@@ -337,9 +340,3 @@ def test_the_bastion_sends_no_padding_ignores_on_either_connection(
         assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(payload).digest()
 
     asyncio.run(run())
-    assert len(bastions) == 2
-    for conn_id, counts in sent.items():
-        if conn_id in bastions:
-            assert counts[MSG_IGNORE] == 0 and counts[MSG_CHANNEL_DATA] >= 64, counts
-        else:  # asyncssh unchanged: one padding packet before each encrypted packet
-            assert counts[MSG_IGNORE] > 0, counts
