@@ -89,7 +89,7 @@ class _PinnedHostKeyClient(asyncssh.SSHClient):
     presented: list[str] = field(default_factory=list)
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        wire.install(conn)  # an upload's packets to the target: one write per loop pass
+        wire.install(conn)  # one write per loop pass, reads in pieces, no padding packets
 
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:
