@@ -29,6 +29,7 @@ from bastion.demo.sshd import SshdTarget, generate_key_pair
 from bastion.demo.stack import LOOPBACK, DemoStack
 from bastion.identity.bindings import KeyBindings
 from bastion.identity.model import Identity
+from bastion.recording.layout import SESSION_FILE
 from bastion.state.backends import open_state
 from bench.install import Unavailable, ensure_ssh_mitm, ensure_tlog
 
@@ -339,14 +340,18 @@ class BenchEnv:
         for folder in self.stack.spool_dir.iterdir():
             if not folder.is_dir():
                 continue
-            info = folder / "session.json"
+            info = folder / SESSION_FILE
             with contextlib.suppress(OSError, ValueError):
                 while json.loads(info.read_text(encoding="utf-8")).get("state") == "active" \
                         and time.monotonic() < deadline:
                     time.sleep(0.05)
-            for file in folder.glob("*.cast"):
-                with contextlib.suppress(OSError):
-                    file.unlink()
+            # Every recording file, not only the casts: the byte-exact streams of a 1 GB
+            # transfer are 1 GB, and left behind they are written back to disk during the
+            # rounds that follow (bench/RESULTS.md, runs J and K).
+            for file in folder.iterdir():
+                if file.is_file() and file.name != SESSION_FILE:
+                    with contextlib.suppress(OSError):
+                        file.unlink()
         with contextlib.suppress(OSError):
             self.tlog_log.unlink()
         for file in self.mitm_logs.rglob("*"):
