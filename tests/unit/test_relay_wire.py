@@ -153,16 +153,7 @@ def test_the_relay_coalesces_both_connections_and_moves_every_byte(
     monkeypatch.setattr(wire, "coalesce_writes", recording_install)
     payload = os.urandom(4 * 1024 * 1024)
 
-    async def run() -> None:
-        async with relay_bed(tmp_path) as bed, asyncssh.connect(
-                "127.0.0.1", bed.server.port, username="app01",
-                client_keys=[bed.client_key], known_hosts=None) as conn:
-            result = await asyncio.wait_for(
-                conn.run("cat", input=payload, encoding=None), 120)
-        assert result.exit_status == 3
-        assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(payload).digest()
-
-    asyncio.run(run())
+    assert _cat_through_bastion(tmp_path, payload) == 3
     assert len(wrapped) == 2  # the user's connection and the target's
     assert all(isinstance(t, CoalescingTransport) for t in wrapped)
     # 4 MiB each way is at least 2 * 128 data packets: far more packets than socket calls.
@@ -329,14 +320,16 @@ def test_the_bastion_sends_no_padding_ignores_on_either_connection(
             assert counts[MSG_IGNORE] > 0, counts
 
 
-def _cat_through_bastion(tmp_path: Path, payload: bytes) -> None:
-    """``payload`` through the in-process bastion to an echoing target and back, intact."""
-    async def run() -> None:
+def _cat_through_bastion(tmp_path: Path, payload: bytes) -> int | None:
+    """``payload`` through the in-process bastion to an echoing target and back, intact;
+    the exit status the user got."""
+    async def run() -> int | None:
         async with relay_bed(tmp_path) as bed, asyncssh.connect(
                 "127.0.0.1", bed.server.port, username="app01",
                 client_keys=[bed.client_key], known_hosts=None) as conn:
             result = await asyncio.wait_for(
                 conn.run("cat", input=payload, encoding=None), 120)
         assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(payload).digest()
+        return result.exit_status
 
-    asyncio.run(run())
+    return asyncio.run(run())
