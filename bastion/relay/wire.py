@@ -18,11 +18,11 @@ its order on the wire:
 - And ``couple_backpressure``: a full socket stops the session's other socket being read.
 
 asyncssh keeps its transport in the private attribute ``_transport`` and gives no public way to
-wrap it; this module replaces that attribute, and sets ``data_received`` and ``send_packet`` on
-one connection object (as ``forwarding.watch_channel_requests`` wraps two of its methods). It
-leaves a connection alone (returns False) if an asyncssh version no longer has what it needs:
-then the connection works as asyncssh ships it. tests/unit/test_relay_wire.py holds the
-installed asyncssh to this.
+wrap it; this module replaces that attribute, and sets ``data_received``, ``send_packet`` and
+``set_extra_info`` on one connection object (as ``forwarding.watch_channel_requests`` wraps two
+of its methods). It leaves a connection alone (returns False) if an asyncssh version no longer
+has what it needs: then the connection works as asyncssh ships it. tests/unit/test_relay_wire.py
+holds the installed asyncssh to this.
 """
 
 from __future__ import annotations
@@ -165,15 +165,26 @@ def drop_ignore_padding(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerC
     instance attribute set here sees it; every other packet goes through unchanged.
     """
     send = getattr(conn, "send_packet", None)
-    if not callable(send):
+    set_extra_info = getattr(conn, "set_extra_info", None)
+    if not callable(send) or not callable(set_extra_info):
         return False
+    # Decided when a key exchange names the cipher (asyncssh records it with set_extra_info
+    # as it switches keys), not per packet: reading it back took about 2 % of the worker on a
+    # download. Until a cipher is named the padding is kept (no packet is encrypted then).
+    keep = [True]
+
+    def note_cipher(**info: Any) -> None:
+        cipher = info.get("send_cipher")
+        if cipher is not None:
+            keep[0] = str(cipher).endswith("-cbc")
+        set_extra_info(**info)
 
     def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
-        if pkttype == MSG_IGNORE and args == (_EMPTY_STRING,) \
-                and not str(conn.get_extra_info("send_cipher", "")).endswith("-cbc"):
+        if pkttype == MSG_IGNORE and not keep[0] and args == (_EMPTY_STRING,):
             return
         send(pkttype, *args, handler=handler)
 
+    conn.set_extra_info = note_cipher  # type: ignore[method-assign]
     conn.send_packet = send_packet  # type: ignore[method-assign]
     return True
 

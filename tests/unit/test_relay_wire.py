@@ -271,21 +271,24 @@ def test_the_relay_parses_reads_in_pieces_on_both_connections(
 
 def test_the_padding_ignore_is_dropped_unless_the_cipher_is_cbc() -> None:
     class Conn:
-        def __init__(self, cipher: str) -> None:
+        def __init__(self, cipher: str | None) -> None:
             self.cipher = cipher
             self.sent: list[tuple[int, tuple[bytes, ...]]] = []
 
         def send_packet(self, pkttype: int, *args: bytes, handler: Any = None) -> None:
             self.sent.append((pkttype, args))
 
-        def get_extra_info(self, name: str, default: Any = None) -> Any:
-            return self.cipher if name == "send_cipher" else default
+        def set_extra_info(self, **info: Any) -> None:
+            self.info = info
 
     empty = b"\x00\x00\x00\x00"
     for cipher, kept in (("aes128-gcm@openssh.com", False), ("aes256-ctr", False),
-                         ("aes128-cbc", True)):
+                         ("aes128-cbc", True), (None, True)):
         conn = Conn(cipher)
         assert wire.drop_ignore_padding(conn)  # type: ignore[arg-type]
+        if cipher is not None:  # what asyncssh does as a key exchange switches keys
+            conn.set_extra_info(send_cipher=cipher, recv_cipher="x")
+            assert conn.info == {"send_cipher": cipher, "recv_cipher": "x"}
         conn.send_packet(MSG_IGNORE, empty)  # what asyncssh sends before each packet
         conn.send_packet(MSG_IGNORE, b"\x00\x00\x00\x03abc")  # an ignore with a body: kept
         conn.send_packet(94, b"data")
