@@ -74,7 +74,7 @@ class StreamMasker:
     # -- the work -------------------------------------------------------------------------
     def _process(self, raw: bytes, *, final: bool) -> bytes:
         cut = len(raw)
-        if not final:
+        if not final and not self.binary:  # binary: no escape sequence is stripped (below)
             partial = partial_escape_start(raw)
             if partial is not None:
                 cut = partial

@@ -17,6 +17,7 @@ import asyncssh
 
 from bastion.errors import EXIT_REFUSED, BastionError, RecordingError
 from bastion.policy.access import reachable_targets
+from bastion.relay import wire
 from bastion.relay.channel_relay import ChannelRelay
 from bastion.relay.menu import TargetMenu, target_list
 from bastion.relay.pipeline import ChannelInfo, ChannelKind, Stream
@@ -63,6 +64,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
     # -- asyncssh callbacks: requests ------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
+        wire.no_packet_log(chan)
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
                       term_modes: Mapping[int, int]) -> bool:

@@ -23,6 +23,7 @@ import asyncssh
 
 from bastion.errors import BastionError
 from bastion.policy.transfers import ForwardGrant, forward_grant
+from bastion.relay import wire
 from bastion.relay.session import ConnectionSession
 
 log = logging.getLogger("bastion.relay")
@@ -133,6 +134,7 @@ class UserSide(asyncssh.SSHTCPSession[bytes]):
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self.chan = chan
+        wire.no_packet_log(chan)
         self._forward.user_ready()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -181,6 +183,9 @@ class TargetSide(_DestinationEvents, asyncssh.SSHTCPSession[bytes]):
 
     def __init__(self, forward: Forward) -> None:
         self._forward = forward
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        wire.no_packet_log(chan)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self._forward.from_dest(data)

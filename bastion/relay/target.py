@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
+from bastion.relay import wire
 from bastion.relay.pipeline import Stream
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._flush_scheduled = False
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        wire.no_packet_log(chan)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if datatype == asyncssh.EXTENDED_DATA_STDERR:

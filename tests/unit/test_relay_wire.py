@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncssh
 import pytest
-from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
 from harness.inprocess import relay_bed
 
 from bastion.relay import wire
@@ -321,6 +321,27 @@ def test_the_bastion_sends_no_padding_ignores_on_either_connection(
             assert counts[MSG_IGNORE] == 0 and counts[MSG_CHANNEL_DATA] >= 64, counts
         else:  # asyncssh unchanged: one padding packet before each encrypted packet
             assert counts[MSG_IGNORE] > 0, counts
+
+
+def test_the_bastion_s_connections_and_channels_skip_asyncssh_s_packet_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the in-process bastion: asyncssh's packet log call (which formats every
+    packet's name and size before it looks whether the log is on) is not made for the data
+    the bastion's connections and channels send or receive; the test's client and target
+    still make it (the key exchange and authentication handlers are asyncssh's own)."""
+    data_logged: Counter[str] = Counter()
+    original = asyncssh.packet.SSHPacketHandler._log_packet
+
+    def counting(self: Any, msg: str, pkttype: int, *args: Any, **kwargs: Any) -> None:
+        conn = getattr(self, "_conn", self)  # a channel's connection, or the connection
+        if pkttype in (MSG_CHANNEL_DATA, MSG_CHANNEL_WINDOW_ADJUST):
+            data_logged["bastion" if "send_packet" in vars(conn) else "other"] += 1
+        original(self, msg, pkttype, *args, **kwargs)
+
+    monkeypatch.setattr(asyncssh.packet.SSHPacketHandler, "_log_packet", counting)
+    _cat_through_bastion(tmp_path, os.urandom(1024 * 1024))
+    assert data_logged["bastion"] == 0 and data_logged["other"] > 64, data_logged
+    assert not wire.no_packet_log(object())  # nothing to replace: left alone
 
 
 def _cat_through_bastion(tmp_path: Path, payload: bytes) -> int | None:
