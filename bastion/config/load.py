@@ -155,6 +155,7 @@ def _server(t: Table, paths: PathsConfig) -> ServerConfig:
         idle_timeout=t.duration("idle_timeout", 900.0),
         keepalive_interval=t.duration("keepalive_interval", 30.0),
         keepalive_count_max=t.integer("keepalive_count_max", 3, lo=1, hi=100),
+        upstream_linger=_upstream_linger(t),
         proxy_protocol_from=_networks(t, "proxy_protocol_from"),
         workers=t.integer("workers", 0, lo=0, hi=256),
         worker_balance=WorkerBalance(t.string("worker_balance", "shared",
@@ -174,6 +175,18 @@ def _ciphers(t: Table) -> tuple[str, ...]:
     if not ciphers:
         raise t.error("ciphers", what, [])
     return ciphers
+
+
+# A parked target connection is a live login on the target: minutes, not hours.
+_MAX_UPSTREAM_LINGER = 600.0
+
+
+def _upstream_linger(t: Table) -> float:
+    seconds = float(t.duration("upstream_linger", 10.0))
+    if seconds > _MAX_UPSTREAM_LINGER:
+        raise t.error("upstream_linger", f"a duration of at most {_MAX_UPSTREAM_LINGER:.0f}s",
+                      seconds)
+    return seconds
 
 
 def _networks(t: Table, key: str) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -57,6 +57,9 @@ class ServerConfig:
     idle_timeout: float = 900.0
     keepalive_interval: float = 30.0
     keepalive_count_max: int = 3
+    # Seconds a target connection stays open after a clean session for the same person's next
+    # session to that target and login (0: every session dials); bastion/relay/upstream_pool.py.
+    upstream_linger: float = 10.0
     # Load balancers whose connections start with a PROXY protocol v2 header (the real client
     # address); empty: no header is accepted from anyone.
     proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()

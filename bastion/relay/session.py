@@ -36,6 +36,7 @@ from bastion.recording import SessionRecording, Spool
 from bastion.relay import wire
 from bastion.relay.pipeline import ChannelKind, ChannelRecorder, StageFactory
 from bastion.relay.upstream import CertificateRequest, Upstream, dial
+from bastion.relay.upstream_pool import PoolKey, UpstreamPool
 
 log = logging.getLogger("bastion.relay")
 
@@ -80,6 +81,7 @@ class RelayServices:
     stage_factories: Sequence[StageFactory] = field(default_factory=tuple)
     masking: MaskingService | None = None  # None: masking is switched off
     certificate_authority: CertificateAuthority | None = None  # signs for certificate targets
+    upstreams: UpstreamPool | None = None  # target connections kept for the next session
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class ConnectionSession:
         self.last_activity = time.monotonic()
         self._lock = asyncio.Lock()
         self._counted = False
+        self._pool_key: PoolKey | None = None  # where this session's target connection parks
         self._failure_handlers: list[Callable[[RecordingError], None]] = []
         self._masks: dict[str, dict[str, int]] = {}  # per channel number: counts per detector
         self._closed = False
@@ -197,6 +200,10 @@ class ConnectionSession:
                     audit.emit("session.refused", conn=self.client.conn_id,
                                user=self.identity.name, reason=str(exc), **auth.audit_fields())
                     raise
+            pool = self.services.upstreams
+            if pool is not None and isinstance(credential, Credential):
+                self._pool_key = PoolKey.of(self.identity.key, auth.target, auth.login,
+                                            credential)
             spool = self.services.spool
             recording = await asyncio.wrap_future(
                 spool.submit(spool.start_session, self._metadata(auth)))
@@ -213,7 +220,10 @@ class ConnectionSession:
                     if pty is None:
                         pty = self._pty_requested() if self._pty_requested else True
                     credential = self._certificate_request(recording.session_id, pty)
-                upstream = await dial(auth, credential, cfg.server.keepalive_interval)
+                # The same person's connection to this target and login, parked by a session
+                # that ended moments ago (upstream_pool.py); else a new login on the target.
+                parked = pool.take(self._pool_key) if pool and self._pool_key else None
+                upstream = parked or await dial(auth, credential, cfg.server.keepalive_interval)
             except BastionError as exc:
                 audit.emit("session.refused", conn=self.client.conn_id,
                            session=recording.session_id, user=self.identity.name,
@@ -235,7 +245,8 @@ class ConnectionSession:
             target_meta: dict[str, Any] = {
                 "name": auth.target.name, "address": upstream.address,
                 "port": auth.target.port, "login": auth.login,
-                "host_key_fingerprint": upstream.host_key_fingerprint}
+                "host_key_fingerprint": upstream.host_key_fingerprint,
+                "connection": "reused" if parked is not None else "new"}
             certificate = (upstream.certificate.record() if upstream.certificate is not None
                            else None)
             if certificate is not None:
@@ -244,7 +255,8 @@ class ConnectionSession:
             audit.emit("session.start", conn=self.client.conn_id,
                        session=recording.session_id, user=self.identity.name,
                        client=f"{self.client.address}:{self.client.port}", **auth.audit_fields(),
-                       certificate=certificate)
+                       certificate=certificate,
+                       upstream="reused" if parked is not None else "new")
             return self.upstream
 
     async def _count_session(self, request: str) -> None:
@@ -345,7 +357,11 @@ class ConnectionSession:
             return
         self._closed = True
         if self.upstream is not None:
-            self.upstream.close()
+            pool = self.services.upstreams
+            if pool is not None and self._end_state == "closed":
+                pool.park(self._pool_key, self.upstream)  # closes what cannot be parked
+            else:
+                self.upstream.close()
         if self._counted:
             self.services.counter.release(self.identity.key, self.client.conn_id)
         if self.recording is not None and self.services.masking is not None:

@@ -234,6 +234,9 @@ def couple_backpressure(a: asyncssh.SSHServerConnection | asyncssh.SSHClientConn
     would: the relayed connection's socket is not read until this one's buffer drains. A peer
     that stays stalled is then ended by its keepalives. False if either connection does not
     have the transport this module installs (nothing is changed then).
+
+    A connection coupled before (a target connection taken from the upstream pool for its
+    next session) is coupled to the new one instead.
     """
     ta, tb = getattr(a, _ATTRIBUTE, None), getattr(b, _ATTRIBUTE, None)
     if not isinstance(ta, CoalescingTransport) or not isinstance(tb, CoalescingTransport):
@@ -243,29 +246,62 @@ def couple_backpressure(a: asyncssh.SSHServerConnection | asyncssh.SSHClientConn
     return True
 
 
+def decouple_backpressure(conn: asyncssh.SSHServerConnection | asyncssh.SSHClientConnection,
+                          ) -> None:
+    """``conn`` no longer holds back or is held back by the connection it was coupled to (its
+    session ended; the upstream pool parks it). Its own socket is read again."""
+    link = getattr(conn, _COUPLING, None)
+    if isinstance(link, _Coupling) and link.other is not None:
+        link.other = None
+        transport = getattr(conn, _ATTRIBUTE, None)
+        if isinstance(transport, CoalescingTransport) and not transport.transport.is_closing():
+            transport.transport.resume_reading()
+
+
+_COUPLING = "_bastion_coupling"  # the _Coupling of a connection, set on the connection object
+
+
+class _Coupling:
+    """The transport a connection's full socket stops reading (None: decoupled)."""
+
+    __slots__ = ("other",)
+
+    def __init__(self, other: CoalescingTransport) -> None:
+        self.other: CoalescingTransport | None = other
+
+
 def _pause_other_while_full(conn: Any, own: CoalescingTransport,
                             other: CoalescingTransport) -> None:
+    link = getattr(conn, _COUPLING, None)
+    if isinstance(link, _Coupling):  # coupled before: to the new peer now
+        link.other = other
+        return
+    link = _Coupling(other)
+    setattr(conn, _COUPLING, link)
     with contextlib.suppress(AttributeError, NotImplementedError):
         own.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
     pause, resume, lost = conn.pause_writing, conn.resume_writing, conn.connection_lost
 
     def pause_writing() -> None:  # called by the transport: its buffer passed the high mark
         pause()
-        if not other.transport.is_closing():
-            other.transport.pause_reading()
+        peer = link.other
+        if peer is not None and not peer.transport.is_closing():
+            peer.transport.pause_reading()
 
     def resume_writing() -> None:  # ... and fell below the low one
         resume()
-        if not other.transport.is_closing():
-            other.transport.resume_reading()
+        peer = link.other
+        if peer is not None and not peer.transport.is_closing():
+            peer.transport.resume_reading()
 
     def connection_lost(exc: Exception | None) -> None:
         # A socket that went away while full must not leave the other one unread.
         try:
             lost(exc)
         finally:
-            if not other.transport.is_closing():
-                other.transport.resume_reading()
+            peer = link.other
+            if peer is not None and not peer.transport.is_closing():
+                peer.transport.resume_reading()
 
     # Instance attributes: the transport calls its protocol's methods by name (as
     # forwarding.watch_channel_requests wraps two of asyncssh's).

@@ -29,6 +29,7 @@ from bastion.identity.service import IdentityService
 from bastion.policy.access import Authorization
 from bastion.recording import SessionRecording, Spool
 from bastion.relay.session import RelayServices
+from bastion.relay.upstream_pool import UpstreamPool
 from bastion.secret import Secret
 from bastion.server.auth import LocalKeyIndex
 from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
@@ -103,7 +104,8 @@ class BastionServer:
             counter=self, on_finished=self._recording_finished,
             totp_required=self._totp_required,
             stage_factories=features.stage_factories, masking=features.masking,
-            certificate_authority=authority)
+            certificate_authority=authority,
+            upstreams=UpstreamPool(config.server.upstream_linger))
 
     # -- shared services -------------------------------------------------------------------
     def credential_for(self, authorization: Authorization, conn: str, user: str) -> Credential:
@@ -437,6 +439,8 @@ class BastionServer:
                 if conn.conn is not None:
                     conn.conn.abort()
             await self._drained(_SHUTDOWN_GRACE)
+        if self.relay_services.upstreams is not None:
+            self.relay_services.upstreams.close_all()  # parked target connections
         self.spool.flush_due()
         # Every recording's last fsyncs and session.json, then the seals they trigger.
         await asyncio.get_running_loop().run_in_executor(None, self.spool.drain)

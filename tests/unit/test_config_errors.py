@@ -129,3 +129,13 @@ def test_server_offers_the_configured_ciphers_in_order() -> None:
 
     chosen = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com")
     assert algorithm_options(chosen)["encryption_algs"] == list(chosen)
+
+
+def test_upstream_linger_is_a_duration_of_at_most_ten_minutes(tmp_path: Path) -> None:
+    assert _load(tmp_path, BASE).server.upstream_linger == 10.0  # type: ignore[attr-defined]
+    off = _load(tmp_path, BASE.replace("port = 2222", "port = 2222\nupstream_linger = 0"))
+    assert off.server.upstream_linger == 0.0  # type: ignore[attr-defined]
+    message = _error(tmp_path, BASE.replace("port = 2222",
+                                            'port = 2222\nupstream_linger = "1h"'))
+    assert message == (f'{tmp_path / "bastion.toml"}:3: server.upstream_linger: expected a '
+                       'duration of at most 600s, got 3600.0')
