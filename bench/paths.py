@@ -316,9 +316,14 @@ class BenchEnv:
     def restart_bastion(self, *, workers: int, balance: str) -> None:
         """Restart ``bastion serve`` (same port, spool and state) with these worker settings;
         0 workers: one per CPU, as shipped."""
+        self.reconfigure_bastion({"workers": workers, "worker_balance": balance})
+
+    def reconfigure_bastion(self, server: dict[str, object]) -> None:
+        """Restart ``bastion serve`` (same port, spool and state) with these ``[server]``
+        settings merged into its config."""
         stack = self.stack
         assert stack.bastion is not None
-        stack.merge_config({"server": {"workers": workers, "worker_balance": balance}})
+        stack.merge_config({"server": server})
         stack.write_config()
         stack.bastion.stop(timeout=60)
         stack.start_bastion()

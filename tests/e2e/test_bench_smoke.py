@@ -40,6 +40,8 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     login = figures["login_rate"]
     assert login["direct"]["done"] > 0 and login["bastion"]["done"] > 0
     assert login["bastion"]["failed"] == 0
+    fresh = login["bastion_new_target_login"]  # the same with upstream_linger = 0
+    assert fresh["done"] > 0 and fresh["failed"] == 0
     for method, directions in figures["transfers"]["methods"].items():
         for direction, transfer in directions.items():
             assert transfer["failures"] == {}, (method, direction, transfer)
