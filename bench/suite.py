@@ -291,16 +291,8 @@ class Suite:
         rates: dict[str, float] = {}
         for path in ("direct", "bastion"):
             self.log(f"login rate: {path}")
-            cpu0 = measure.cpu_seconds(self.env.bastion_pid)
-            rate, done, failed = asyncio.run(measure.login_rate(
-                self.env.asyncssh_options(path), self.args.login_seconds, parallel=4))
-            rates[path] = round(rate, 1)
-            out[path] = {"per_second": round(rate, 1), "done": done, "failed": failed}
-            if path == "bastion" and done:
-                # The bastion's own ceiling: logins per CPU-second of the bastion process.
-                cpu = measure.cpu_seconds(self.env.bastion_pid) - cpu0
-                out[path]["bastion_cpu_ms_per_login"] = round(cpu / done * 1000, 2)
-                out[path]["bastion_cpu_bound_per_second"] = round(done / cpu, 1) if cpu else None
+            out[path] = self._logins(path)
+            rates[path] = out[path]["per_second"]
         # The same with every session a new login on the target (upstream_linger = 0): the
         # figure above has each session after the first take a target connection parked by
         # the one before (bastion/relay/upstream_pool.py), as repeated sessions of one person do.
@@ -308,19 +300,26 @@ class Suite:
         self.log("login rate: bastion, upstream_linger = 0")
         self.env.reconfigure_bastion({"upstream_linger": 0})
         try:
-            cpu0 = measure.cpu_seconds(self.env.bastion_pid)
-            rate, done, failed = asyncio.run(measure.login_rate(
-                self.env.asyncssh_options("bastion"), self.args.login_seconds, parallel=4))
-            cpu = measure.cpu_seconds(self.env.bastion_pid) - cpu0
+            out["bastion_new_target_login"] = self._logins("bastion")
         finally:
             self.env.reconfigure_bastion({"upstream_linger": shipped})
-        rates["bastion_new_target_login"] = round(rate, 1)
-        out["bastion_new_target_login"] = {
-            "per_second": round(rate, 1), "done": done, "failed": failed,
-            "bastion_cpu_ms_per_login": round(cpu / done * 1000, 2) if done else None}
+        rates["bastion_new_target_login"] = out["bastion_new_target_login"]["per_second"]
         out["ratio_vs_direct"] = _ratios(rates, "direct")
         self.result["login_rate"] = out
         self.env.clear_recordings()
+
+    def _logins(self, path: str) -> dict[str, Any]:
+        """One login-rate run through ``path``; through the bastion also its CPU per login."""
+        cpu0 = measure.cpu_seconds(self.env.bastion_pid)
+        rate, done, failed = asyncio.run(measure.login_rate(
+            self.env.asyncssh_options(path), self.args.login_seconds, parallel=4))
+        figures: dict[str, Any] = {"per_second": round(rate, 1), "done": done, "failed": failed}
+        if path == "bastion" and done:
+            # The bastion's own ceiling: logins per CPU-second of the bastion process.
+            cpu = measure.cpu_seconds(self.env.bastion_pid) - cpu0
+            figures["bastion_cpu_ms_per_login"] = round(cpu / done * 1000, 2)
+            figures["bastion_cpu_bound_per_second"] = round(done / cpu, 1) if cpu else None
+        return figures
 
     # -- 5 ----------------------------------------------------------------------------------------
     def transfers(self) -> None:

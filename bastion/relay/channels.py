@@ -22,7 +22,7 @@ from bastion.relay.channel_relay import ChannelRelay
 from bastion.relay.menu import TargetMenu, target_list
 from bastion.relay.pipeline import ChannelInfo, ChannelKind, Stream
 from bastion.relay.session import ConnectionSession
-from bastion.relay.target import JOIN_MAX, TargetChannel
+from bastion.relay.target import PassJoiner, TargetChannel
 
 log = logging.getLogger("bastion.relay")
 
@@ -55,9 +55,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         self._pending_eof = False
         # Input of one event-loop pass without a terminal (a file going up through scp, rsync,
         # sftp), handed on as one chunk at the pass's end, as the target's output is.
-        self._held: list[bytes] = []
-        self._held_bytes = 0
-        self._flush_scheduled = False
+        self._joined = PassJoiner(self._deliver_input)
         self._task: asyncio.Task[None] | None = None
         self._done = False
 
@@ -101,13 +99,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             # A 32 KiB packet at a time, the per-chunk work of the pipeline (the exec count
             # scan, the recorder's write and timing line) was about a sixth of an upload's
             # cost; the pass's packets joined, it is paid once per JOIN_MAX.
-            self._held.append(data)
-            self._held_bytes += len(data)
-            if self._held_bytes >= JOIN_MAX:
-                self._flush_input()
-            elif not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_input_soon)
+            self._joined.add(data)
         elif self._menu is not None:
             self._menu.feed(data)
         else:
@@ -117,19 +109,12 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             self._pending.append(data)
             self.chan.pause_reading()
 
-    def _flush_input_soon(self) -> None:
-        self._flush_scheduled = False
-        self._flush_input()
+    def _deliver_input(self, data: bytes) -> None:
+        if self.relay is not None and self.relay.attached:  # else the relay went away
+            self.relay.input.feed(data, _DATA)
 
     def _flush_input(self) -> None:
-        held = self._held
-        if not held:
-            return
-        data = held[0] if len(held) == 1 else b"".join(held)
-        held.clear()
-        self._held_bytes = 0
-        if self.relay is not None and self.relay.attached:
-            self.relay.input.feed(data, _DATA)
+        self._joined.flush()
 
     def eof_received(self) -> bool:
         self._flush_input()

@@ -16,6 +16,7 @@ the bastion's heap grew by 20-40 MiB during a 1 GB download.)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -33,6 +34,44 @@ if TYPE_CHECKING:
 JOIN_MAX = 256 * 1024
 
 
+class PassJoiner:
+    """The chunks that arrive in one event-loop pass, handed to ``deliver`` as one at its end
+    (``call_soon``: no timer, so a keystroke's echo is not delayed), and at once when about
+    ``JOIN_MAX`` bytes are held. A lone chunk is handed on as it is, not copied."""
+
+    __slots__ = ("_deliver", "_held", "_held_bytes", "_scheduled")
+
+    def __init__(self, deliver: Callable[[bytes], None]) -> None:
+        self._deliver = deliver
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._scheduled = False
+
+    def add(self, data: bytes) -> None:
+        """Hold ``data`` until the pass ends (or hand on everything held, if that is enough)."""
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= JOIN_MAX:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Hand on what is held now (before an EOF, a signal or stderr, to keep the order)."""
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._held_bytes = 0
+        self._deliver(data)
+
+
 class TargetChannel(asyncssh.SSHClientSession[bytes]):
     """asyncssh's client session on the target; hands everything to its ``ChannelRelay``."""
 
@@ -41,9 +80,7 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
         # Output that arrived in this event-loop pass, handed on as one chunk at its end.
-        self._held: list[bytes] = []
-        self._held_bytes = 0
-        self._flush_scheduled = False
+        self._joined = PassJoiner(lambda data: relay.output.feed(data, Stream.DATA))
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         wire.no_packet_log(chan)
@@ -55,30 +92,13 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
             return
         # One socket read from the target holds many small packets (a pty gives ~4 KiB per
         # read); joining those of one loop pass makes full-size packets to the user and one
-        # recorder event: asyncssh encrypts and sends (with an MSG_IGNORE) per packet, so
-        # this is most of the relay's cost. The join waits for no timer: the rest of the
-        # pass is microseconds, so keystroke echo is not delayed.
-        self._held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes >= JOIN_MAX:
-            self.flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._flush_scheduled = False
-        self.flush()
+        # recorder event: asyncssh encrypts and sends per packet, so this is most of the
+        # relay's cost.
+        self._joined.add(data)
 
     def flush(self) -> None:
         """Hand on the output held from this event-loop pass."""
-        held = self._held
-        if not held:
-            return
-        data = held[0] if len(held) == 1 else b"".join(held)
-        held.clear()
-        self._held_bytes = 0
-        self._relay.output.feed(data, Stream.DATA)
+        self._joined.flush()
 
     def eof_received(self) -> bool:
         self.flush()
