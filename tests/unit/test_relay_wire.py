@@ -203,6 +203,23 @@ def test_a_full_socket_stops_reading_the_relayed_ones_until_it_drains() -> None:
         assert user_socket.calls[-1] == ("resume_reading", None)
         assert user.seen == ["pause", "resume"] and target.seen == ["pause", "lost"]
         assert not wire.couple_backpressure(user, object())  # type: ignore[arg-type]
+
+        # A target connection parked and taken by the next session: coupled to its user now.
+        first, second, parked = Conn(), Conn(), Conn()
+        for conn in (first, second, parked):
+            assert coalesce_writes(conn)  # type: ignore[arg-type]
+        assert wire.couple_backpressure(first, parked)  # type: ignore[arg-type]
+        wire.decouple_backpressure(parked)  # type: ignore[arg-type]  # first's session ended
+        assert parked._transport.transport.calls[-1] == ("resume_reading", None)
+        parked.pause_writing()  # parked: holds nobody back
+        assert ("pause_reading", None) not in first._transport.transport.calls
+        assert wire.couple_backpressure(second, parked)  # type: ignore[arg-type]
+        parked.pause_writing()
+        assert second._transport.transport.calls[-1] == ("pause_reading", None)
+        assert ("pause_reading", None) not in first._transport.transport.calls
+        second.pause_writing()
+        assert parked._transport.transport.calls[-1] == ("pause_reading", None)
+        assert parked.seen == ["pause", "pause"]  # wrapped once, not once per session
     asyncio.run(run())
 
 
