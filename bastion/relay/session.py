@@ -36,7 +36,7 @@ from bastion.recording import SessionRecording, Spool
 from bastion.relay import wire
 from bastion.relay.pipeline import ChannelKind, ChannelRecorder, StageFactory
 from bastion.relay.upstream import CertificateRequest, Upstream, dial
-from bastion.relay.upstream_pool import PoolKey, UpstreamPool
+from bastion.relay.upstream_pool import PROBE_TIMEOUT, PoolKey, UpstreamPool, responsive
 
 log = logging.getLogger("bastion.relay")
 
@@ -223,6 +223,10 @@ class ConnectionSession:
                 # The same person's connection to this target and login, parked by a session
                 # that ended moments ago (upstream_pool.py); else a new login on the target.
                 parked = pool.take(self._pool_key) if pool and self._pool_key else None
+                if parked is not None and not await responsive(
+                        parked, min(PROBE_TIMEOUT, auth.target.connect_timeout)):
+                    parked.close()  # the target stopped answering on it: log in anew
+                    parked = None
                 upstream = parked or await dial(auth, credential, cfg.server.keepalive_interval)
             except BastionError as exc:
                 audit.emit("session.refused", conn=self.client.conn_id,

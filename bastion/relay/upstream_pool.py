@@ -12,7 +12,9 @@ counted, recorded and sealed on its own; only the target's login is shared.
 The key is the person, the target as configured (host, port, pinned keys: any change dials
 anew), the login and a digest of the vaulted credential (a rotated credential dials anew). Never
 parked: certificate logins (each certificate names one session in its key id), a connection
-with a channel still open, one that is closing, and one whose session did not end cleanly.
+with a channel still open, one that is closing, and one whose session did not end cleanly. A
+parked connection is used only after the target answered a keepalive request on it
+(``responsive``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+import asyncssh
 
 from bastion.config.model import Target
 from bastion.credentials.vault import Credential
@@ -68,6 +72,28 @@ def idle(upstream: Upstream) -> bool:
     # asyncssh without it parks nothing.
     channels = getattr(upstream.conn, "_channels", None)
     return isinstance(channels, dict) and not channels
+
+
+# How long a parked connection may take to answer before it is given up for a new login.
+PROBE_TIMEOUT = 2.0
+
+
+async def responsive(upstream: Upstream, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the target still answers on ``upstream``: one keepalive request and its reply.
+
+    A target that went away without closing the connection (a partition, a frozen host) would
+    otherwise hold the next session's channel open until keepalives gave up, a minute or more;
+    one round trip tells, and the session dials anew instead.
+    """
+    conn = upstream.conn
+    request = getattr(conn, "_make_global_request", None)  # asyncssh's, as its keepalives use
+    if request is None or conn.is_closed():
+        return False
+    try:
+        await asyncio.wait_for(request(b"keepalive@openssh.com"), timeout)
+    except (TimeoutError, OSError, asyncssh.Error):
+        return False
+    return not conn.is_closed()
 
 
 def _loop_call_later(delay: float, callback: Callable[[], None]) -> TimerHandle:

@@ -8,8 +8,13 @@ own recording and audit events, which say whether its connection was new or reus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -82,3 +87,39 @@ def test_certificate_targets_log_in_anew_for_every_session(
     seen = _sessions_in_a_row(demo_stack, ssh_base, "db01")
     assert [how for _, how, _ in seen] == ["new"] * RUNS
     assert len({port for port, _, _ in seen}) == RUNS
+
+
+def _target_processes(target_port: str, bastion_port: str) -> set[int]:
+    """The target's sshd processes holding the connection from ``bastion_port``."""
+    listing = subprocess.run(
+        ["ss", "-Htnp", "state", "established",
+         f"( sport = :{target_port} and dport = :{bastion_port} )"],
+        capture_output=True, text=True, check=True).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", listing)}
+
+
+def test_a_parked_connection_whose_target_stopped_answering_is_replaced(
+        demo_stack: DemoStack, ssh_base: list[str]) -> None:
+    """The target's end of every parked connection frozen (SIGSTOP: no reply, no close, as a
+    host that dropped off the network): the next sessions log in anew within seconds."""
+    marker = f"port-{uuid.uuid4().hex[:8]}"
+    result = run_ssh([*ssh_base, bastion_destination(demo_stack, "web01"), "--",
+                      f"echo $SSH_CONNECTION; echo {marker}"])
+    assert result.returncode == 0, result.stderr
+    target_port = result.stdout.split()[3]
+    wait_for_session_end(_session_dir(demo_stack, marker))
+    earlier = [port for port, _, _ in _sessions_in_a_row(demo_stack, ssh_base, "web01")]
+    frozen = set().union(*(_target_processes(target_port, port) for port in earlier))
+    assert frozen
+    try:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        seen = _sessions_in_a_row(demo_stack, ssh_base, "web01")
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert not {port for port, _, _ in seen} & set(earlier), (seen, earlier)
+    assert elapsed < RUNS * 10, elapsed  # a probe of at most 2 s and a login each, not 90 s

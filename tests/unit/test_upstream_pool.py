@@ -3,6 +3,8 @@ connections and a fake clock: who may take one, for how long, and what is never 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -149,3 +151,33 @@ def test_the_key_never_shows_the_credential() -> None:
     key = _key(secret="hunter2-secret")
     assert "hunter2" not in repr(key) and "deploy" in repr(key)
     assert "hunter2" not in repr(UpstreamPool(5.0))
+
+
+def test_a_parked_connection_is_used_only_if_the_target_still_answers() -> None:
+    class Answering(FakeConn):
+        def __init__(self, answer: bool) -> None:
+            super().__init__()
+            self.answer = answer
+            self.asked: list[bytes] = []
+
+        async def _make_global_request(self, request: bytes) -> tuple[int, bytes]:
+            self.asked.append(request)
+            if not self.answer:
+                await asyncio.Event().wait()  # a frozen target: no reply, ever
+            return 82, b""  # REQUEST_FAILURE is an answer too
+
+    def upstream(conn: FakeConn) -> Upstream:
+        return Upstream(conn=conn, host_key_fingerprint="SHA256:x",  # type: ignore[arg-type]
+                        address="127.0.0.1:22")
+
+    async def run() -> None:
+        live, frozen, closed = Answering(True), Answering(False), Answering(True)
+        closed.closed = True
+        assert await upstream_pool.responsive(upstream(live), 1.0)
+        assert live.asked == [b"keepalive@openssh.com"]
+        started = time.monotonic()
+        assert not await upstream_pool.responsive(upstream(frozen), 0.2)
+        assert time.monotonic() - started < 1.0
+        assert not await upstream_pool.responsive(upstream(closed), 1.0)
+        assert not await upstream_pool.responsive(upstream(FakeConn()), 1.0)  # no such method
+    asyncio.run(run())
