@@ -113,11 +113,8 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         if self.relay is not None and self.relay.attached:  # else the relay went away
             self.relay.input.feed(data, _DATA)
 
-    def _flush_input(self) -> None:
-        self._joined.flush()
-
     def eof_received(self) -> bool:
-        self._flush_input()
+        self._joined.flush()
         if self.relay is not None and self.relay.attached:
             self.relay.input.end()
         elif self._menu is not None:
@@ -136,12 +133,12 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
             self.relay.resize(width, height)
 
     def signal_received(self, signal: str) -> None:
-        self._flush_input()  # what was sent before the signal goes first
+        self._joined.flush()  # what was sent before the signal goes first
         if self.relay is not None:
             self.relay.send_signal(signal)
 
     def break_received(self, msec: int) -> bool:
-        self._flush_input()
+        self._joined.flush()
         return self.relay is not None and self.relay.send_break(msec)
 
     def pause_writing(self) -> None:
@@ -156,7 +153,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         # The user went away (or we closed): end the target side and the recording.
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._flush_input()  # the last bytes the user sent are relayed and recorded
+        self._joined.flush()  # the last bytes the user sent are relayed and recorded
         if self.relay is not None:
             self.relay.hang_up()
         self._close_recorder()

@@ -246,11 +246,11 @@ class ConnectionSession:
             # The idle clock starts with the session, not with the dial (a slow target must
             # not use up the user's idle allowance).
             self.last_activity = time.monotonic()
+            connection = "reused" if parked is not None else "new"
             target_meta: dict[str, Any] = {
                 "name": auth.target.name, "address": upstream.address,
                 "port": auth.target.port, "login": auth.login,
-                "host_key_fingerprint": upstream.host_key_fingerprint,
-                "connection": "reused" if parked is not None else "new"}
+                "host_key_fingerprint": upstream.host_key_fingerprint, "connection": connection}
             certificate = (upstream.certificate.record() if upstream.certificate is not None
                            else None)
             if certificate is not None:
@@ -260,7 +260,7 @@ class ConnectionSession:
                        session=recording.session_id, user=self.identity.name,
                        client=f"{self.client.address}:{self.client.port}", **auth.audit_fields(),
                        certificate=certificate,
-                       upstream="reused" if parked is not None else "new")
+                       upstream=connection)
             return self.upstream
 
     async def _count_session(self, request: str) -> None:

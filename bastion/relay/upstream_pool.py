@@ -23,27 +23,18 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import asyncssh
 
 from bastion.config.model import Target
 from bastion.credentials.vault import Credential
+from bastion.masking.timed import CallLater, TimerHandle, loop_call_later
 from bastion.relay import wire
 from bastion.relay.upstream import Upstream
 
 # The most connections one worker keeps parked, and under one key; the oldest goes first.
 MAX_PARKED = 256
 MAX_PER_KEY = 8
-
-
-class TimerHandle(Protocol):
-    """What ``loop.call_later`` returns; fakes in tests."""
-
-    def cancel(self) -> None: ...
-
-
-CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 
 
 @dataclass(frozen=True)
@@ -96,31 +87,25 @@ async def responsive(upstream: Upstream, timeout: float = PROBE_TIMEOUT) -> bool
     return not conn.is_closed()
 
 
-def _loop_call_later(delay: float, callback: Callable[[], None]) -> TimerHandle:
-    return asyncio.get_running_loop().call_later(delay, callback)
-
-
 class UpstreamPool:
     """The parked connections of one worker process (one event loop): for each key, up to
     ``MAX_PER_KEY`` (parallel sessions of one person, such as ansible's forks, each park one)."""
 
-    def __init__(self, linger: float, call_later: CallLater = _loop_call_later,
+    def __init__(self, linger: float, call_later: CallLater = loop_call_later,
                  is_idle: Callable[[Upstream], bool] = idle) -> None:
         self.linger = linger
         self._call_later = call_later
         self._is_idle = is_idle
         self._parked: dict[PoolKey, list[tuple[Upstream, TimerHandle]]] = {}
-        self._count = 0
 
     def __len__(self) -> int:
-        return self._count
+        return sum(map(len, self._parked.values()))
 
     def take(self, key: PoolKey) -> Upstream | None:
         """A connection parked under ``key`` that can still carry a session, else None."""
         entries = self._parked.get(key)
         while entries:
             upstream, timer = entries.pop()  # the most recent: the least likely to be stale
-            self._count -= 1
             timer.cancel()
             if self._is_idle(upstream):
                 if not entries:
@@ -137,16 +122,14 @@ class UpstreamPool:
         if key is None or self.linger <= 0 or not self._is_idle(upstream):
             upstream.close()
             return False
-        entries = self._parked.setdefault(key, [])
+        entries = self._parked.get(key, [])
         if len(entries) >= MAX_PER_KEY:
             self._close(key, entries[0])
-        while self._count >= MAX_PARKED:  # the key parked longest ago gives up its oldest
+        while len(self) >= MAX_PARKED:  # the key parked longest ago gives up its oldest
             oldest = next(iter(self._parked))
             self._close(oldest, self._parked[oldest][0])
-        entry: tuple[Upstream, TimerHandle] = (
-            upstream, self._call_later(self.linger, lambda: self._expire(key, upstream)))
-        self._parked.setdefault(key, []).append(entry)
-        self._count += 1
+        timer = self._call_later(self.linger, lambda: self._expire(key, upstream))
+        self._parked.setdefault(key, []).append((upstream, timer))
         return True
 
     def _expire(self, key: PoolKey, upstream: Upstream) -> None:
@@ -160,7 +143,6 @@ class UpstreamPool:
         entries.remove(entry)
         if not entries:
             del self._parked[key]
-        self._count -= 1
         entry[1].cancel()
         entry[0].close()
 
@@ -171,4 +153,4 @@ class UpstreamPool:
                 self._close(key, entry)
 
     def __repr__(self) -> str:
-        return f"UpstreamPool(linger={self.linger}, parked={self._count})"
+        return f"UpstreamPool(linger={self.linger}, parked={len(self)})"

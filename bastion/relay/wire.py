@@ -269,6 +269,15 @@ class _Coupling:
     def __init__(self, other: CoalescingTransport) -> None:
         self.other: CoalescingTransport | None = other
 
+    def read_other(self, reading: bool) -> None:
+        """Pause or resume reading the coupled connection's socket (if any, and open)."""
+        peer = self.other
+        if peer is not None and not peer.transport.is_closing():
+            if reading:
+                peer.transport.resume_reading()
+            else:
+                peer.transport.pause_reading()
+
 
 def _pause_other_while_full(conn: Any, own: CoalescingTransport,
                             other: CoalescingTransport) -> None:
@@ -284,24 +293,18 @@ def _pause_other_while_full(conn: Any, own: CoalescingTransport,
 
     def pause_writing() -> None:  # called by the transport: its buffer passed the high mark
         pause()
-        peer = link.other
-        if peer is not None and not peer.transport.is_closing():
-            peer.transport.pause_reading()
+        link.read_other(False)
 
     def resume_writing() -> None:  # ... and fell below the low one
         resume()
-        peer = link.other
-        if peer is not None and not peer.transport.is_closing():
-            peer.transport.resume_reading()
+        link.read_other(True)
 
     def connection_lost(exc: Exception | None) -> None:
         # A socket that went away while full must not leave the other one unread.
         try:
             lost(exc)
         finally:
-            peer = link.other
-            if peer is not None and not peer.transport.is_closing():
-                peer.transport.resume_reading()
+            link.read_other(True)
 
     # Instance attributes: the transport calls its protocol's methods by name (as
     # forwarding.watch_channel_requests wraps two of asyncssh's).
