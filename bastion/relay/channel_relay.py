@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from bastion.errors import RecordingError
+from bastion.relay import wire
 from bastion.relay.pipeline import (
     ChannelInfo,
     ChannelRecorder,
@@ -33,6 +35,10 @@ log = logging.getLogger("bastion.relay")
 
 _NOTICE_MAX = 400  # characters of a notice shown to the user
 RESIZE_RECORD_INTERVAL = 0.2  # seconds: at most this many window changes recorded per second
+# Seconds after a keystroke in which the target's output is sent on as it comes (its echo, the
+# command's first answer), not joined to the end of the event-loop pass. Long enough for a
+# target's round trip over a slow network; bulk output after it is joined again.
+ECHO_WINDOW = 0.5
 
 
 def _printable(text: str) -> str:
@@ -58,6 +64,7 @@ class ChannelRelay:
         self._stages_closed = False
         self._size_recorded = self._size_to_record = (info.width, info.height)
         self._size_recorded_at = float("-inf")
+        self._echo_until = float("-inf")  # see ECHO_WINDOW
         self._resize_timer: asyncio.TimerHandle | None = None
         rec = recorder
         if record_input:
@@ -86,6 +93,25 @@ class ChannelRelay:
             method(data)
         except RecordingError as exc:
             self._user.recording_failed(exc)
+
+    # -- the interactive lane ----------------------------------------------------------------
+    # A worker carries many sessions; what they send in one event-loop pass is joined and
+    # written at the pass's end (target.PassJoiner, wire.CoalescingTransport). A keystroke and
+    # its echo do not wait for that: under load a pass is milliseconds of other sessions' work.
+    def typed(self) -> None:
+        """The user typed on a terminal: what reached the target goes now, and so does its
+        output for ``ECHO_WINDOW``."""
+        self._echo_until = time.monotonic() + ECHO_WINDOW
+        if self._target is not None:
+            wire.flush_writes(self._target)
+
+    def echo_due(self) -> bool:
+        """Whether the target's output is the answer to a recent keystroke."""
+        return time.monotonic() < self._echo_until
+
+    def flush_to_user(self) -> None:
+        """Write what the user's connection holds now."""
+        wire.flush_writes(self._chan)
 
     def _to_target(self, data: bytes, stream: Stream) -> None:
         if self._target is not None and not self._ended:

@@ -95,6 +95,7 @@ class UserChannel(asyncssh.SSHServerSession[bytes]):
         if relay is not None and relay.attached:
             if self._term is not None:  # keystrokes go on at once
                 relay.input.feed(data, _DATA)
+                relay.typed()
                 return
             # A 32 KiB packet at a time, the per-chunk work of the pipeline (the exec count
             # scan, the recorder's write and timing line) was about a sixth of an upload's

@@ -15,13 +15,12 @@ the bastion's heap grew by 20-40 MiB during a 1 GB download.)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import asyncssh
 
-from bastion.relay import wire
+from bastion.relay import passend, wire
 from bastion.relay.pipeline import Stream
 
 if TYPE_CHECKING:
@@ -36,8 +35,9 @@ JOIN_MAX = 256 * 1024
 
 class PassJoiner:
     """The chunks that arrive in one event-loop pass, handed to ``deliver`` as one at its end
-    (``call_soon``: no timer, so a keystroke's echo is not delayed), and at once when about
-    ``JOIN_MAX`` bytes are held. A lone chunk is handed on as it is, not copied."""
+    (``passend``: no timer), and at once when about ``JOIN_MAX`` bytes are held. A lone chunk
+    is handed on as it is, not copied. A keystroke's echo does not wait for the pass's end
+    (``ChannelRelay.echo_due``)."""
 
     __slots__ = ("_deliver", "_held", "_held_bytes", "_scheduled")
 
@@ -55,7 +55,7 @@ class PassJoiner:
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
+            passend.at_pass_end(passend.JOIN, self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._scheduled = False
@@ -95,6 +95,9 @@ class TargetChannel(asyncssh.SSHClientSession[bytes]):
         # recorder event: asyncssh encrypts and sends per packet, so this is most of the
         # relay's cost.
         self._joined.add(data)
+        if self._relay.echo_due():  # a keystroke's echo: on to the user now (channel_relay)
+            self._joined.flush()
+            self._relay.flush_to_user()
 
     def flush(self) -> None:
         """Hand on the output held from this event-loop pass."""

@@ -7,8 +7,8 @@ its order on the wire:
   to its transport on its own: two ``send()`` calls per 32 KiB, each a trip through the kernel's
   TCP stack (on loopback through the receiver's too), a third of the bastion's busy time on a
   1 GB sftp download. A ``CoalescingTransport`` between the connection and its transport hands
-  what was written during one pass over as one ``writelines`` at its end (``call_soon``; no
-  timer, so a keystroke's echo waits for microseconds, not for more data). The transport keeps
+  what was written during one pass over as one ``writelines`` at its end (``passend``; no
+  timer; a keystroke and its echo are written at once, ``flush_writes``). The transport keeps
   its own buffer and flow control; a close or abort first hands over what is held (asyncssh
   writes its DISCONNECT just before it aborts).
 - **Reads parsed in pieces** (``read_in_pieces``): asyncssh recopies its input buffer twice
@@ -34,6 +34,8 @@ from typing import Any
 import asyncssh
 from asyncssh.constants import MSG_IGNORE
 
+from bastion.relay import passend
+
 _ATTRIBUTE = "_transport"  # asyncssh.connection.SSHConnection's transport (asyncssh 2.x)
 
 
@@ -53,7 +55,7 @@ class CoalescingTransport:
         self._held.append(data)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._flush_soon)
+            passend.at_pass_end(passend.WRITE, self._flush_soon, self._loop)
 
     def _flush_soon(self) -> None:
         self._scheduled = False
@@ -107,6 +109,14 @@ def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConne
         return False
     setattr(conn, _ATTRIBUTE, CoalescingTransport(transport, asyncio.get_running_loop()))
     return True
+
+
+def flush_writes(chan: asyncssh.SSHServerChannel[bytes] | asyncssh.SSHClientChannel[bytes]
+                 ) -> None:
+    """Write what ``chan``'s connection holds now, not at the end of the pass."""
+    transport = getattr(chan.get_extra_info("connection"), _ATTRIBUTE, None)
+    if isinstance(transport, CoalescingTransport):
+        transport.flush()
 
 
 # The most of a socket read handed to asyncssh at once (about one 32 KiB data packet).

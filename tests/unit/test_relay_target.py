@@ -27,11 +27,37 @@ class FakeOutput:
 class FakeRelay:
     def __init__(self) -> None:
         self.output = FakeOutput()
+        self.typed_recently = False
+        self.user_flushes = 0
+
+    def echo_due(self) -> bool:
+        return self.typed_recently
+
+    def flush_to_user(self) -> None:
+        self.user_flushes += 1
 
 
 def _channel() -> tuple[TargetChannel, FakeOutput]:
     relay: Any = FakeRelay()
     return TargetChannel(relay), relay.output
+
+
+def test_a_keystroke_s_echo_goes_to_the_user_at_once() -> None:
+    async def run() -> None:
+        relay: Any = FakeRelay()
+        channel = TargetChannel(relay)
+        relay.typed_recently = True
+        channel.data_received(b"l", None)
+        assert relay.output.fed == [(b"l", Stream.DATA)]  # not held to the pass's end
+        assert relay.user_flushes == 1  # and written to the user's socket now
+        relay.typed_recently = False  # output long after the last key is joined again
+        channel.data_received(b"tail -f ", None)
+        channel.data_received(b"line\r\n", None)
+        assert relay.output.fed == [(b"l", Stream.DATA)]
+        await _next_pass()
+        assert relay.output.fed[1:] == [(b"tail -f line\r\n", Stream.DATA)]
+        assert relay.user_flushes == 1
+    asyncio.run(run())
 
 
 async def _next_pass() -> None:

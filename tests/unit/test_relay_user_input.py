@@ -33,6 +33,9 @@ class FakeRelay:
     def hang_up(self) -> None:
         self.events.append("hang-up")
 
+    def typed(self) -> None:
+        self.events.append("typed")
+
 
 def _channel(*, term: str | None) -> tuple[UserChannel, FakeRelay]:
     channel = UserChannel(SimpleNamespace(request=None))  # type: ignore[arg-type]
@@ -63,9 +66,11 @@ def test_a_terminal_s_keystrokes_go_on_at_once() -> None:
         channel, relay = _channel(term="xterm")
         for key in (b"l", b"s", b"\r"):
             channel.data_received(key, None)
-        assert relay.events == [b"l", b"s", b"\r"]
+        # Each key fed, then the relay told (it writes the key to the target now and sends
+        # the echo on as it comes: ChannelRelay.typed).
+        assert relay.events == [b"l", "typed", b"s", "typed", b"\r", "typed"]
         await _next_pass()
-        assert relay.events == [b"l", b"s", b"\r"]
+        assert len(relay.events) == 6
     asyncio.run(run())
 
 
