@@ -6,6 +6,11 @@ N with SO_REUSEPORT, and 1), and for each, and for the OpenSSH jump host in the 
 - keystroke echo p99 with ``load_sessions`` other sessions streaming (added over direct);
 - aggregate throughput of ``parallel`` bulk exec sessions started together (binary ``cat``),
   and how the sessions spread over the workers (from the audit log).
+
+With each figure, the machine's load meanwhile: the whole machine's busy share, the cores the
+bastion used, and the direct path's echo under the same streaming load. On a machine whose
+cores also run the clients, sshds and load generators, these say how much of a figure is the
+relay and how much the machine.
 """
 
 from __future__ import annotations
@@ -27,8 +32,40 @@ from bench.paths import BenchEnv
 MB = 1024 * 1024
 
 
-def parallel_bulk(argv: list[str], count: int, size: int, timeout: float) -> dict[str, Any]:
-    """``count`` copies of ``argv`` (each printing ``size`` bytes) at once: aggregate MB/s."""
+def _cpu_ticks() -> tuple[int, int]:
+    """All and idle (with iowait) CPU time of the machine so far, in ticks (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+class MachineLoad:
+    """How busy the whole machine was, and how many cores ``pid``'s tree used, over a span."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.figures: dict[str, float] = {}
+
+    def __enter__(self) -> MachineLoad:
+        self._ticks = _cpu_ticks()
+        self._wall = time.perf_counter()
+        self._cpu = measure.cpu_seconds(self.pid) if self.pid else 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        total, idle = _cpu_ticks()
+        wall = time.perf_counter() - self._wall
+        busy = 1 - (idle - self._ticks[1]) / max(total - self._ticks[0], 1)
+        self.figures["machine_busy_pct"] = round(100 * busy, 1)
+        if self.pid:
+            self.figures["bastion_cores"] = round(
+                (measure.cpu_seconds(self.pid) - self._cpu) / wall, 2)
+
+
+def parallel_bulk(argv: list[str], count: int, size: int, timeout: float,
+                  pid: int | None = None) -> dict[str, Any]:
+    """``count`` copies of ``argv`` (each printing ``size`` bytes) at once: aggregate MB/s,
+    with the machine's load meanwhile (and the cores ``pid``'s processes used)."""
     runs: list[measure.BulkRun | None] = [None] * count
 
     def one(index: int) -> None:
@@ -36,29 +73,45 @@ def parallel_bulk(argv: list[str], count: int, size: int, timeout: float) -> dic
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
     start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with MachineLoad(pid) as load:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     seconds = time.perf_counter() - start
     complete = [r for r in runs if r is not None and r.exit_status == 0 and r.received == size]
     return {"sessions": count, "complete": len(complete), "seconds": round(seconds, 3),
-            "aggregate_mb_per_s": round(sum(r.received for r in complete) / MB / seconds, 1)}
+            "aggregate_mb_per_s": round(sum(r.received for r in complete) / MB / seconds, 1),
+            **load.figures}
 
 
-def loaded_echo(env: BenchEnv, path: str, samples: int, load_sessions: int) -> dict[str, Any]:
-    """Echo p50/p99 through ``path`` with ``load_sessions`` others streaming."""
+def loaded_echo(env: BenchEnv, path: str, samples: int, load_sessions: int,
+                pid: int | None = None) -> dict[str, Any]:
+    """Echo p50/p99 through ``path`` with ``load_sessions`` others streaming through it, and
+    the machine's load meanwhile.
+
+    Through a path other than direct, the direct path's echo is also taken under that same
+    load: what the busy machine alone adds, with no relay in the keystroke's way (on shared
+    cores the relay's CPU slows every process, the measuring ssh client and sshd included).
+    """
     argv = env.ssh(path, measure.ECHO_COMMAND, tty=True)
+    floor: list[float] = []
     try:
         with measure.Streamers(env.ssh(path, measure.STREAM_COMMAND, tty=True),
-                               load_sessions) as load:
+                               load_sessions) as load, MachineLoad(pid) as machine:
             values = measure.echo_latency(argv, samples, 0.005)
+            if path != "direct":
+                floor = measure.echo_latency(env.ssh("direct", measure.ECHO_COMMAND, tty=True),
+                                             samples, 0.005)
             streaming = load.streaming
     except RuntimeError as exc:
         return {"error": str(exc)}
-    return {"p50_ms": round(measure.percentile(values, 0.5) * 1000, 3),
-            "p99_ms": round(measure.percentile(values, 0.99) * 1000, 3),
-            "streaming_sessions": streaming}
+    out = {"p50_ms": round(measure.percentile(values, 0.5) * 1000, 3),
+           "p99_ms": round(measure.percentile(values, 0.99) * 1000, 3),
+           "streaming_sessions": streaming, **machine.figures}
+    if floor:
+        out["direct_under_this_load_p99_ms"] = round(measure.percentile(floor, 0.99) * 1000, 3)
+    return out
 
 
 def _spread(audit: Path, since: float) -> dict[str, int]:
@@ -100,10 +153,11 @@ def run(env: BenchEnv, workdir: Path, args: Any, log: Callable[[str], None]) -> 
         since = time.time() - 1
         figure: dict[str, Any] = {"workers": workers, "balance": balance}
         figure["parallel_bulk"] = parallel_bulk(env.ssh("bastion", command), count, size,
-                                                timeout)
+                                                timeout, env.bastion_pid)
         figure["parallel_bulk"]["sessions_per_worker"] = _spread(audit, since)
         env.clear_recordings()
-        figure["loaded_echo"] = loaded_echo(env, "bastion", args.samples, args.load_sessions)
+        figure["loaded_echo"] = loaded_echo(env, "bastion", args.samples, args.load_sessions,
+                                            env.bastion_pid)
         env.clear_recordings()
         out[name] = figure
     env.restart_bastion(workers=0, balance="shared")  # as shipped, for what runs next
@@ -113,6 +167,9 @@ def run(env: BenchEnv, workdir: Path, args: Any, log: Callable[[str], None]) -> 
         p99 = out[name]["loaded_echo"].get("p99_ms")
         out[name]["loaded_echo_added_p99_ms"] = round(p99 - direct, 3) \
             if p99 is not None and direct is not None else None
+        floor = out[name]["loaded_echo"].get("direct_under_this_load_p99_ms")
+        out[name]["machine_added_p99_ms"] = round(floor - direct, 3) \
+            if floor is not None and direct is not None else None
         rate = out[name]["parallel_bulk"]["aggregate_mb_per_s"]
         out[name]["parallel_bulk_vs_one_worker"] = round(rate / one, 2) if one else None
     return out
@@ -135,10 +192,13 @@ def table(r: dict[str, Any]) -> list[str]:
     """The scale figure as a markdown table."""
     lines = [f"\nscale-out ({r['cpus']} CPUs): loaded echo ({r['load_sessions']} sessions "
              f"streaming, {r['samples']} samples) and {r['parallel_sessions']} bulk sessions "
-             f"at once ({r['bytes_per_session'] // MB} MB each)\n",
-             "| path | echo p99 ms | added p99 ms | parallel MB/s | x one worker | "
-             "sessions per worker |",
-             "|---|---|---|---|---|---|"]
+             f"at once ({r['bytes_per_session'] // MB} MB each). 'direct, same load': the "
+             "direct path's echo p99 added while the load streams through this path (what the "
+             "busy machine alone adds); 'busy': the whole machine's CPU, 'cores': the "
+             "bastion's\n",
+             "| path | echo p99 ms | added p99 ms | direct, same load: added p99 ms | busy % | "
+             "parallel MB/s | x one worker | busy % | cores | sessions per worker |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("direct", "jump", "bastion_one_worker", "bastion_workers_cpus",
                  "bastion_workers_cpus_reuseport"):
         figure = r.get(name, {})
@@ -146,7 +206,10 @@ def table(r: dict[str, Any]) -> list[str]:
         bulk = figure.get("parallel_bulk", {})
         lines.append(f"| {name} | {echo.get('p99_ms', echo.get('error', '-'))} | "
                      f"{figure.get('loaded_echo_added_p99_ms', '-')} | "
+                     f"{figure.get('machine_added_p99_ms', '-')} | "
+                     f"{echo.get('machine_busy_pct', '-')} | "
                      f"{bulk.get('aggregate_mb_per_s', '-')} | "
                      f"{figure.get('parallel_bulk_vs_one_worker', '-')} | "
+                     f"{bulk.get('machine_busy_pct', '-')} | {bulk.get('bastion_cores', '-')} | "
                      f"{bulk.get('sessions_per_worker', '-')} |")
     return lines
