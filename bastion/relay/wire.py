@@ -34,7 +34,7 @@ from typing import Any
 import asyncssh
 from asyncssh.constants import MSG_IGNORE
 
-from bastion.relay import passend
+from bastion.relay import keepalive, passend
 
 _ATTRIBUTE = "_transport"  # asyncssh.connection.SSHConnection's transport (asyncssh 2.x)
 
@@ -221,11 +221,13 @@ def no_packet_log(handler: object) -> bool:
 def install(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> None:
     """Everything this module does to one of the bastion's connections (from its
     ``connection_made`` callback): coalesced writes, reads in pieces, no padding packets, no
-    packet log calls (its channels get ``no_packet_log`` from theirs)."""
+    packet log calls (its channels get ``no_packet_log`` from theirs), and a keepalive timer
+    that is not remade for every read (``keepalive.py``)."""
     coalesce_writes(conn)
     read_in_pieces(conn)
     drop_ignore_padding(conn)
     no_packet_log(conn)
+    keepalive.lazy_keepalive(conn)
 
 
 # What a connection's transport may hold before it says "pause writing" (asyncio's default is
