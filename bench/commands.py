@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -66,8 +68,9 @@ HOSTILE = {
 
 
 def _policy() -> CommandPolicy:
-    rules = tuple(CommandRule(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in rule.items()}) for rule in DEMO_COMMAND_RULES)
+    fields: list[dict[str, Any]] = [{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in rule.items()} for rule in DEMO_COMMAND_RULES]
+    rules = tuple(CommandRule(**rule) for rule in fields)
     return CommandPolicy(CommandControl(rules=rules, unresolved=DEMO_UNRESOLVED))
 
 
@@ -92,10 +95,10 @@ def run(repeat: int) -> list[dict[str, object]]:
     rows = []
     for label, lines in (("typical line", TYPICAL), ("bypass line", BYPASS)):
         samples = [s for line in lines
-                   for s in _time(lambda line=line: policy.evaluate(line, scope), repeat)]
+                   for s in _time(functools.partial(policy.evaluate, line, scope), repeat)]
         rows.append(_row(f"{label} (x{len(lines)})", samples))
     for name, line in HOSTILE.items():
-        rows.append(_row(f"hostile: {name}", _time(lambda line=line: policy.evaluate(line, scope),
+        rows.append(_row(f"hostile: {name}", _time(functools.partial(policy.evaluate, line, scope),
                                                     max(3, repeat // 20))))
     rows.extend(_bashlex_rows(repeat))
     return rows
@@ -103,7 +106,7 @@ def run(repeat: int) -> list[dict[str, object]]:
 
 def _bashlex_rows(repeat: int) -> list[dict[str, object]]:
     try:
-        import bashlex  # type: ignore[import-not-found]
+        import bashlex
     except ImportError:
         return []
     import tree_sitter_bash

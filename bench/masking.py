@@ -90,6 +90,9 @@ def payload(text: str, size: int) -> bytes:
 class _Context:
     """What the stages ask of a channel's StageContext (nothing is kept)."""
 
+    def __init__(self, info: ChannelInfo) -> None:
+        self.info = info
+
     def marker(self, label: str) -> None: ...
     def audit(self, event: str, **fields: Any) -> None: ...
     def notify_user(self, text: str) -> None: ...
@@ -108,7 +111,7 @@ def pipeline(masked: bool, pty: bool, to_user: Callable[[bytes, Stream], None]) 
                        identity_key="k", groups=(), target=Target(name="web01", host="h"),
                        login="bench")
     features = [masking_feature(MaskingFactory(MaskingConfig()))] if masked else []
-    return Pipeline.build(features, info, _Context(), to_target=lambda d, s: None,
+    return Pipeline.build(features, info, _Context(info), to_target=lambda d, s: None,
                           target_end=lambda: None, record_input=lambda d, s: None,
                           record_output=lambda d, s: None, to_user=to_user,
                           user_end=lambda: None)

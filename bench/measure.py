@@ -336,10 +336,11 @@ async def idle_sessions(options: dict[str, object], count: int, parallel: int, p
                 stopped = "stopped opening: less than 2 GiB of memory left on the machine"
                 return
             try:
-                conn = await asyncio.wait_for(asyncssh.connect(**options), 60)  # type: ignore[arg-type]
+                conn = await asyncio.wait_for(asyncssh.connect(**options), 60)
                 conns.append(conn)
                 _, session = await conn.create_session(_FirstOutput, term_type="xterm",
                                                        term_size=(80, 24), encoding=None)
+                assert isinstance(session, _FirstOutput)
                 await asyncio.wait_for(session.started, 60)
             except (OSError, asyncssh.Error, TimeoutError, ConnectionError) as exc:
                 name = type(exc).__name__
@@ -379,7 +380,7 @@ async def login_rate(options: dict[str, object], seconds: float, parallel: int,
         nonlocal done, failed
         while time.perf_counter() < deadline:
             try:
-                async with asyncssh.connect(**options) as conn:  # type: ignore[arg-type]
+                async with asyncssh.connect(**options) as conn:
                     await conn.run("true", check=True)
                 done += 1
             except (OSError, asyncssh.Error):

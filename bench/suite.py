@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.metadata
 import json
 import os
 import platform
@@ -109,9 +110,8 @@ def machine() -> dict[str, Any]:
     import asyncssh
 
     try:
-        import uvloop
-        uv = uvloop.__version__
-    except ImportError:
+        uv: str | None = importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
         uv = None
     ssh_v = subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False).stderr
     return {"nproc": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem / 2**30, 1),
