@@ -18,13 +18,25 @@ Several lines arriving at once (a paste, typeahead) are all checked on their typ
 any of them goes on: one denied line drops the whole chunk. A line ending in a backslash
 continues: the continuation's Enter goes on only if the joined text so far is not denied, and
 the joined command is judged as one at its last Enter.
+
+Ctrl-C (the user's, or the bastion's own that drops continued lines) goes on once the keys
+before it were echoed (or after ``SETTLE_MAX``); then nothing more goes on until the shell
+answers it with a new prompt (a new row with text), at most ``INTERRUPT_MAX``. Keys that reach
+bash while it still handles SIGINT are read into the old line and the first ones are lost:
+"echo x", Ctrl-C, "Xecho joined", Enter shows "echo xXecho joined" and runs "cho joined" (so
+"XYrm -rf /" would run "rm -rf /"). If no new prompt comes in time, the keys typed meanwhile are
+dropped, and a line any of whose keys reached the shell before the prompt (or at all, if the
+shell ignored Ctrl-C, as bash does under ``stty intr undef``) is not run: its Enter is refused
+and the line cleared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
+from collections.abc import Callable
 
 from bastion.masking.noecho import SECRET_PROMPT
 from bastion.policy.commands import (
@@ -49,7 +61,9 @@ log = logging.getLogger("bastion.relay")
 
 SETTLE_QUIET = 0.03  # output quiet this long after the last key's echo: the screen is settled
 SETTLE_MAX = 0.5  # never wait longer than this for an echo (none comes under ``stty -echo``)
-INTERRUPT_MAX = 1.0  # keys after Ctrl-C wait at most this long for the shell's new prompt
+# Keys after Ctrl-C wait at most this long for the shell's new prompt, then they are dropped
+# (not sent into a shell that may still be handling SIGINT): long enough for a loaded host.
+INTERRUPT_MAX = 5.0
 HOLD_CAP = 4096  # input held while a line is judged; beyond it the user's input is paused
 _CONTROLS = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|[\x00-\x1f]")
 _CLEAR_LINE = b"\x05\x15"  # Ctrl-E Ctrl-U: end of line, kill to its start (readline, tty)
@@ -141,6 +155,8 @@ class ShellControl:
         self._ended = False
         self._abort = False  # clear the refused line with Ctrl-C (continued lines pending)
         self._ctrl_x = False  # the last key was Ctrl-X (a prefix of edit-and-execute)
+        self._interrupt_at: int | None = None  # output offset of a Ctrl-C not answered yet
+        self._tainted = False  # keys of this line reached the shell before it answered Ctrl-C
         self._cancelled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -190,6 +206,8 @@ class ShellControl:
             return
         if self._several_lines(keys) and not self._precheck(keys):
             return
+        if keys:
+            self._note_unanswered()
         out: list[bytes] = []
         for index, key in enumerate(keys):
             if key.kind is KeyKind.ENTER:
@@ -205,23 +223,54 @@ class ShellControl:
                 continue
             self._ctrl_x = key.kind is KeyKind.CONTROL and key.text == "\x18"
             catcher.typed_key(key)
-            out.append(key.raw)
             if key.kind is KeyKind.CONTROL and key.text == "\x03":
-                # After Ctrl-C bash drops a key or two typed before it redraws its prompt (the
-                # tty echoed them, readline never got them): "Xrm -rf" shown, "rm -rf" run. So
-                # what follows waits until the prompt is back. The line's mark stays: if the
-                # shell ignored Ctrl-C, the text before it still counts.
+                # Keys that reach bash while it handles SIGINT go into the old line and the
+                # first ones are lost: what follows waits for the new prompt. The line's mark
+                # stays: if the shell ignored Ctrl-C, the screen still shows the text before it.
                 self.forward(b"".join(out))
                 rest = b"".join(k.raw for k in keys[index + 1:]) + catcher.reader.take_partial()
                 self._held = bytearray(rest)
                 self.continued = ""
-                self._task = self.loop.create_task(self._after_interrupt(catcher.tail.end))
+                self._task = self.loop.create_task(self._after_interrupt(key.raw))
                 return
+            out.append(key.raw)
         self.forward(b"".join(out))
 
-    async def _after_interrupt(self, output_at: int) -> None:
-        await self._settle(new_row_after=output_at)
+    async def _after_interrupt(self, ctrl_c: bytes) -> None:
+        if self.last_output <= self.last_forward:
+            # The echo of the keys before Ctrl-C first: a row it wraps to (readline writes CR LF
+            # on a terminal without automatic margins) must not pass for the new prompt.
+            await self._settle()
+        await self._interrupt(lambda: self.forward(ctrl_c))
         self._release(new_line=False)
+
+    async def _interrupt(self, send: Callable[[], None]) -> bool:
+        """Send Ctrl-C (``send``); wait for the shell's new prompt; True if it came in time.
+
+        If it did not, the input held meanwhile is dropped, and the keys typed next (until the
+        prompt shows) make a line that is not run: see ``_note_unanswered``.
+        """
+        self._interrupt_at = self.catcher.tail.end
+        send()
+        if await self._settle(new_row_after=self._interrupt_at):
+            self._interrupt_at = None
+            self._tainted = False  # the shell dropped the line: nothing of it is left
+            return True
+        self.ctx.marker("no new prompt after Ctrl-C")
+        if self._held:
+            self._held = bytearray()
+            self.ctx.notify_user("the shell showed no new prompt after Ctrl-C; what was typed "
+                                 "after it was not sent")
+        return False
+
+    def _note_unanswered(self) -> None:
+        """Keys go to the shell now: if it has not answered a Ctrl-C yet, their line won't run."""
+        if self._interrupt_at is None:
+            return
+        if self._prompt_redrawn(self._interrupt_at):
+            self._interrupt_at = None  # answered late, but before these keys
+        else:
+            self._tainted = True
 
     def _expand_pastes(self, keys: list[Key]) -> list[Key]:
         """A paste the program did not ask for is typing: its newlines are Enters."""
@@ -279,8 +328,8 @@ class ShellControl:
         self._cancelled = asyncio.Event()
         self._task = self.loop.create_task(self._judge())
 
-    async def _settle(self, new_row_after: int | None = None) -> None:
-        """Wait until the target has echoed what was typed (bounded).
+    async def _settle(self, new_row_after: int | None = None) -> bool:
+        """Wait until the target has echoed what was typed (bounded); False if time ran out.
 
         With ``new_row_after`` (an output offset), also until a newline came after it: the
         shell's fresh prompt after Ctrl-C.
@@ -290,9 +339,9 @@ class ShellControl:
             now = self.loop.time()
             if (self.last_output > self.last_forward and now - self.last_output >= SETTLE_QUIET
                     and (new_row_after is None or self._prompt_redrawn(new_row_after))):
-                return
+                return True
             if now >= deadline:
-                return
+                return False
             await asyncio.sleep(SETTLE_QUIET / 3)
 
     def _prompt_redrawn(self, since: int) -> bool:
@@ -327,6 +376,8 @@ class ShellControl:
     async def _judge_line(self) -> bool:
         catcher = self.catcher
         prefix = self.continued
+        if self._tainted:
+            return self._refuse_unanswered(prefix)
         if not catcher.line_started and not prefix:
             return True  # Enter on an empty line
         await self._settle()
@@ -361,17 +412,33 @@ class ShellControl:
             shown = f"[input at a password prompt, not echoed: {len(shown)} keys]"
         return await self.judge.enforce(self.judge.evaluate(texts), shown, self._cancelled)
 
+    def _refuse_unanswered(self, prefix: str) -> bool:
+        """The line's keys reached the shell before it answered Ctrl-C: it does not run."""
+        self.ctx.note_command(masked_line(prefix + self.catcher.read().shown), "refused")
+        self.ctx.notify_user("this line was typed before the shell showed a new prompt after "
+                             "Ctrl-C; it was not run")
+        self._abort = bool(prefix)
+        self.continued = ""
+        return False
+
     async def _clear_then_release(self) -> None:
         """Clear the refused line on the target, check the screen shows it empty, go on."""
         abort, self._abort = self._abort, False
         self.continued = ""
-        self.forward_control(_ABORT_LINE if abort else _CLEAR_LINE)
-        await self._settle()
-        reading = self.catcher.read()
-        if reading.screen is not None and reading.screen.found and reading.screen.text.strip():
-            self.forward_control(_ABORT_LINE)  # not empty: interrupt the line instead
-            self.ctx.marker("line not cleared by Ctrl-U; sent Ctrl-C")
-            await self._settle()  # the new prompt is drawn before the next line begins
+        abort_line = functools.partial(self.forward_control, _ABORT_LINE)
+        if abort:
+            # The new prompt is drawn before the next line begins (or that line is not run).
+            await self._interrupt(abort_line)
+        else:
+            self.forward_control(_CLEAR_LINE)
+            await self._settle()
+            reading = self.catcher.read()
+            if reading.screen is not None and reading.screen.found \
+                    and reading.screen.text.strip():
+                self.ctx.marker("line not cleared by Ctrl-U; sent Ctrl-C")
+                await self._interrupt(abort_line)  # not empty: interrupt the line instead
+            else:
+                self._interrupt_at = None  # the line, and anything a Ctrl-C left in it, is gone
         self._release()
 
     def forward_control(self, data: bytes) -> None:
@@ -385,6 +452,7 @@ class ShellControl:
         self._held = None
         if new_line:
             self.catcher.end_line()
+            self._tainted = False
         if self._paused:
             self._paused = False
             self.ctx.resume_input()

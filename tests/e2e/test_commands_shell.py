@@ -159,13 +159,19 @@ def test_paste_continuation_and_ctrl_c(stack: DemoStack, shell: TmuxSession) -> 
     assert enter_blocked(shell, f"f {target.name}") == "deny"
     went_on(shell)
     assert target.exists()
-    # A prefix, Ctrl-C, then a harmless command: only the harmless one runs.
+    # A prefix, Ctrl-C, then at once a harmless command: only the harmless one runs,
+    # unrefused. The bastion holds the keys typed after Ctrl-C until bash shows its new prompt
+    # (keys that reach bash while it handles SIGINT join the old line, the first ones lost).
+    refusals = len(_BLOCKED.findall(shell.capture(history=True)))
     shell.send_literal("rm -rf ")
+    shell.wait_for(re.compile(r"^\$ rm -rf$", re.MULTILINE))
     shell.send_keys("C-c")
     shell.type_line(f"touch {stack.workdir / 'after-ctrl-c'}")
+    shell.wait_for(re.compile(r"^\$ rm -rf \^C\n\$ touch ", re.MULTILINE), timeout=20)
     went_on(shell)
     assert (stack.workdir / "after-ctrl-c").exists()
     assert target.exists()
+    assert len(_BLOCKED.findall(shell.capture(history=True))) == refusals
 
 
 def test_harmless_mentions_run_and_stty_echo_hides_nothing(stack: DemoStack,

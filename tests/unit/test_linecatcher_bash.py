@@ -268,3 +268,57 @@ def test_keys_right_after_ctrl_c_reach_the_new_prompt(tmp_path: Path) -> None:
         sh = asyncio.run(scenario())
         assert victim.exists()
         assert b"Xrm: command not found" in sh.output
+
+
+def test_text_before_an_ignored_ctrl_c_does_not_join_the_next_line_unseen(tmp_path: Path,
+                                                                         monkeypatch: Any) -> None:
+    # Under `stty intr undef -echo` bash ignores Ctrl-C and echoes nothing: it holds
+    # "rm -rf victim" while the keystrokes after Ctrl-C say "victim". That line must not run.
+    from bastion.relay import command_stage
+
+    monkeypatch.setattr(command_stage, "INTERRUPT_MAX", 0.3)
+    victim = _victim(tmp_path)
+
+    async def scenario() -> BashPty:
+        async with BashPty(tmp_path) as sh:
+            await sh.sync()
+            sh.type(b"stty intr undef -echo\r")
+            await sh.sync()
+            for chunk in (b"rm -rf ", b"\x03"):
+                sh.type(chunk)
+                await sh.idle()
+            sh.type(b"victim\r")
+            await sh.idle()
+            sh.type(b"stty sane\r")
+            await sh.sync()
+            return sh
+
+    sh = asyncio.run(scenario())
+    assert victim.exists()
+    assert ("victim", "refused", None) in sh.ctx.commands
+
+
+def test_keys_after_ctrl_c_never_reach_bash_before_its_new_prompt(tmp_path: Path,
+                                                                 monkeypatch: Any) -> None:
+    # A shell too slow to answer Ctrl-C in time (the wait is 0 here): sent at once, "touch x"
+    # would reach bash while it handles SIGINT, be read into the old line ("rm -rf touch x"
+    # shown, and judged) and lose keys. Dropped instead, and the shell goes on cleanly.
+    from bastion.relay import command_stage
+
+    monkeypatch.setattr(command_stage, "INTERRUPT_MAX", 0.0)
+
+    async def scenario(index: int) -> BashPty:
+        async with BashPty(tmp_path) as sh:
+            sh.type(b"rm -rf ")
+            await sh.wait_for(b"rm -rf ")
+            sh.type(b"\x03")
+            sh.type(b"touch after-%d\r" % index)
+            await sh.idle()
+            await sh.sync()
+            return sh
+
+    for index in range(5):
+        sh = asyncio.run(scenario(index))
+        assert not (tmp_path / f"after-{index}").exists()
+        assert not any(c[0].startswith(("rm", "touch")) for c in sh.ctx.commands)
+        assert any("no new prompt after Ctrl-C" in n for n in sh.ctx.notices)
