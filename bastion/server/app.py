@@ -32,11 +32,12 @@ from bastion.relay.session import RelayServices
 from bastion.relay.upstream_pool import UpstreamPool
 from bastion.secret import Secret
 from bastion.server.auth import LocalKeyIndex
+from bastion.server.balance import NOT_ACCEPTING, WorkerLoads
 from bastion.server.connection import DEVICE_LOGIN_MARGIN, BastionConnection
 from bastion.server.features import approval_service, build_features
 from bastion.server.hardening import algorithm_options
 from bastion.server.limits import ServerLimits
-from bastion.server.proxy import ProxyListener
+from bastion.server.proxy import PlainListener, ProxyListener
 from bastion.state.limits import LimitStore
 from bastion.state.sessions import KillRequest, RunningSession, SessionRegistry
 
@@ -59,6 +60,8 @@ class WorkerRole:
     index: int  # 1..N, in connection ids ("2.17") and audit events
     spool_lock_fd: int
     listener: socket.socket
+    loads: WorkerLoads | None = None  # every worker's open connections (shared socket only)
+    slot: int = 0  # this worker's place in ``loads``
 
 
 class BastionServer:
@@ -83,6 +86,7 @@ class BastionServer:
         self._no_connections = asyncio.Event()
         self._conn_ids = (f"{self._conn_prefix}{n}" for n in itertools.count(1))
         self._acceptor: asyncssh.SSHAcceptor | ProxyListener | None = None
+        self._accepting = False  # published to the other workers (server/balance.py)
         self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
         self._upkeep: asyncio.Task[None] | None = None
         self.finished_hooks: list[Callable[[SessionRecording], None]] = []
@@ -162,13 +166,34 @@ class BastionServer:
         if len(self.connections) >= self.config.server.max_connections:
             return False
         self.connections[connection.conn_id] = connection
+        self._publish_load()
         return True
 
     def forget(self, connection: BastionConnection) -> None:
         """Drop a closed connection."""
         self.connections.pop(connection.conn_id, None)
+        self._publish_load()
         if not self.connections:
             self._no_connections.set()
+
+    def _publish_load(self) -> None:
+        """Tell the other workers how many connections this one holds (server/balance.py):
+        those open, and those accepted and still being set up (a login under way is in both;
+        counted at once, before it reaches ``admit``, so the next look is not stale)."""
+        role = self.role
+        if role is None or role.loads is None:
+            return
+        if not self._accepting:
+            role.loads.publish(role.slot, NOT_ACCEPTING)
+            return
+        acceptor = self._acceptor
+        setting_up = acceptor.setting_up if isinstance(acceptor, ProxyListener) else 0
+        role.loads.publish(role.slot, len(self.connections) + setting_up)
+
+    async def _my_turn(self) -> None:
+        role = self.role
+        assert role is not None and role.loads is not None
+        await role.loads.my_turn(role.slot)
 
     async def wait_idle(self) -> None:
         """Return once no connection is open."""
@@ -251,14 +276,21 @@ class BastionServer:
             keepalive_count_max=cfg.server.keepalive_count_max,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False,
             line_editor=False, encoding=None, **algorithm_options(cfg.server.ciphers))
+        # A worker on the shared socket takes a waiting connection when no other holds fewer
+        # (server/balance.py); it accepts itself for that, as behind a load balancer.
+        turn = self._my_turn if self.role is not None and self.role.loads is not None else None
         if cfg.server.proxy_protocol_from:
             # Behind a load balancer: accept TCP here, take its PROXY header off, and run
             # asyncssh on each socket with the client's real address.
             self._ssh_options = asyncssh.SSHServerConnectionOptions(**ssh_options)
             self._acceptor = ProxyListener(
                 cfg.server.listen, cfg.server.port, cfg.server.proxy_protocol_from,
-                self._proxied_connection, self._proxy_refused)
+                self._run_ssh, self._proxy_refused, turn, self._publish_load)
             await self._acceptor.start(self.role.listener if self.role is not None else None)
+        elif self.role is not None and turn is not None:
+            self._ssh_options = asyncssh.SSHServerConnectionOptions(**ssh_options)
+            self._acceptor = PlainListener(self._run_ssh, turn, self._publish_load)
+            await self._acceptor.start(self.role.listener)
         elif self.role is not None:
             self._acceptor = await asyncssh.create_server(
                 self._new_connection, sock=self.role.listener, **ssh_options)
@@ -267,6 +299,8 @@ class BastionServer:
                 self._new_connection, cfg.server.listen, cfg.server.port, reuse_address=True,
                 **ssh_options)
         self._upkeep = asyncio.get_running_loop().create_task(self._upkeep_loop())
+        self._accepting = True
+        self._publish_load()
         if self.role is not None:
             self.audit.emit("worker.start", worker=self.role.index, pid=os.getpid())
         else:
@@ -286,8 +320,9 @@ class BastionServer:
     def _new_connection(self) -> BastionConnection:
         return BastionConnection(self, next(self._conn_ids))
 
-    async def _proxied_connection(self, sock: socket.socket, client: tuple[str, int]) -> None:
-        """Run SSH on a socket whose PROXY header was read; ``client`` is the real address."""
+    async def _run_ssh(self, sock: socket.socket, client: tuple[str, int]) -> None:
+        """Run SSH on a socket this worker accepted itself; ``client`` is the real address
+        (from a PROXY header, or the socket's peer)."""
         conn_id = next(self._conn_ids)
         try:
             await asyncssh.run_server(
@@ -412,8 +447,12 @@ class BastionServer:
 
     def stop_accepting(self) -> None:
         """Take no new connections (a worker replaced after a config reload: it finishes the
-        sessions it runs, then stops)."""
-        if self._acceptor is not None:
+        sessions it runs, then stops; a login under way goes on)."""
+        self._accepting = False
+        self._publish_load()
+        if isinstance(self._acceptor, ProxyListener):
+            self._acceptor.stop_accepting()
+        elif self._acceptor is not None:
             self._acceptor.close()
 
     @property
@@ -423,6 +462,8 @@ class BastionServer:
 
     async def stop(self) -> None:
         """Stop listening and end every session with a notice; recordings are finished."""
+        self._accepting = False
+        self._publish_load()
         if self._acceptor is not None:
             self._acceptor.close()
         for conn in list(self.connections.values()):

@@ -151,8 +151,9 @@ ConnectionStarter = Callable[[socket.socket, tuple[str, int]], Awaitable[None]]
 Refusal = Callable[[tuple[str, int], str], None]
 
 
-async def _readable(sock: socket.socket, timeout: float) -> bool:
-    """Whether ``sock`` has bytes to read (or EOF) within ``timeout`` seconds."""
+async def _readable(sock: socket.socket, timeout: float | None) -> bool:
+    """Whether ``sock`` has bytes to read (or EOF, or a connection to accept) within
+    ``timeout`` seconds (None: however long it takes)."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -160,26 +161,34 @@ async def _readable(sock: socket.socket, timeout: float) -> bool:
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(sock.fileno(), wake)
+    fd = sock.fileno()
+    loop.add_reader(fd, wake)
     try:
         await asyncio.wait_for(ready, timeout)
         return True
     except TimeoutError:
         return False
     finally:
-        loop.remove_reader(sock.fileno())
+        loop.remove_reader(fd)
 
 
 class ProxyListener:
     """Accepts TCP itself (instead of asyncssh) to take the PROXY header off connections from
-    the listed balancers, then hands each socket to ``start`` with the client's address."""
+    the listed balancers, then hands each socket to ``start`` with the client's address.
+
+    ``turn``, if given, is awaited when a connection waits, before taking it: a worker's
+    share of the node's connections (``balance.WorkerLoads.my_turn``); ``changed`` is called
+    when ``setting_up`` changes."""
 
     def __init__(self, host: str, port: int,
                  networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-                 start: ConnectionStarter, refuse: Refusal) -> None:
+                 start: ConnectionStarter, refuse: Refusal,
+                 turn: Callable[[], Awaitable[None]] | None = None,
+                 changed: Callable[[], None] | None = None) -> None:
         self._host, self._port = host, port
         self._networks = networks
         self._start, self._refuse = start, refuse
+        self._turn, self._changed = turn, changed
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -212,18 +221,36 @@ class ProxyListener:
         return int(self._sock.getsockname()[1])
 
     async def _accept_loop(self) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
         loop = asyncio.get_running_loop()
         while True:
+            await _readable(sock, None)  # a connection waits (every worker is woken)
+            if self._turn is not None:
+                await self._turn()
             try:
-                conn, address = await loop.sock_accept(self._sock)
+                conn, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another worker took it
             except OSError:  # out of descriptors, a reset before accept: keep accepting
                 await asyncio.sleep(0.1)
                 continue
             conn.setblocking(False)
             task = loop.create_task(self._handle(conn, (str(address[0]), int(address[1]))))
             self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+            task.add_done_callback(self._set_up)
+            if self._changed is not None:
+                self._changed()
+
+    @property
+    def setting_up(self) -> int:
+        """Connections accepted and not yet signed in (or given up)."""
+        return len(self._handlers)
+
+    def _set_up(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        if self._changed is not None:
+            self._changed()
 
     async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
@@ -241,16 +268,38 @@ class ProxyListener:
             return
         await self._start(conn, client)
 
+    def stop_accepting(self) -> None:
+        """Take no new connections; those being set up (a login under way) go on."""
+        sock = self._sock
+        if sock is None:
+            return
+        if self._accepting is not None and not self._accepting.done():
+            # Closed once the loop has let go of it (the task's own cleanup runs first).
+            self._accepting.add_done_callback(lambda _task: sock.close())
+            self._accepting.cancel()
+        else:
+            sock.close()
+
     def close(self) -> None:
         """Stop accepting; connections being set up are dropped."""
-        if self._accepting is not None:
-            self._accepting.cancel()
+        self.stop_accepting()
         for task in list(self._handlers):
             task.cancel()
-        if self._sock is not None:
-            self._sock.close()
 
     async def wait_closed(self) -> None:
         """Wait for the accept task and the set-up tasks to end."""
         tasks = [t for t in (self._accepting, *self._handlers) if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class PlainListener(ProxyListener):
+    """A worker's own accept loop without PROXY headers: each socket goes to ``start`` with
+    its peer's address (asyncssh's listener would take every waiting connection at once,
+    however many this worker already holds)."""
+
+    def __init__(self, start: ConnectionStarter, turn: Callable[[], Awaitable[None]],
+                 changed: Callable[[], None]) -> None:
+        super().__init__("", 0, (), start, lambda peer, reason: None, turn, changed)
+
+    async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        await self._start(conn, peer)

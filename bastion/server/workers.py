@@ -46,6 +46,7 @@ from bastion.errors import BastionError, ConfigError, WorkerStartFailed
 from bastion.evidence.seal import Sealer
 from bastion.recording import Spool
 from bastion.server.app import BastionServer, WorkerRole, serve
+from bastion.server.balance import NOT_ACCEPTING, WorkerLoads
 from bastion.server.preflight import preflight
 from bastion.state.backends import open_state
 from bastion.state.limits import LimitStore
@@ -92,6 +93,7 @@ class Worker:
     generation: int
     pid: int
     ready_fd: int  # read end of the pipe the worker writes one byte to once it listens
+    slot: int  # its place in the supervisor's WorkerLoads
     phase: Phase = Phase.STARTING
 
 
@@ -151,6 +153,10 @@ class Supervisor:
         self.spool = Spool(config.paths.spool_dir, config.server.node_id)
         self.listener: socket.socket | None = None
         self.workers: dict[int, Worker] = {}  # by pid
+        # Open connections per worker, for the shared socket's balance (server/balance.py):
+        # mapped here, before any fork, so that every worker shares it.
+        self.loads = WorkerLoads() \
+            if config.server.worker_balance is WorkerBalance.SHARED else None
         self.generation = 0
         self._deaths: dict[int, list[float]] = {}  # worker index -> recent death times
         self._restart: list[int] = []  # worker indexes waiting to be started again
@@ -271,6 +277,8 @@ class Supervisor:
         config, listener, lock_fd = self.config, self.listener, self.spool.lock_fd
         read_fd, write_fd = os.pipe()
         parent = os.getpid()
+        slot = self.loads.free_slot({w.slot for w in self.workers.values()}) \
+            if self.loads is not None else 0
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -283,14 +291,14 @@ class Supervisor:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor's to act on
                 _die_with_parent(parent)
-                code = run_worker(config, WorkerRole(index, lock_fd, listener), write_fd,
-                                  self.audit)
+                role = WorkerRole(index, lock_fd, listener, self.loads, slot)
+                code = run_worker(config, role, write_fd, self.audit)
             except BaseException:  # a worker must never fall back into the supervisor's code
                 log.exception("worker %d failed", index)
             finally:
                 os._exit(code)
         os.close(write_fd)
-        worker = Worker(index, self.generation, pid, read_fd)
+        worker = Worker(index, self.generation, pid, read_fd, slot)
         self.workers[pid] = worker
         return worker
 
@@ -341,6 +349,8 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 os.close(worker.ready_fd)
+                if self.loads is not None:  # (a worker killed could not say it stopped)
+                    self.loads.publish(worker.slot, NOT_ACCEPTING)
                 gone.append((worker, status))
         return gone
 

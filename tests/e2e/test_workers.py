@@ -222,6 +222,39 @@ def test_sighup_with_a_broken_config_changes_nothing(stack: DemoStack) -> None:
     assert ok.stdout == "ok\n", ok.stderr
 
 
+def test_each_new_connection_goes_to_the_worker_holding_fewest(stack: DemoStack) -> None:
+    """The shared socket (the default): the worker with fewer open connections takes the next
+    one (server/balance.py). Before, an idle node's first worker tended to win every accept,
+    and busy nodes ended lopsided (30 of 50 terminals on one worker, bench/RESULTS.md)."""
+    def starts() -> list[dict[str, Any]]:
+        return [e for e in audit(stack) if e["event"] == "session.start"]
+
+    def ends() -> int:
+        return len([e for e in audit(stack) if e["event"] == "session.end"])
+
+    before = len(starts())
+    sessions: list[tuple[LiveSession, int]] = []
+    try:
+        for number in range(8):  # one after another, each open before the next
+            live = LiveSession(stack, "web01", f"spread{number}")
+            sessions.append((live, session_of(stack, f"spread{number}")["worker"]))
+        assert sorted(worker for _, worker in sessions) == [1, 1, 1, 1, 2, 2, 2, 2]
+        # Two end on worker 1: it holds 2, worker 2 holds 4; the next two go to worker 1.
+        ended = ends()
+        for live, _ in [s for s in sessions if s[1] == 1][:2]:
+            assert live.end() == 0
+        wait_until(lambda: ends() == ended + 2, 30, "the two sessions to end")
+        for number in (8, 9):
+            live = LiveSession(stack, "web01", f"spread{number}")
+            sessions.append((live, session_of(stack, f"spread{number}")["worker"]))
+        assert [worker for _, worker in sessions[-2:]] == [1, 1]
+        assert len(starts()) == before + 10
+    finally:
+        for live, _ in sessions:
+            if live.proc.returncode is None:
+                live.kill()
+
+
 def test_strangers_from_one_address_share_one_allowance_across_workers(tmp_path: Path) -> None:
     cap = 3
     opened = 12  # (all twelve on one worker: 1 in 2048)
