@@ -18,7 +18,7 @@ from typing import Any
 import asyncssh
 
 from bastion.audit import AuditLog
-from bastion.config.model import Config
+from bastion.config.model import Config, WorkerBalance
 from bastion.credentials.ca import CertificateAuthority
 from bastion.credentials.hostkeys import load_host_keys
 from bastion.credentials.vault import Credential, Vault, key_id, load_vault_key
@@ -60,7 +60,7 @@ class WorkerRole:
     index: int  # 1..N, in connection ids ("2.17") and audit events
     spool_lock_fd: int
     listener: socket.socket
-    loads: WorkerLoads | None = None  # every worker's open connections (shared socket only)
+    loads: WorkerLoads | None = None  # every worker's open connections
     slot: int = 0  # this worker's place in ``loads``
 
 
@@ -278,7 +278,8 @@ class BastionServer:
             line_editor=False, encoding=None, **algorithm_options(cfg.server.ciphers))
         # A worker on the shared socket takes a waiting connection when no other holds fewer
         # (server/balance.py); it accepts itself for that, as behind a load balancer.
-        turn = self._my_turn if self.role is not None and self.role.loads is not None else None
+        turn = self._my_turn if self.role is not None and self.role.loads is not None \
+            and cfg.server.worker_balance is WorkerBalance.SHARED else None
         if cfg.server.proxy_protocol_from:
             # Behind a load balancer: accept TCP here, take its PROXY header off, and run
             # asyncssh on each socket with the client's real address.

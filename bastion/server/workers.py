@@ -154,9 +154,9 @@ class Supervisor:
         self.listener: socket.socket | None = None
         self.workers: dict[int, Worker] = {}  # by pid
         # Open connections per worker, for the shared socket's balance (server/balance.py):
-        # mapped here, before any fork, so that every worker shares it.
-        self.loads = WorkerLoads() \
-            if config.server.worker_balance is WorkerBalance.SHARED else None
+        # mapped here, before any fork, so that every worker shares it (a reload may switch
+        # worker_balance, so it is there either way).
+        self.loads = WorkerLoads()
         self.generation = 0
         self._deaths: dict[int, list[float]] = {}  # worker index -> recent death times
         self._restart: list[int] = []  # worker indexes waiting to be started again
@@ -277,8 +277,7 @@ class Supervisor:
         config, listener, lock_fd = self.config, self.listener, self.spool.lock_fd
         read_fd, write_fd = os.pipe()
         parent = os.getpid()
-        slot = self.loads.free_slot({w.slot for w in self.workers.values()}) \
-            if self.loads is not None else 0
+        slot = self.loads.free_slot({w.slot for w in self.workers.values()})
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -349,8 +348,8 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 os.close(worker.ready_fd)
-                if self.loads is not None:  # (a worker killed could not say it stopped)
-                    self.loads.publish(worker.slot, NOT_ACCEPTING)
+                # (a worker killed could not say it stopped accepting)
+                self.loads.publish(worker.slot, NOT_ACCEPTING)
                 gone.append((worker, status))
         return gone
 
