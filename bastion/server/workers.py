@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import dataclasses
 import enum
+import gc
 import logging
 import os
 import select
@@ -228,6 +229,10 @@ class Supervisor:
         are never created in the supervisor, which must stay safe to fork from."""
         sys.stdout.flush()
         sys.stderr.flush()
+        # The supervisor's objects out of the collector's way before the fork: a worker's
+        # collections then leave the pages it shares with the supervisor unwritten (the
+        # gc module's documentation for fork without exec).
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             code = 1
