@@ -34,16 +34,19 @@ class _PassEnd:
             self._loop.call_soon(self._run)
 
     def _run(self) -> None:
-        self._scheduled = False
         joins, writes = self._phases
-        # A write phase callback may (rarely) wake a joiner again: run until both are empty.
-        while joins or writes:
-            for batch in (joins, writes):
-                while batch:
-                    callbacks = batch[:]
-                    batch.clear()
-                    for callback in callbacks:
-                        self._call(callback)
+        try:
+            # What the callbacks add is run here too (a write may, rarely, wake a joiner
+            # again): until both are empty.
+            while joins or writes:
+                for batch in (joins, writes):
+                    while batch:
+                        callbacks = batch[:]
+                        batch.clear()
+                        for callback in callbacks:
+                            self._call(callback)
+        finally:
+            self._scheduled = False
 
     def _call(self, callback: Callable[[], None]) -> None:
         try:
