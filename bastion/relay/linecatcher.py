@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import pyte
 
 from bastion.relay.linekeys import Key, KeyKind, KeyReader, TypedLine
+from bastion.replay.terminal import TolerantScreen
 
 __all__ = ["Key", "KeyKind", "KeyReader", "LineCatcher", "LineReading", "OutputTail",
            "ScreenLine", "TypedLine", "read_screen_line"]
@@ -152,7 +153,7 @@ def read_screen_line(tail: OutputTail, row_offset: int, mark: int, width: int,
     redraws it lower or higher) by its text; Ctrl-R's search prompt is recognized too.
     """
     rows = max(height, MIN_ROWS)
-    screen = pyte.Screen(max(width, 2), rows)
+    screen = TolerantScreen(max(width, 2), rows)  # the target's output may hold anything
     stream = pyte.ByteStream(screen)
     before = tail.since(row_offset)
     split = max(0, min(len(before), mark - max(row_offset, tail.start)))

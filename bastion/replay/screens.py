@@ -26,12 +26,13 @@ from wcwidth import wcwidth
 
 from bastion.replay.cast import Cast, Event, parse_size
 from bastion.replay.sanitize import Mode, Sanitizer
+from bastion.replay.terminal import TolerantScreen
 
 KEYFRAME_SECONDS = 5.0
 KEYFRAME_BYTES = 32 * 1024
 
 
-class ReplayScreen(pyte.Screen):
+class ReplayScreen(TolerantScreen):
     """A pyte screen that can be copied cheaply (for keyframes) and restored."""
 
     def snapshot(self) -> dict[str, Any]:

@@ -6,6 +6,9 @@ a pty, keys in and output out, in the order below.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bastion.relay.linecatcher import (
     Key,
     KeyKind,
@@ -163,3 +166,23 @@ def test_a_prompt_drawn_after_blind_keys_is_not_a_line() -> None:
         catcher.typed_key(key)
     catcher.output(b"\x1b[?2004l\r" + PROMPT)
     assert catcher.read().candidates == ("stty echo",)
+
+
+def test_output_with_sequences_pyte_cannot_take_is_still_read() -> None:
+    # Before: pyte raised (TypeError on ESC[1;3A, ESC[?5A; UnboundLocalError on ESC[9999K) and
+    # the command check failed closed: the session ended at the next Enter.
+    for odd in (b"\x1b[1;3A\x1b[1;3B", b"\x1b[?5A\x1b[?5B", b"\x1b[9999K", b"\x1b[?1;2r",
+                b"\x1b[1;2;3;4H\x1b[24;1H"):
+        catcher = drive([("out", b"\r\n" + odd + PROMPT), ("in", b"rm -rf x"),
+                         ("out", b"rm -rf x")])
+        reading = catcher.read()
+        assert reading.screen is not None and reading.screen.found, odd
+        assert reading.candidates == ("rm -rf x",), odd
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: bytes(
+    b"\x1b[?;0123456789ABCDEFGHJKLMPXdfghlmnr@`'\x07\x08\n\r\x18\x9b x"[c % 47] for c in b)))
+def test_any_output_can_be_read(output: bytes) -> None:
+    catcher = drive([("out", PROMPT + output), ("in", b"ls"), ("out", b"ls")])
+    catcher.read()  # no exception: the command check would end the session on one
