@@ -135,3 +135,56 @@ def test_a_keystroke_and_its_echo_leave_at_once_not_at_the_pass_end(
             await asyncio.wait_for(reader.read(), 10)
 
     asyncio.run(run())
+
+
+class SteppingClock:
+    """Each reading is ``step`` later than the one before: every callback "takes" ``step``."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_past_its_budget_the_pass_end_lets_the_loop_read_its_sockets_first() -> None:
+    # Before: every joiner and write of a pass ran before the loop looked at its sockets again,
+    # so a keystroke that arrived meanwhile waited for all of them.
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        pass_end = passend._PassEnd(loop, SteppingClock(passend.BUDGET / 2))
+        ran: list[object] = []
+
+        def join(n: int) -> None:
+            ran.append(n)
+            if n == 0:  # what a socket read in the meantime does: a callback of the loop's
+                loop.call_soon(ran.append, "keystroke")
+
+        for n in range(6):
+            pass_end.add(passend.JOIN, lambda n=n: join(n))  # type: ignore[misc]
+        pass_end.add(passend.WRITE, lambda: ran.append("write"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert ran.index("keystroke") < ran.index(5)
+        assert [r for r in ran if r != "keystroke"] == [0, 1, 2, 3, 4, 5, "write"]
+    asyncio.run(run())
+
+
+def test_a_steady_stream_of_joins_does_not_hold_the_writes_back() -> None:
+    async def run() -> None:
+        pass_end = passend._PassEnd(asyncio.get_running_loop(), SteppingClock(0.0))
+        ran: list[str] = []
+
+        def join(left: int) -> None:
+            ran.append("join")
+            if left:  # each join's data brings more (a target streaming as fast as it can)
+                pass_end.add(passend.JOIN, lambda: join(left - 1))
+
+        pass_end.add(passend.JOIN, lambda: join(50))
+        pass_end.add(passend.WRITE, lambda: ran.append("write"))
+        await asyncio.sleep(0)
+        assert ran[:2] == ["join", "write"]
+        assert ran.count("join") == 51
+    asyncio.run(run())
