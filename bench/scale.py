@@ -11,6 +11,12 @@ With each figure, the machine's load meanwhile: the whole machine's busy share, 
 bastion used, and the direct path's echo under the same streaming load. On a machine whose
 cores also run the clients, sshds and load generators, these say how much of a figure is the
 relay and how much the machine.
+
+The parallel bulk figure is then taken again with each worker held to ``worker_share`` of a
+core (its own CPU cgroup, ``WorkerCap``), 1 worker against one per CPU: with the workers the
+bound and the machine's other cores free for the clients and sshds, it shows what a worker
+adds, which the shared cores of the figure above cannot (on 2 cores shared with 8 ssh clients
+and 8 sshds, one worker already carries about what the machine can; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import shlex
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +67,63 @@ class MachineLoad:
         if self.pid:
             self.figures["bastion_cores"] = round(
                 (measure.cpu_seconds(self.pid) - self._cpu) / wall, 2)
+
+
+class CapUnavailable(Exception):
+    """The machine gives no CPU cgroup this bench may use (not root, no cpu controller)."""
+
+
+_CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+_CGROUP_V2 = Path("/sys/fs/cgroup")
+CAP_PERIOD_US = 10_000  # short: a capped worker runs in 10 ms rounds, not 100 ms bursts
+
+
+class WorkerCap:
+    """Each of ``pids`` held to ``share`` of one core, in a CPU cgroup of its own (v1 ``cpu``
+    controller or v2 ``cpu.max``); put back in the root group on exit."""
+
+    def __init__(self, pids: list[int], share: float) -> None:
+        self.pids = pids
+        self.quota = max(1000, int(share * CAP_PERIOD_US))
+        self.groups: list[Path] = []
+        if (_CGROUP_V2 / "cgroup.controllers").exists():
+            self.root = _CGROUP_V2
+            if "cpu" not in (_CGROUP_V2 / "cgroup.subtree_control").read_text().split():
+                raise CapUnavailable("cgroup v2 without the cpu controller enabled at the root")
+        elif (_CGROUP_V1 / "cpu.cfs_quota_us").exists():
+            self.root = _CGROUP_V1
+        else:
+            raise CapUnavailable("no CPU cgroup controller mounted")
+
+    def __enter__(self) -> WorkerCap:
+        try:
+            for pid in self.pids:
+                group = self.root / f"bastion-bench-{uuid.uuid4().hex[:8]}"
+                group.mkdir()
+                self.groups.append(group)
+                if self.root is _CGROUP_V2:
+                    (group / "cpu.max").write_text(f"{self.quota} {CAP_PERIOD_US}")
+                else:
+                    (group / "cpu.cfs_period_us").write_text(str(CAP_PERIOD_US))
+                    (group / "cpu.cfs_quota_us").write_text(str(self.quota))
+                (group / "cgroup.procs").write_text(str(pid))  # the worker and its threads
+        except OSError as exc:
+            self.__exit__()
+            raise CapUnavailable(f"cannot make a CPU cgroup: {exc.strerror or exc}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pid in self.pids:
+            try:
+                (self.root / "cgroup.procs").write_text(str(pid))
+            except OSError:
+                continue  # gone already
+        for group in self.groups:
+            try:
+                group.rmdir()
+            except OSError:
+                continue
+        self.groups = []
 
 
 def parallel_bulk(argv: list[str], count: int, size: int, timeout: float,
@@ -160,6 +224,9 @@ def run(env: BenchEnv, workdir: Path, args: Any, log: Callable[[str], None]) -> 
                                             env.bastion_pid)
         env.clear_recordings()
         out[name] = figure
+    if args.worker_share > 0:
+        out["capped"] = capped_bulk(env, command, count, size, timeout, args.worker_share,
+                                    cpus, log)
     env.restart_bastion(workers=0, balance="shared")  # as shipped, for what runs next
     direct = out["direct"]["loaded_echo"].get("p99_ms")
     one = out["bastion_one_worker"]["parallel_bulk"]["aggregate_mb_per_s"]
@@ -173,6 +240,35 @@ def run(env: BenchEnv, workdir: Path, args: Any, log: Callable[[str], None]) -> 
         rate = out[name]["parallel_bulk"]["aggregate_mb_per_s"]
         out[name]["parallel_bulk_vs_one_worker"] = round(rate / one, 2) if one else None
     return out
+
+
+def capped_bulk(env: BenchEnv, command: str, count: int, size: int, timeout: float,
+                share: float, cpus: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Parallel bulk with 1 worker and with one per CPU, each worker held to ``share`` of a
+    core (``WorkerCap``); ``vs_one_worker`` is the second's throughput over the first's."""
+    out: dict[str, Any] = {"worker_share": share}
+    for name, workers in (("one_worker", 1), ("workers_cpus", cpus)):
+        log(f"scale: bastion with {workers} worker(s), each held to {share} of a core")
+        env.restart_bastion(workers=workers, balance="shared")
+        pids = _workers(env.bastion_pid)
+        try:
+            with WorkerCap(pids, share):
+                out[name] = parallel_bulk(env.ssh("bastion", command), count, size, timeout,
+                                          env.bastion_pid)
+        except CapUnavailable as exc:
+            return {"worker_share": share, "error": str(exc)}
+        out[name]["workers"] = len(pids)
+        env.clear_recordings()
+    one = out["one_worker"]["aggregate_mb_per_s"]
+    out["vs_one_worker"] = round(out["workers_cpus"]["aggregate_mb_per_s"] / one, 2) \
+        if one else None
+    return out
+
+
+def _workers(supervisor: int) -> list[int]:
+    """The worker processes of ``bastion serve`` (the supervisor's children)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children")
+    return [int(pid) for pid in children.read_text(encoding="ascii").split()]
 
 
 def verdicts(r: dict[str, Any]) -> dict[str, Any]:
@@ -212,4 +308,18 @@ def table(r: dict[str, Any]) -> list[str]:
                      f"{figure.get('parallel_bulk_vs_one_worker', '-')} | "
                      f"{bulk.get('machine_busy_pct', '-')} | {bulk.get('bastion_cores', '-')} | "
                      f"{bulk.get('sessions_per_worker', '-')} |")
+    capped = r.get("capped")
+    if capped:
+        lines.append(f"\nparallel bulk with each worker held to {capped['worker_share']} of a "
+                     "core (the workers the bound):\n")
+        if "error" in capped:
+            lines.append(f"not measured: {capped['error']}")
+            return lines
+        lines += ["| workers | parallel MB/s | x one worker | busy % | cores |",
+                  "|---|---|---|---|---|"]
+        for name in ("one_worker", "workers_cpus"):
+            bulk = capped[name]
+            ratio = capped["vs_one_worker"] if name == "workers_cpus" else 1.0
+            lines.append(f"| {bulk['workers']} | {bulk['aggregate_mb_per_s']} | {ratio} | "
+                         f"{bulk['machine_busy_pct']} | {bulk.get('bastion_cores', '-')} |")
     return lines

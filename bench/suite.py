@@ -70,6 +70,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "shipped); the scale figure tries 1 and one per CPU itself")
     parser.add_argument("--parallel-sessions", type=int, default=8,
                         help="bulk sessions run at once in the scale figure (default 8)")
+    parser.add_argument("--worker-share", type=float, default=0.3,
+                        help="the scale figure's capped bulk: each worker held to this share "
+                             "of a core by a CPU cgroup (needs root; default 0.3, 0: skip)")
     parser.add_argument("--profile", type=Path,
                         help="write py-spy profiles of the bastion's bulk runs to this dir")
     parser.add_argument("--profile-format", default="flamegraph",
