@@ -64,20 +64,25 @@ def test_parser_waits_for_a_torn_line() -> None:
     assert [e.data for e in events] == ["hello"]
 
 
-def test_cli_on_a_hostile_recording_prints_one_line(tmp_path: Path) -> None:
+def _replay_screen_at_1s(tmp_path: Path, cast: bytes) -> subprocess.CompletedProcess[str]:
+    """``bastion replay --screen --at 1`` on a closed session holding ``cast`` (unverified)."""
     session = tmp_path / "spool" / "20260101T000000Z-0123456789ab"
     session.mkdir(parents=True)
     (session / "session.json").write_text(json.dumps({
         "schema": 1, "session_id": session.name, "state": "closed",
         "recordings": ["1-shell.cast"]}), encoding="utf-8")
-    (session / "1-shell.cast").write_bytes(BAD["NaN time"])
+    (session / "1-shell.cast").write_bytes(cast)
     config = tmp_path / "bastion.toml"
     config.write_text(f'[paths]\nstate_dir = "{tmp_path / "state"}"\n'
                       f'spool_dir = "{tmp_path / "spool"}"\n[vault]\nkey_env = "X"\n',
                       encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "bastion", "replay", str(session), "--config",
+    return subprocess.run([sys.executable, "-m", "bastion", "replay", str(session), "--config",
                            str(config), "--no-verify", "--screen", "--at", "1"],
                           capture_output=True, text=True, timeout=60)
+
+
+def test_cli_on_a_hostile_recording_prints_one_line(tmp_path: Path) -> None:
+    proc = _replay_screen_at_1s(tmp_path, BAD["NaN time"])
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if not line.startswith(
         "bastion: warning:")]
@@ -101,21 +106,9 @@ def test_parse_time_rejects(text: str) -> None:
 
 def test_cli_replays_sequences_with_parameters_no_command_uses(tmp_path: Path) -> None:
     # pyte raised on these (TypeError, UnboundLocalError) and the replay ended with a traceback.
-    session = tmp_path / "spool" / "20260101T000000Z-0123456789ab"
-    session.mkdir(parents=True)
-    (session / "session.json").write_text(json.dumps({
-        "schema": 1, "session_id": session.name, "state": "closed",
-        "recordings": ["1-shell.cast"]}), encoding="utf-8")
     events = [[0.5, "o", "first\r\nsecond\x1b[1;3AX"], [0.6, "o", "\x1b[9999J\x1b[2;5;9HY"]]
-    (session / "1-shell.cast").write_text(
-        HEADER + "\n" + "\n".join(json.dumps(e) for e in events) + "\n", encoding="utf-8")
-    config = tmp_path / "bastion.toml"
-    config.write_text(f'[paths]\nstate_dir = "{tmp_path / "state"}"\n'
-                      f'spool_dir = "{tmp_path / "spool"}"\n[vault]\nkey_env = "X"\n',
-                      encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "bastion", "replay", str(session), "--config",
-                           str(config), "--no-verify", "--screen", "--at", "1"],
-                          capture_output=True, text=True, timeout=60)
+    proc = _replay_screen_at_1s(tmp_path, (HEADER + "\n" + "\n".join(
+        json.dumps(e) for e in events) + "\n").encode())
     assert proc.returncode == 0, proc.stderr
     # Up one line (the 3 is ignored), an unknown erase erases nothing, row 2 column 5.
     assert proc.stdout.splitlines()[:2] == ["first X", "secoYd"], proc.stdout
