@@ -17,12 +17,13 @@ pytestmark = pytest.mark.e2e
 
 def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     figures, stdout = run_bench(
-        tmp_path, "--paths", "direct,jump,bastion", "--size-mb", "2", "--rounds", "1",
+        # --quick: the idle sessions are watched 3 s, not 10 (the rest is set here).
+        tmp_path, "--quick", "--paths", "direct,jump,bastion", "--size-mb", "2", "--rounds", "1",
         "--samples", "20", "--load-sessions", "2", "--sessions", "3", "--login-seconds", "1",
-        "--transfer-mb", "1")
+        "--transfer-mb", "1", "--parallel-sessions", "2")
     assert {"machine", "command", "paths", "bulk_pty_text", "bulk_exec_binary",
             "bulk_exec_upload", "echo_latency",
-            "idle_sessions", "login_rate", "transfers", "targets"} <= set(figures)
+            "idle_sessions", "login_rate", "transfers", "scale", "targets"} <= set(figures)
     for name in ("bulk_pty_text", "bulk_exec_binary", "bulk_exec_upload"):
         bulk = figures[name]
         assert bulk["failures"] == {}
@@ -48,4 +49,11 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
             assert set(transfer["seconds"]) == {"jump", "bastion"}
             assert transfer["bastion_cpu_seconds"] is not None
     assert set(figures["transfers"]["methods"]) == {"scp", "scp -O", "sftp", "rsync"}
+    scale = figures["scale"]
+    for name in ("jump", "bastion_one_worker", "bastion_workers_cpus",
+                 "bastion_workers_cpus_reuseport"):
+        assert scale[name]["parallel_bulk"]["complete"] == 2, (name, scale[name])
+        assert "p99_ms" in scale[name]["loaded_echo"], (name, scale[name])
+    capped = scale["capped"]  # each worker held to a share of a core, or why it could not be
+    assert "error" in capped or capped["workers_cpus"]["complete"] == 2, capped
     assert "| bastion |" in stdout  # the printed table
