@@ -50,15 +50,24 @@ def _write_repeated(path: Path, block: bytes, size: int) -> None:
             left -= out.write(block[:left])
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid``, forked by any of its threads (empty if /proc cannot
+    tell: the process is gone, or the kernel lacks CONFIG_PROC_CHILDREN)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its live descendants (``bastion serve`` is a supervisor and its workers)."""
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
         found.append(current)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
+        todo += children(current)
     return found
 
 

@@ -250,8 +250,10 @@ def capped_bulk(env: BenchEnv, command: str, count: int, size: int, timeout: flo
     for name, workers in (("one_worker", 1), ("workers_cpus", cpus)):
         log(f"scale: bastion with {workers} worker(s), each held to {share} of a core")
         env.restart_bastion(workers=workers, balance="shared")
+        pids = measure.children(env.bastion_pid)  # the supervisor's workers
         try:
-            pids = _workers(env.bastion_pid)
+            if not pids:
+                raise CapUnavailable("cannot list the workers of bastion serve in /proc")
             with WorkerCap(pids, share):
                 out[name] = parallel_bulk(env.ssh("bastion", command), count, size, timeout,
                                           env.bastion_pid)
@@ -263,15 +265,6 @@ def capped_bulk(env: BenchEnv, command: str, count: int, size: int, timeout: flo
     out["vs_one_worker"] = round(out["workers_cpus"]["aggregate_mb_per_s"] / one, 2) \
         if one else None
     return out
-
-
-def _workers(supervisor: int) -> list[int]:
-    """The worker processes of ``bastion serve`` (the supervisor's children)."""
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children")
-    try:
-        return [int(pid) for pid in children.read_text(encoding="ascii").split()]
-    except OSError as exc:  # a kernel without CONFIG_PROC_CHILDREN
-        raise CapUnavailable(f"cannot list the workers: {exc.strerror or exc}") from None
 
 
 def verdicts(r: dict[str, Any]) -> dict[str, Any]:

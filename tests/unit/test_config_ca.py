@@ -123,6 +123,8 @@ def test_rolling_configuration_loads(tmp_path: Path) -> None:
     assert ca.next is not None and ca.next.key_credential == "user-ca-2027"
 
 
+# Named ids: CA_LINE is a new key each run, and ids made from it would differ between
+# pytest-xdist's processes.
 @pytest.mark.parametrize("keys, expected", [
     (f'host_ca = "{CA_LINE}"', None),
     (f'host_cas = ["{CA_LINE}", "{CA_LINE}"]', None),
@@ -130,8 +132,7 @@ def test_rolling_configuration_loads(tmp_path: Path) -> None:
     ('source_addresses = ["192.0.2.1", "10.0.0.0/8", "2001:db8::1"]', "host_key"),
     (f'host_ca = "{CA_LINE}"\nsource_addresses = ["bastion.example.com"]',
      "targets[2].source_addresses: expected a list of IP addresses or networks"),
-], ids=["host_ca", "host_cas", "unreadable_ca", "no_key_no_ca", "name_as_source"])  # CA_LINE
-# is a new key each run: ids made from it would differ between pytest-xdist's workers
+], ids=["host_ca", "host_cas", "unreadable_ca", "no_key_no_ca", "name_as_source"])
 def test_host_ca_instead_of_a_pinned_key(tmp_path: Path, keys: str, expected: str | None) -> None:
     text = BASE + CA + f'\n[[targets]]\nname = "app01"\nhost = "127.0.0.1"\n{keys}\n'
     if expected is None:
