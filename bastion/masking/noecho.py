@@ -33,11 +33,18 @@ ALT_OFF = (b"\x1b[?1049l", b"\x1b[?1047l", b"\x1b[?47l")
 LINE_END = frozenset(b"\r\n\x03\x04")  # Enter, Ctrl-C, Ctrl-D end a hidden run
 _PRINTABLE = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _NOT_PRINTABLE = bytes(b for b in range(256) if b not in _PRINTABLE)
-# What the prompts of sudo, passwd, su, mysql -p, psql, ssh, ssh-keygen, gpg, read -s ask for.
+# What the prompts of sudo, passwd, su, mysql -p, psql, ssh, ssh-keygen, gpg, read -s ask for,
+# in English and in the translations sudo, passwd and PAM ship (a Spanish sudo asks for the
+# "contraseña": without it the password was recorded as typed).
 SECRET_PROMPT = re.compile(
-    rb"pass(word|phrase|code)?|\bpin\b|secret|token|otp|one.time|verification code|"
-    rb"credential|\bkey\b", re.IGNORECASE)
+    r"pass(word|phrase|code)?|\bpin\b|secret|token|otp|one.time|verification code|"
+    r"credential|\bkey\b|"
+    r"contrase[ñn]a|contrasenya|senha|wachtwoord|has[łl]o|\bheslo|parola|parool|parole|"
+    r"salasana|l[öo]senord|passord|adgangskode|jelsz[óo]|[şs]ifre|lozinka|geslo|"
+    r"slapta[žz]odis|\bsandi\b|m[ậa]t kh[ẩa]u|пароль|парола|лозинка|κωδικ|סיסמ|"
+    r"كلمة (ال)?(مرور|سر)|密码|密碼|口令|パスワード|暗証|비밀번호|암호", re.IGNORECASE)
 _TAIL = 256  # bytes of recent output kept to read the prompt line from
+_ALT_LEN = max(map(len, ALT_ON + ALT_OFF))
 
 
 @dataclass
@@ -53,7 +60,8 @@ class EchoState:
 
     def prompt_asks_for_secret(self) -> bool:
         """Whether the line the hidden input was typed at asks for a secret."""
-        return SECRET_PROMPT.search(self.prompt) is not None
+        text = self.prompt.decode("utf-8", "replace")
+        return SECRET_PROMPT.search(text) is not None
 
 
 class EchoWatcher(Stage):
@@ -62,19 +70,34 @@ class EchoWatcher(Stage):
     def __init__(self, echo: EchoState) -> None:
         self.echo = echo
         self.keys: KeystrokeRecorder | None = None
+        self._cut = b""  # the last chunk's end from its last ESC, if that is short
+
+    def _alt_screen(self, data: bytes) -> None:
+        for seq in ALT_ON:
+            if seq in data:
+                self.echo.alt_screen = True
+        for seq in ALT_OFF:
+            if seq in data:
+                self.echo.alt_screen = False
 
     def feed(self, data: bytes, stream: Any) -> None:
         # The last output line: read when typing starts, to tell a password prompt from a shell.
         self.echo.tail = (self.echo.tail + strip(data[-_TAIL:]))[-_TAIL:]
         # ESC first: a memchr, where the three-byte search costed 0.7 ms per MB of plain text
         # (it stops at every "?").
-        if b"\x1b" in data and b"\x1b[?" in data:
-            for seq in ALT_ON:
-                if seq in data:
-                    self.echo.alt_screen = True
-            for seq in ALT_OFF:
-                if seq in data:
-                    self.echo.alt_screen = False
+        end = data
+        cut = self._cut
+        if cut:  # a sequence cut by the last chunk's end: look at it whole
+            self._cut = b""
+            self._alt_screen(cut + data[:_ALT_LEN])
+            if len(data) < _ALT_LEN:
+                end = cut + data
+        if b"\x1b" in end:
+            if b"\x1b[?" in data:
+                self._alt_screen(data)
+            last = end.rfind(b"\x1b", max(0, len(end) - _ALT_LEN + 1))
+            if last >= 0:
+                self._cut = end[last:]
         if self.echo.typed and self.keys is not None:
             limit = 256 + 8 * len(self.echo.typed)
             if len(self.echo.seen) < limit:

@@ -138,10 +138,16 @@ class MaskingFactory:
             return self._pty(info, scanner, shared, summary)
         mask_exec = info.target.masking.mask_exec
         if mask_exec if mask_exec is not None else self.config.mask_exec:
-            hold = self.timing.hold_time
+            # Output as on a pty: the user's copy waits ``hold_time``, the recorded one is
+            # masked from the raw bytes with the longer hold. Stdin is masked before it reaches
+            # the target, so it gets the longer hold itself (a secret cut 1 ms to 2 s apart
+            # went through whole after its start's release).
+            timing = self.timing
             return MaskingStages(
-                input=[TimedMasker(scanner, shared, hold, self.call_later)],
-                output=[TimedMasker(scanner, shared, hold, self.call_later), summary])
+                input=[TimedMasker(scanner, shared, timing.record_hold, self.call_later)],
+                output=[UserOutputMasker(scanner, shared, timing.hold_time, self.call_later)],
+                output_record=[RecordOutputMasker(scanner, shared, timing.record_hold,
+                                                  self.call_later), summary])
         return MaskingStages(input_record=[ScanOnly(scanner, shared)],
                              output_record=[ScanOnly(scanner, shared), summary])
 
@@ -152,8 +158,7 @@ class MaskingFactory:
         timing = self.timing
         keys, watcher = pair(scanner, shared, record_hold=timing.record_hold,
                              window=timing.echo_window, call_later=self.call_later)
-        record = RecordOutputMasker(scanner, shared, timing.record_hold, always=not to_user,
-                                    call_later=self.call_later)
+        record = RecordOutputMasker(scanner, shared, timing.record_hold, self.call_later)
         output: list[Stage] = []
         if to_user:
             output.append(UserOutputMasker(scanner, shared, timing.hold_time, self.call_later))

@@ -49,16 +49,38 @@ class StreamMasker:
         self.key_lines = 0
         self.count_only = False  # the caller drops the output: skip masking it (ScanOnly)
         self.binary = False  # counting only, and a NUL byte came: no escape stripping any more
+        self.released = b""  # the raw bytes (before masking) of what the last call returned
+        self.escape_held = False  # all that is held is an escape sequence cut by a chunk's end
 
     def push(self, data: bytes) -> bytes:
         """Add a chunk; return the bytes that may go on now (masked)."""
         raw = self.pending + data if self.pending else data
+        self.escape_held = False
         return self._process(raw, final=False)
 
-    def flush(self) -> bytes:
-        """Return everything held, masked as far as it can be seen now."""
+    def flush(self, *, keep_escape: bool = False) -> bytes:
+        """Return everything held, masked as far as it can be seen now.
+
+        ``keep_escape`` (a timed release): an escape sequence cut by the last chunk's end stays
+        held for the next chunk (``escape_held``). It shows nothing, and released as text its
+        rest would be read as visible text in the next chunk: ``ESC[01;3`` + ``1mAKIA...`` made
+        the key follow an "m", no word boundary, and go unmasked (``grep --color`` output).
+        """
         raw, self.pending = self.pending, b""
-        return self._process(raw, final=True) if raw else b""
+        self.escape_held = False
+        if not raw:
+            self.released = b""
+            return b""
+        if keep_escape and not self.binary:
+            cut = partial_escape_start(raw)
+            if cut is not None:
+                out = self._process(raw[:cut], final=True) if cut else b""
+                if not cut:
+                    self.released = b""
+                self.pending = raw[cut:]
+                self.escape_held = True
+                return out
+        return self._process(raw, final=True)
 
     def end(self) -> bytes:
         """The stream ended: flush, and forget an open private key block."""
@@ -114,8 +136,9 @@ class StreamMasker:
         escapes = len(visible) != len(main)  # else visible positions are raw positions
         raw_hold = suffix_raw_index(main, len(visible) - hold) if escapes else hold
         self.pending = main[raw_hold:] + raw[cut:] if not final else b""
+        self.released = main[:raw_hold]
         if not hits or self.count_only:
-            return main[:raw_hold]
+            return self.released
         emap = stripped if escapes else None
         out = bytearray(main[:raw_hold])
         for start, end, det in reversed(hits):

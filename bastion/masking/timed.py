@@ -29,10 +29,12 @@ def loop_call_later(delay: float, callback: Callable[[], None]) -> TimerHandle:
 
 @dataclass
 class SharedState:
-    """What the stages of one channel share: counts, and flags between the directions."""
+    """What the stages of one channel share: counts, and the raw bytes behind the user's copy."""
 
     counts: Counter[str] = field(default_factory=Counter)
-    dirty: bool = False  # the user stage released a possible secret's start on its timer
+    # While the user stage hands a masked chunk on: (that chunk, the raw bytes it was made
+    # from). The record stage (next in line) masks the raw bytes itself (RecordOutputMasker).
+    raw: tuple[bytes, bytes] | None = None
 
 
 class TimedMasker(Stage):
@@ -41,6 +43,7 @@ class TimedMasker(Stage):
     def __init__(self, scanner: Scanner, shared: SharedState, delay: float,
                  call_later: CallLater = loop_call_later) -> None:
         self.shared = shared
+        self.counts = shared.counts
         self.scanner = scanner
         self.delay = delay
         self.call_later = call_later
@@ -50,17 +53,24 @@ class TimedMasker(Stage):
     def _masker(self, stream: Any) -> StreamMasker:
         masker = self.maskers.get(stream)
         if masker is None:
-            masker = self.maskers[stream] = StreamMasker(self.scanner, self.shared.counts)
+            masker = self.maskers[stream] = StreamMasker(self.scanner, self.counts)
         return masker
 
     def feed(self, data: bytes, stream: Any) -> None:
-        out = self._masker(stream).push(data)
+        masker = self._masker(stream)
+        out = masker.push(data)
         if out:
-            self.emit(out, stream)
+            self._pass(out, masker.released, stream)
         self._arm()
 
+    def _pass(self, out: bytes, raw: bytes, stream: Any) -> None:
+        """Hand on ``out``, masked from ``raw``."""
+        self.emit(out, stream)
+
     def _arm(self) -> None:
-        held = any(m.pending for m in self.maskers.values())
+        # A cut escape sequence kept through a timed release waits for the next chunk, not
+        # for another timer (it shows nothing).
+        held = any(m.pending and not m.escape_held for m in self.maskers.values())
         if held and self.timer is None:
             self.timer = self.call_later(self.delay, self._release)
         elif not held and self.timer is not None:
@@ -70,19 +80,16 @@ class TimedMasker(Stage):
     def _release(self) -> None:
         self.timer = None
         for stream, masker in self.maskers.items():
-            out = masker.flush()
+            out = masker.flush(keep_escape=True)
             if out:
-                self._released(out, stream)
-
-    def _released(self, data: bytes, stream: Any) -> None:
-        self.emit(data, stream)
+                self._pass(out, masker.released, stream)
 
     def end(self) -> None:
         self.close()
         for stream, masker in self.maskers.items():
             out = masker.end()
             if out:
-                self.emit(out, stream)
+                self._pass(out, masker.released, stream)
         self.emit_end()
 
     def close(self) -> None:
@@ -95,12 +102,19 @@ ECHO_SIZE = 4  # bytes: the echo of one key (a UTF-8 character) is never held fo
 
 
 class UserOutputMasker(TimedMasker):
-    """Terminal output before it reaches the user (and so before it is recorded).
+    """Terminal output before it reaches the user.
 
     A chunk of at most ``ECHO_SIZE`` bytes with nothing held before it is the echo of a key: it
     is shown at once even if it could start a secret (holding it would slow every such key by
-    the hold time), and the record side re-checks what follows, as after a timed release.
+    the hold time). What this stage lets through early is the user's; the recording is masked
+    from the raw bytes by ``RecordOutputMasker`` with its longer hold, so this stage's counts
+    are its own (the record stage's are the channel's).
     """
+
+    def __init__(self, scanner: Scanner, shared: SharedState, delay: float,
+                 call_later: CallLater = loop_call_later) -> None:
+        super().__init__(scanner, shared, delay, call_later)
+        self.counts = Counter()
 
     def feed(self, data: bytes, stream: Any) -> None:
         masker = self._masker(stream)
@@ -108,37 +122,36 @@ class UserOutputMasker(TimedMasker):
             super().feed(data, stream)
             return
         out = masker.push(data)
+        raw = masker.released
         if len(masker.pending):  # (len: mypy narrowed .pending to empty above)
-            out += masker.flush()
-            self.shared.dirty = True
+            out += masker.flush(keep_escape=True)
+            raw += masker.released
         if out:
-            self.emit(out, stream)
+            self._pass(out, raw, stream)
 
-    def _released(self, data: bytes, stream: Any) -> None:
-        # A timed release may be the start of a secret whose rest comes later: the record
-        # side re-checks what follows (the user has seen it; the recording must not keep it).
-        self.shared.dirty = True
-        self.emit(data, stream)
+    def _pass(self, out: bytes, raw: bytes, stream: Any) -> None:
+        self.shared.raw = (out, raw)
+        try:
+            self.emit(out, stream)
+        finally:
+            self.shared.raw = None
 
 
 class RecordOutputMasker(TimedMasker):
-    """The recorded copy of the output.
+    """The recorded copy of the output, masked from the raw bytes.
 
-    With ``always`` (the user's output is not masked) every byte is masked here. Otherwise the
-    data is already masked and passes straight on, except after a timed release of the user
-    stage: then this stage holds and re-checks until the possible secret is decided.
+    Behind a ``UserOutputMasker`` it is handed that stage's masked chunks, and masks the raw
+    bytes each was made from instead (``SharedState.raw``). It holds a possible secret's start
+    for ``record_hold`` (2 s), where the user's copy waits 1 ms: a secret whose halves arrive
+    1 ms to 2 s apart is masked whole in the recording, though the user saw its start. Masking
+    the user's copy again could not do that: the start was already stars, or had gone past
+    this stage's scanner, which then judged the rest without it.
     """
 
-    def __init__(self, scanner: Scanner, shared: SharedState, delay: float, *,
-                 always: bool, call_later: CallLater = loop_call_later) -> None:
-        super().__init__(scanner, shared, delay, call_later)
-        self.always = always
-
     def feed(self, data: bytes, stream: Any) -> None:
-        if not (self.always or self.shared.dirty or self.timer is not None):
-            self.emit(data, stream)
-            return
-        self.shared.dirty = False
+        paired = self.shared.raw
+        if paired is not None and paired[0] is data:
+            data = paired[1]
         super().feed(data, stream)
 
 

@@ -406,7 +406,7 @@ class ShellControl:
             return True
         self.continued = ""
         if not reading.echoed and reading.screen is not None \
-                and SECRET_PROMPT.search(reading.screen.prompt.encode()):
+                and SECRET_PROMPT.search(reading.screen.prompt):
             # Typed unseen at a prompt asking for a secret (sudo, read -s, mysql -p): judged
             # as any line, but its text is never written down (masking hides its keys too).
             shown = f"[input at a password prompt, not echoed: {len(shown)} keys]"
