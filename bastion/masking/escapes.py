@@ -100,8 +100,17 @@ def ground(raw: bytes, at: int) -> int:
     Every alternative of an escape sequence stops at the next ESC, except the string terminator
     ``ESC \\`` that ends one: so an ESC not followed by a backslash is where ``strip`` (scanning
     left to right) starts a new match attempt, and an ``ESC \\`` always ends a sequence.
-    Only the last ESC at or before ``at`` has to be looked at.
+    Only the last ESC at or before ``at`` has to be looked at. Nor is a point next to a
+    backspace one: a character's erase (``_ERASED``, at most 4 bytes before its BS) would be
+    cut there.
     """
+    point = _escape_ground(raw, at)
+    while point < len(raw) and b"\x08" in raw[max(0, point - 1):point + 4]:
+        point = _escape_ground(raw, point + 1)
+    return point
+
+
+def _escape_ground(raw: bytes, at: int) -> int:
     esc = raw.rfind(b"\x1b", 0, at + 1)
     if esc < 0:
         return at

@@ -51,12 +51,31 @@ class StreamMasker:
         self.binary = False  # counting only, and a NUL byte came: no escape stripping any more
         self.released = b""  # the raw bytes (before masking) of what the last call returned
         self.escape_held = False  # all that is held is an escape sequence cut by a chunk's end
+        self.found: list[str] = []  # the detectors counted by the last push or flush
 
     def push(self, data: bytes) -> bytes:
         """Add a chunk; return the bytes that may go on now (masked)."""
         raw = self.pending + data if self.pending else data
         self.escape_held = False
+        if self.found:
+            self.found = []
         return self._process(raw, final=False)
+
+    def state(self) -> tuple[object, ...]:
+        """Everything the next ``push`` depends on besides its chunk: two maskers of one
+        scanner in equal states turn equal chunks into equal output (``adopt``)."""
+        return (self.pending, self.before, self.in_key, self.key_bytes, self.key_lines,
+                self.escape_held)
+
+    def adopt(self, other: StreamMasker) -> None:
+        """Take ``other``'s result after it pushed the chunk this masker would have, from the
+        state this one has now (``state`` equal, nothing held): its counts too. What ``other``
+        holds is not taken: it reaches this masker when ``other`` releases it."""
+        self.before, self.in_key = other.before, other.in_key
+        self.key_bytes, self.key_lines = other.key_bytes, other.key_lines
+        self.released, self.found = other.released, other.found
+        for name in other.found:
+            self.counts[name] += 1
 
     def flush(self, *, keep_escape: bool = False) -> bytes:
         """Return everything held, masked as far as it can be seen now.
@@ -68,6 +87,8 @@ class StreamMasker:
         """
         raw, self.pending = self.pending, b""
         self.escape_held = False
+        if self.found:
+            self.found = []
         if not raw:
             self.released = b""
             return b""
@@ -174,7 +195,7 @@ class StreamMasker:
             if hit is None:
                 pos = start + 1
                 continue
-            self.counts[hit.detector.name] += 1
+            self._count(hit.detector.name)
             if hit.detector.name == PRIVATE_KEY:
                 self.in_key, self.key_bytes, self.key_lines = True, 0, 0
                 pos, key_hold = self._key(visible, end, hits, final)
@@ -185,6 +206,10 @@ class StreamMasker:
             self._add(hits, hit)
             pos = end
         return hold
+
+    def _count(self, name: str) -> None:
+        self.counts[name] += 1
+        self.found.append(name)
 
     def _add(self, hits: list[tuple[int, int, Detector]], hit: Hit) -> None:
         if hit.end > hit.start:
@@ -224,7 +249,7 @@ class StreamMasker:
         self.key_lines += visible.count(b"\n", start, stop)
         if self.key_bytes > KEY_MAX_BYTES or self.key_lines > KEY_MAX_LINES:
             self.in_key = False  # fail closed: what was seen stays masked; stop here
-            self.counts[UNTERMINATED_KEY] += 1
+            self._count(UNTERMINATED_KEY)
             end_match = None
         if stop > start:
             hits.append((start, stop, _KEY_BODY))

@@ -10,6 +10,8 @@ outside probe of the masking).
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_masking_detectors import GH, POSITIVE, SCANNER
 from test_masking_stages import Channel, info
 
@@ -156,3 +158,27 @@ def test_mask_exec_masks_a_late_second_half_before_the_target_and_in_the_recordi
     assert b"".join(ch.target) == b"DB_PASSWORD=********\n"
     assert b"".join(ch.rec_in) == b"DB_PASSWORD=********\n"
     assert b"".join(ch.rec_out) == b"token " + b"*" * len(GH) + b"\n"
+
+
+PIECES = [v[1].encode() for v in POSITIVE] + [
+    b"go", b"\r\n", b"$ ", b"\x1b[01;31m", b"\x1b[m", b"\x1b[K", b"plain text ", b"12 ",
+    "üñí ".encode(), b"\x08 \x08", b"gh", b"AKIA"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=8),
+       st.lists(st.tuples(st.integers(1, 400), st.booleans()), max_size=12))
+def test_the_recording_is_the_whole_stream_masked_however_it_is_cut_and_timed(
+        pieces: list[bytes], cuts: list[tuple[int, bool]]) -> None:
+    stream = b"".join(pieces) + b"\r\n"
+    ch = Channel(info())
+    pos = 0
+    for size, late in cuts:
+        ch.out(stream[pos:pos + size])
+        pos = min(len(stream), pos + size)
+        if late:
+            ch.clock.advance(LATE)
+    ch.out(stream[pos:])
+    ch.clock.advance(5)
+    ch.pipeline.output.end()
+    assert b"".join(ch.rec_out) == whole(stream)
