@@ -384,6 +384,10 @@ class ShellControl:
         reading = catcher.read()
         texts = [prefix + text for text in reading.candidates]
         if not any(text.strip() for text in texts):
+            if not reading.echoed and not reading.typed_certain:
+                # No echo to read, and keys the keystroke model cannot follow (history
+                # recall, Ctrl-A, Delete): the shell holds a line nobody can see. Not run.
+                return self._refuse_unreadable(prefix)
             return True
         shown = prefix + reading.shown
         # The shell asks for more (PS2) and runs nothing yet: a trailing backslash, an open
@@ -392,6 +396,14 @@ class ShellControl:
         incomplete = all(line_is_incomplete(text) for text in texts)
         # The shell already holds continued lines: only Ctrl-C drops them all.
         self._abort = bool(prefix) or incomplete
+        if incomplete and not continues_line(shown):
+            # The parser's idea of "incomplete" is a guess: ``reboot; $``, ``rm -rf /; [`` and
+            # ``reboot =~`` look unfinished to it, and bash runs them at once. A line that
+            # holds a command a rule denies or holds for approval is judged now, as complete.
+            early = self.judge.evaluate(texts)
+            if any(match.action in (Verdict.DENY, Verdict.APPROVE) for match in early.matched):
+                self.continued = ""
+                return await self.judge.enforce(early, shown, self._cancelled)
         if incomplete:
             if continues_line(shown):
                 # Judged early too: a denied prefix is refused now rather than lines later.
@@ -411,6 +423,15 @@ class ShellControl:
             # as any line, but its text is never written down (masking hides its keys too).
             shown = f"[input at a password prompt, not echoed: {len(shown)} keys]"
         return await self.judge.enforce(self.judge.evaluate(texts), shown, self._cancelled)
+
+    def _refuse_unreadable(self, prefix: str) -> bool:
+        self.ctx.note_command(masked_line(prefix + "[a line typed without echo, not readable]"),
+                              "refused")
+        self.ctx.notify_user("this line could not be read (the terminal does not echo it, and "
+                             "it was edited or recalled from history); it was not run")
+        self._abort = bool(prefix)
+        self.continued = ""
+        return False
 
     def _refuse_unanswered(self, prefix: str) -> bool:
         """The line's keys reached the shell before it answered Ctrl-C: it does not run."""

@@ -322,3 +322,23 @@ def test_keys_after_ctrl_c_never_reach_bash_before_its_new_prompt(tmp_path: Path
         assert not (tmp_path / f"after-{index}").exists()
         assert not any(c[0].startswith(("rm", "touch")) for c in sh.ctx.commands)
         assert any("no new prompt after Ctrl-C" in n for n in sh.ctx.notices)
+
+
+def test_a_denied_command_before_what_only_looks_unfinished_is_refused(tmp_path: Path) -> None:
+    # The parser takes a trailing "[", "$", "=~" or "{a," for an unfinished line; bash runs
+    # such a line at once. A denied command in it is refused at its Enter, not joined later.
+    for tail in ("[", "$", "=~", "{a,", "x=$"):
+        victim = _victim(tmp_path)
+        sh = run(tmp_path, b"rm -rf victim; " + tail.encode() + b"\r")
+        assert victim.exists(), tail
+        assert any(verdict == "deny" for _, verdict, _ in sh.ctx.commands), tail
+
+
+def test_a_recalled_line_under_stty_minus_echo_is_not_run_unread(tmp_path: Path) -> None:
+    # Echo off, then a line recalled from history and edited: the screen shows nothing and
+    # the keystrokes do not tell what the shell holds. Refused, not taken for an empty line.
+    victim = _victim(tmp_path)
+    sh = run(tmp_path, b"stty -echo\r", b"# rm -rf victim\r", b"\x1b[A", b"\x01",
+             b"\x1b[3~" * 2, b"\r", pause=0.2)
+    assert victim.exists()
+    assert any(verdict == "refused" for _, verdict, _ in sh.ctx.commands), sh.ctx.commands
