@@ -224,7 +224,8 @@ def verify(target: str, config_path: str | None, public_keys: tuple[str, ...],
             raise storage_error(exc, target) from None
         raise
     if as_json:
-        click.echo(json.dumps(report.as_json(), sort_keys=True, ensure_ascii=False))
+        # escaped: unsigned manifest fields may hold C1 controls or bidi overrides
+        click.echo(json.dumps(report.as_json(), sort_keys=True))
     else:
         for line in report.lines():
             click.echo(printable(line))

@@ -19,6 +19,7 @@ from bastion.replay.export import export_cast
 from bastion.replay.follow import CastFollower
 from bastion.replay.locate import Located, locate
 from bastion.replay.player import PlayerOptions, play
+from bastion.replay.sanitize import without_surrogates
 from bastion.replay.screens import Timeline
 from bastion.replay.session import Channel, SessionFolder, open_session_folder
 from bastion.replay.timing import parse_time
@@ -59,7 +60,7 @@ def _write_raw(folder: SessionFolder, chan: Channel, stream: str) -> None:
             raise ReplayError(f"channel {chan.number} has no byte-exact {stream} stream "
                               "(recorded as an asciicast: only its output is available)")
         _cast, events = channel_events(folder, chan)
-        data = "".join(e.data for e in events if e.code == "o").encode("utf-8")
+        data = without_surrogates("".join(e.data for e in events if e.code == "o")).encode()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 

@@ -124,7 +124,7 @@ def _print(rows: list[tuple[Summary, Hit | None]], as_json: bool | None, search:
             if hit is not None:
                 doc["match"] = {"channel": hit.channel, "t": round(hit.t, 3), "at": clock(hit.t),
                                 "replay_at": replay_at(hit, search), "text": hit.text[:2000]}
-            click.echo(json.dumps(doc, ensure_ascii=False, sort_keys=True))
+            click.echo(json.dumps(doc, sort_keys=True))  # escaped: no control, no lone surrogate
         return
     header = [name.ljust(width) for name, width in _COLUMNS]
     header.append("MATCH" if search else "END REASON")

@@ -236,7 +236,8 @@ def parse_manifest(raw: bytes, where: str = "manifest") -> Manifest:
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ManifestError(f"{where}: not JSON") from None
     schema = doc.get("schema") if isinstance(doc, dict) else None
-    if schema not in _FIELD_TYPES:
+    # Only an int is looked up: a list is unhashable, and True or 1.0 would pass for 1.
+    if type(schema) is not int or schema not in _FIELD_TYPES:
         raise ManifestError(f"{where}: schema {schema!r} is not one this release knows "
                             f"({', '.join(map(str, sorted(_FIELD_TYPES)))})")
     canonical = is_legacy_canonical(raw) if schema == LEGACY_SCHEMA else is_jcs(raw)

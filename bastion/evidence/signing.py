@@ -130,6 +130,9 @@ class SignatureFile:
             digest = doc["manifest_sha256"]
             if not isinstance(digest, str):
                 raise ValueError("manifest_sha256 must be a string")
+        except RecursionError:  # nested deeper than the parser goes: no signature file
+            raise VerificationFailed(f"{where}: malformed signature file (nested too "
+                                     "deeply)") from None
         except (UnicodeDecodeError, ValueError, KeyError) as exc:
             raise VerificationFailed(f"{where}: malformed signature file ({exc})") from None
         return cls(key_id=key_id, signature=signature, manifest_sha256=digest)

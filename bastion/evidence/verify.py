@@ -9,19 +9,21 @@ manifests in it fails, so nothing ever verifies by accident. Evidence comes from
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bastion.errors import ManifestError, VerificationFailed
-from bastion.evidence.manifest import Manifest, hash_chunks, parse_manifest
+from bastion.evidence.manifest import Manifest, parse_manifest
 from bastion.evidence.report import ChainResult, Report, SessionResult
 from bastion.evidence.signing import SignatureFile, key_id_of
 from bastion.evidence.sources import SessionEvidence, Source
+from bastion.recording.layout import MANIFEST_FILE, SIGNATURE_FILE
 
 
 class SessionPolicy(Protocol):
@@ -60,7 +62,8 @@ class SignedByTrustedKey:
     def verify(self, evidence: SessionEvidence, manifest: Manifest) -> None:
         """Raise unless manifest.sig verifies over the manifest bytes."""
         if evidence.signature_raw is None:
-            raise VerificationFailed("manifest.sig is missing")
+            raise VerificationFailed(evidence.unreadable.get(SIGNATURE_FILE,
+                                                             "manifest.sig is missing"))
         signature = SignatureFile.parse(evidence.signature_raw)
         by_id = [k for k in self.keys if k.key_id == signature.key_id]
         others = [k for k in self.keys if k.key_id != signature.key_id]
@@ -80,11 +83,17 @@ class FilesMatch:
         listed = {entry.name for entry in manifest.files}
         for entry in manifest.files:
             try:
-                size, sha = hash_chunks(evidence.open_file(entry.name))
+                size, sha = _hash_at_most(evidence.open_file(entry.name), entry.size)
             except FileNotFoundError:
                 raise VerificationFailed(f"file {entry.name} is missing") from None
             except (OSError, zlib.error) as exc:
-                raise VerificationFailed(f"file {entry.name} is unreadable: {exc}") from None
+                raise VerificationFailed(f"file {entry.name} is unreadable: "
+                                         f"{getattr(exc, 'strerror', None) or exc}") from None
+            except VerificationFailed as exc:
+                raise VerificationFailed(f"file {entry.name} was altered: {exc}") from None
+            if size > entry.size:
+                raise VerificationFailed(f"file {entry.name} was altered: larger than the "
+                                         f"manifest's size {entry.size}")
             if (size, sha) != (entry.size, entry.sha256):
                 raise VerificationFailed(
                     f"file {entry.name} was altered: SHA-256 {sha[:16]}… size {size}, "
@@ -92,6 +101,22 @@ class FilesMatch:
         extra = sorted(evidence.stored_names - listed)
         if extra:
             raise VerificationFailed(f"files not in the manifest: {', '.join(extra)}")
+
+
+def _hash_at_most(chunks: Iterable[bytes], limit: int) -> tuple[int, str]:
+    """Size and SHA-256 of a stream, read no further than one chunk past ``limit`` bytes (a
+    replaced or decompression-bomb file is altered as soon as it is too long)."""
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+    return size, digest.hexdigest()
 
 
 class StoredWhereItSays:
@@ -169,8 +194,8 @@ class Verifier:
         """Run every policy on one session; a manifest that fails to parse stops the rest."""
         result = SessionResult(where=evidence.where)
         if evidence.manifest_raw is None:
-            result.failures.append(("manifest", "manifest.json is missing (not sealed, or "
-                                                "removed)"))
+            result.failures.append(("manifest", evidence.unreadable.get(
+                MANIFEST_FILE, "manifest.json is missing (not sealed, or removed)")))
             result.failures.extend(("versions", p) for p in evidence.problems)
             return result, None
         try:

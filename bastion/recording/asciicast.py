@@ -15,7 +15,9 @@ writer refuses everything after it: the caller ends the session (no unrecorded s
 from __future__ import annotations
 
 import codecs
+import enum
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -276,18 +278,30 @@ def create_cast(path: Path, header: dict[str, Any], *,
         raise
 
 
-def _parse_line(line: bytes, at_start: bool) -> float | None:
-    """The event time of a complete, valid line (0.0 for the header); None if torn or invalid."""
+class _Line(enum.Enum):
+    """A line that is no valid record: torn (or garbage), or a whole event whose time is none."""
+
+    TORN = "torn"  # not JSON, or not an event: what a crash can leave at the end
+    BAD_TIME = "bad time"  # a whole event with NaN, infinite, negative or huge time: never torn
+
+
+def _parse_line(line: bytes, at_start: bool) -> float | _Line:
+    """The event time of a complete, valid line (0.0 for the header), as strict as replay's
+    reader (a finite number >= 0); else why it is not one."""
     try:
         value = json.loads(line)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        return None
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        return _Line.TORN
     if at_start:
-        return 0.0 if isinstance(value, dict) and value.get("version") == 2 else None
-    if (isinstance(value, list) and len(value) == 3 and isinstance(value[1], str)
+        return 0.0 if isinstance(value, dict) and value.get("version") == 2 else _Line.TORN
+    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[1], str)
             and isinstance(value[0], int | float) and not isinstance(value[0], bool)):
-        return float(value[0])
-    return None
+        return _Line.TORN
+    try:
+        when = float(value[0])
+    except OverflowError:  # an integer of hundreds of digits
+        return _Line.BAD_TIME
+    return when if math.isfinite(when) and when >= 0 else _Line.BAD_TIME
 
 
 def _scan(fd: int) -> tuple[int, bool, float, bytes, list[int]] | None:
@@ -304,8 +318,16 @@ def _scan(fd: int) -> tuple[int, bool, float, bytes, list[int]] | None:
             complete = raw.endswith(b"\n")
             line = raw[:-1] if complete else raw
             when = _parse_line(line, number == 1)
-            if when is None:
+            if when is _Line.TORN or (when is _Line.BAD_TIME and found is None):
                 pending.append(number)
+                continue
+            if when is _Line.BAD_TIME:
+                # A whole record no crash can make: kept as found, and no time to go on from
+                # (the marker takes the last valid one, so the file stays valid JSON lines).
+                assert found is not None
+                bad += [*pending, number]
+                pending = []
+                found = (offset, not complete, found[2], line)
                 continue
             bad += pending
             pending = []

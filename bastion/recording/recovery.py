@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -49,7 +50,8 @@ from bastion.recording.layout import (
 
 log = logging.getLogger("bastion.recording")
 
-_TIMING_LINE = re.compile(rb"([IOE]) ([0-9]+)\.([0-9]{6}) ([0-9]+)\Z")
+# Digits bounded: a chunk or a delay never has 19, and int() of thousands of digits refuses.
+_TIMING_LINE = re.compile(rb"([IOE]) ([0-9]{1,18})\.([0-9]{6}) ([0-9]{1,18})\Z")
 _CODE_PART = {code: part for part, code in TIMING_CODES.items()}
 _PART_ORDER = {part: index for index, part in enumerate(Part)}
 FALLBACK_SIZE = (80, 24)
@@ -163,8 +165,9 @@ def recover_session(path: Path) -> RecoveryResult | None:
         doc = json.loads(meta_path.read_bytes())
     except FileNotFoundError:
         raise RecordingError(f"cannot recover {path}: no {SESSION_FILE}") from None
-    except ValueError as exc:
-        raise RecordingError(f"cannot recover {path}: {SESSION_FILE} is damaged: {exc}") \
+    except (ValueError, RecursionError) as exc:
+        raise RecordingError(f"cannot recover {path}: {SESSION_FILE} is damaged: "
+                             f"{exc if isinstance(exc, ValueError) else 'nested too deeply'}") \
             from None
     if not isinstance(doc, dict) or not isinstance(doc.get("state"), str):
         raise RecordingError(f"cannot recover {path}: {SESSION_FILE} has no state")
@@ -204,12 +207,22 @@ def recover_session(path: Path) -> RecoveryResult | None:
     return RecoveryResult(path, state, damaged + notes)
 
 
+def _is_time(value: object) -> bool:
+    """A finite number >= 0 that is a float (NaN would make session.json invalid JSON)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value)) and value >= 0
+    except OverflowError:
+        return False
+
+
 def _close_channel_entries(doc: dict[str, Any], end: float) -> None:
     for entry in doc["channels"]:
         if not isinstance(entry, dict) or entry.get("closed") is not None:
             continue
         entry["closed"] = rfc3339(end)
         if isinstance(entry.get("markers"), list):
-            times = [m["t"] for m in entry["markers"] if isinstance(m, dict)
-                     and isinstance(m.get("t"), int | float) and not isinstance(m["t"], bool)]
+            times = [m["t"] for m in entry["markers"]
+                     if isinstance(m, dict) and _is_time(m.get("t"))]
             entry["markers"].append({"t": max(times, default=0), "label": INTERRUPTED})

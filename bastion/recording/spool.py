@@ -223,9 +223,11 @@ class Spool:
                 if result is not None:
                     recovered.append(entry)
                     self.recovery_results.append(result)
-            except (OSError, RecordingError) as exc:
+            except (OSError, RecordingError, ValueError, RecursionError) as exc:
+                # whatever one session's files hold, the others are still recovered
                 why = str(exc) if isinstance(exc, RecordingError) else \
-                    f"cannot recover {entry}: {_reason(exc)}"
+                    f"cannot recover {entry}: " \
+                    f"{_reason(exc) if isinstance(exc, OSError) else str(exc)[:200]}"
                 log.warning("%s", why)
                 self.recovery_skipped.append((entry, why))
         return recovered

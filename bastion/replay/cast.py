@@ -13,12 +13,15 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from bastion.errors import ReplayError
+from bastion.evidence.sources import open_regular
 
 MAX_LINE = 64 * 1024 * 1024  # one event line; the writer never makes one near this
-MAX_SIZE = 100_000  # columns or rows: anything bigger is not a terminal
+# The relay clamps every window to this (bastion.relay.channels MAX_COLUMNS, MAX_ROWS; kept equal
+# by a test): a recording claiming more is forged, and a screen that big would exhaust replay.
+MAX_COLUMNS, MAX_ROWS = 2000, 1000
 EVENT_CODES = frozenset("oimr")  # output, input, marker, resize
 COMMAND_PREFIX = "command: "
 
@@ -68,14 +71,27 @@ class Cast:
         return "".join(e.data for e in self.events if e.code == "o")
 
 
+def is_event_time(t: object) -> TypeGuard[int | float]:
+    """Whether ``t`` is an event time: a finite number >= 0 (not a bool, nor an integer too
+    large to be a float: ``1e400`` spelled out in digits)."""
+    if isinstance(t, bool) or not isinstance(t, int | float):
+        return False
+    try:
+        value = float(t)
+    except OverflowError:
+        return False
+    return math.isfinite(value) and value >= 0
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``WxH`` -> (W, H); ValueError if malformed or out of range."""
     w, sep, h = text.partition("x")
-    if not sep or not w.isdigit() or not h.isdigit():
+    if not sep or not w.isdigit() or not h.isdigit() or len(w) > 9 or len(h) > 9:
         raise ValueError(f"bad size {text[:32]!r}")
     width, height = int(w), int(h)
-    if not (1 <= width <= MAX_SIZE and 1 <= height <= MAX_SIZE):
-        raise ValueError(f"size {width}x{height} is out of range")
+    if not (1 <= width <= MAX_COLUMNS and 1 <= height <= MAX_ROWS):
+        raise ValueError(f"size {width}x{height} is out of range (the bastion records at most "
+                         f"{MAX_COLUMNS}x{MAX_ROWS})")
     return width, height
 
 
@@ -87,10 +103,11 @@ def parse_header(line: bytes | str, where: str) -> dict[str, Any]:
         raise ReplayError(f"{where}: line 1 is not an asciicast header (not JSON)") from None
     if not isinstance(header, dict) or header.get("version") != 2:
         raise ReplayError(f"{where}: not an asciicast v2 recording (header version is not 2)")
-    for key in ("width", "height"):
+    for key, most in (("width", MAX_COLUMNS), ("height", MAX_ROWS)):
         value = header.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SIZE:
-            raise ReplayError(f"{where}: header {key} must be a number from 1 to {MAX_SIZE}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise ReplayError(f"{where}: header {key} must be a number from 1 to {most} (the "
+                              "largest window the bastion records)")
     return header
 
 
@@ -103,7 +120,7 @@ def parse_event(line: bytes | str, where: str, number: int) -> Event | None:
     if not (isinstance(value, list) and len(value) == 3):
         raise ReplayError(f"{where}: line {number} is not an event [time, code, data]")
     t, code, data = value
-    if not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
+    if not is_event_time(t):
         raise ReplayError(f"{where}: line {number}: event time must be a number >= 0")
     if not isinstance(code, str) or not isinstance(data, str):
         raise ReplayError(f"{where}: line {number}: event code and data must be strings")
@@ -166,7 +183,7 @@ class CastParser:
 def iter_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
     """A file's bytes in chunks (ReplayError if it cannot be read)."""
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:  # never a FIFO or a device: replay would wait on it
             while chunk := fh.read(size):
                 yield chunk
     except OSError as exc:

@@ -18,15 +18,14 @@ import sqlite3
 import tempfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bastion.errors import BastionError, ReplayError
+from bastion.recording.layout import MANIFEST_FILE, SESSION_FILE
 from bastion.replay.sanitize import Mode, Sanitizer, visible_keys
 from bastion.replay.session import (
-    MANIFEST_FILE,
-    SESSION_FILE,
     SessionFolder,
     load_json_object,
     open_session_folder,
@@ -68,6 +67,7 @@ class Content:
     commands: list[tuple[int, float, str]]
     output: list[tuple[int, float, str]]
     input: list[tuple[int, float, str]]
+    problems: list[str] = field(default_factory=list)  # channels that could not be read
 
 
 def _text(meta: dict[str, Any], *keys: str) -> str:
@@ -93,7 +93,8 @@ def content_of(folder: SessionFolder) -> Content:
     for chan in folder.channels:
         try:
             cast, events = channel_events(folder, chan)
-        except (ReplayError, OSError):
+        except (ReplayError, OSError) as exc:
+            content.problems.append(f"channel {chan.number}: {exc}")
             continue  # a damaged channel: the others are still searchable
         for command in folder.commands(chan, cast):
             content.commands.append((chan.number, command.t, command.line))
@@ -109,13 +110,15 @@ def content_of(folder: SessionFolder) -> Content:
 
 
 def _pack(content: Content) -> bytes:
-    doc = {"commands": content.commands, "output": content.output, "input": content.input}
-    return zlib.compress(json.dumps(doc, ensure_ascii=False).encode(), 3)
+    doc = {"commands": content.commands, "output": content.output, "input": content.input,
+           "problems": content.problems}
+    return zlib.compress(json.dumps(doc).encode(), 3)  # escaped: a lone surrogate round-trips
 
 
 def _unpack(blob: bytes) -> Content:
     doc = json.loads(zlib.decompress(blob))
-    return Content(**{k: [tuple(x) for x in v] for k, v in doc.items()})
+    commands, output, typed = ([tuple(x) for x in doc[k]] for k in ("commands", "output", "input"))
+    return Content(commands, output, typed, problems=[str(p) for p in doc.get("problems", [])])
 
 
 def _spool_stamp(folder: Path) -> str | None:
@@ -260,12 +263,15 @@ class Catalog:
         key = summary.where if summary.source == "s3" else "spool:" + summary.where
         cached = self._cache.get(key)
         if cached is not None and cached[2] is not None:
-            return _unpack(cached[2])
+            content = _unpack(cached[2])
+            self.skipped.extend(f"{summary.where}: {p}" for p in content.problems)
+            return content
         try:
             content = self._read_content(summary)
         except (BastionError, OSError) as exc:
             self.skipped.append(f"{summary.where}: {exc}")
             return None
+        self.skipped.extend(f"{summary.where}: {p}" for p in content.problems)
         if cached is not None and summary.state != "active":  # a live session: no caching
             self._remember(key, cached[0], summary, _pack(content))
         return content

@@ -42,10 +42,15 @@ def export_cast(folder: SessionFolder, chan: Channel, out: Path) -> int:
         else:
             data = one_line(event.data, 2000)
         lines.append(json.dumps([round(event.t, 6), event.code, data], ensure_ascii=False))
+    content = ("\n".join(lines) + "\n").encode()  # before the file exists: nothing half-made
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise ReplayError(f"cannot write {out}: {exc.strerror}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+    except OSError as exc:
+        out.unlink(missing_ok=True)  # a retry must not meet a partial file (O_EXCL)
+        raise ReplayError(f"cannot write {out}: {exc.strerror or exc}") from None
     return len(lines) - 1

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
 from bastion.errors import ReplayError
+from bastion.evidence.sources import read_regular
+from bastion.recording.layout import SESSION_FILE, Part, parse_recording_name
 from bastion.replay.cast import COMMAND_PREFIX, Cast, CastParser, Event
-from bastion.replay.session import FILE_NAME, SESSION_FILE, Command
+from bastion.replay.session import Command
 
 WAIT_FOR_CHANNEL = 30.0  # seconds to wait for a session's first terminal channel
 _READ = 1 << 20
@@ -23,7 +26,7 @@ _READ = 1 << 20
 
 def _session_state(folder: Path) -> str | None:
     try:
-        doc = json.loads((folder / SESSION_FILE).read_bytes())
+        doc = json.loads(read_regular(folder / SESSION_FILE))
     except (OSError, ValueError, RecursionError):
         return None
     state = doc.get("state") if isinstance(doc, dict) else None
@@ -33,16 +36,15 @@ def _session_state(folder: Path) -> str | None:
 def _cast_files(folder: Path) -> list[tuple[int, Path]]:
     found = []
     for path in folder.glob("*.cast"):
-        match = FILE_NAME.match(path.name)
-        if match and not path.is_symlink():
-            found.append((int(match.group(1)), path))
+        parsed = parse_recording_name(path.name)
+        if parsed is not None and parsed.part is Part.CAST and not path.is_symlink():
+            found.append((parsed.number, path))
     return sorted(found)
 
 
 def _has_pty(path: Path) -> bool:
     try:
-        with path.open("rb") as fh:
-            header = json.loads(fh.readline(1 << 20))
+        header = json.loads(read_regular(path, 1 << 20).partition(b"\n")[0])
     except (OSError, ValueError, RecursionError):
         return False
     return isinstance(header, dict) and isinstance(header.get("term"), dict)
@@ -57,7 +59,7 @@ class CastFollower:
         self.commands: list[Command] = []
         self._parser = CastParser(str(path))
         self._offset = 0
-        self._number = int(FILE_NAME.match(path.name).group(1))  # type: ignore[union-attr]
+        self._number = parse_recording_name(path.name).number  # type: ignore[union-attr]
 
     @classmethod
     def wait_for_channel(cls, folder: Path, channel: int | None,
@@ -82,11 +84,13 @@ class CastFollower:
 
     def _read_new(self) -> list[Event]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise ReplayError(f"{self.path}: cannot read: {exc.strerror}") from None
         events: list[Event] = []
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would never end
+                raise ReplayError(f"{self.path}: cannot read: not a regular file")
             while chunk := os.pread(fd, _READ, self._offset):
                 self._offset += len(chunk)
                 events.extend(self._parser.feed(chunk))

@@ -41,8 +41,12 @@ _ESC_ALLOWED = frozenset("78DEMc")  # DECSC, DECRC, IND, NEL, RI, RIS (reset)
 _G0_ALLOWED = frozenset("B0")  # ESC ( B (ASCII), ESC ( 0 (line drawing)
 _TEXT_CONTROLS_TERMINAL = frozenset("\n\r\t\b")
 _TEXT_CONTROLS_PLAIN = frozenset("\n\t")
-# Runs of characters that need no decision at all (fast path).
-_PLAIN_RUN = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
+# Runs of characters that need no decision at all (fast path). A lone surrogate (only a hostile
+# recording has one: the recorder decodes with replacement) is no character: it cannot even be
+# encoded for output, so it is replaced.
+_PLAIN_RUN = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+")
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
 
 
 class Mode(enum.Enum):
@@ -146,6 +150,8 @@ class Sanitizer:
             self._after_esc(_C1_INTRODUCERS[ch], out)
         elif ch in self._text_controls:
             out.append(ch)
+        elif "\ud800" <= ch <= "\udfff":
+            out.append(REPLACEMENT)
         # every other C0/C1 control, DEL and a stray ST: dropped
 
     def _c0_inside(self, ch: str, out: list[str]) -> None:
@@ -235,6 +241,11 @@ def _csi_allowed(params: str, final: str) -> bool:
 def _colon_sgr_ok(params: str) -> bool:
     # ISO 8613-6 colon forms (38:2::r:g:b, 4:3 curly underline) are harmless if short.
     return len(params) <= 64
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (so that it can be encoded)."""
+    return _SURROGATES.sub(REPLACEMENT, text)
 
 
 def sanitize(text: str, mode: Mode = Mode.TERMINAL) -> str:

@@ -160,6 +160,7 @@ class Timeline:
         self._indexed = 0  # events the indexer has applied
         self._since_bytes = 0
         self._since_t = 0.0
+        self._min_bytes = 0  # output needed before the next keyframe (see index_until)
 
     @property
     def indexed_fraction(self) -> float:
@@ -186,11 +187,18 @@ class Timeline:
             self._indexed += 1
             if event.code == "o":
                 self._since_bytes += len(event.data)
-            if (self._since_bytes >= self.every_bytes
+            # A keyframe copies every filled cell: on a large screen one costs megabytes, so
+            # it also waits for a byte of output per cell of the last one (a recording that
+            # fills a 2000x1000 screen, then sends a byte every few seconds, must not get a
+            # copy per byte); keyframe memory stays in proportion to the recording.
+            if self._since_bytes >= self._min_bytes and (
+                    self._since_bytes >= self.every_bytes
                     or event.t - self._since_t >= self.every_seconds):
-                self._keyframes.append(_Keyframe(self._indexed, event.t, emu.snapshot()))
+                state = emu.snapshot()
+                self._keyframes.append(_Keyframe(self._indexed, event.t, state))
                 self._key_index.append(self._indexed)
                 self._since_bytes, self._since_t = 0, event.t
+                self._min_bytes = sum(map(len, state[0]["buffer"].values()))
             if deadline is not None and self._indexed % 64 == 0 \
                     and time.monotonic() > deadline:
                 return

@@ -5,24 +5,22 @@ channels as asciicast, exec channels as byte-exact ``.stdin/.stdout/.stderr`` st
 ``.timing`` file) and the first one (only ``recordings``, every channel an asciicast, commands as
 ``command: `` markers). A folder downloaded from S3 has no session.json: its manifest carries the
 same metadata. Every file name comes from data and is checked against the layout's patterns
-before it is opened.
+before it is opened; in a sealed folder only the files the signed manifest covers are opened
+(the unsigned session.json never chooses what is played).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bastion.errors import ReplayError
-from bastion.replay.cast import COMMAND_PREFIX, Cast, read_cast
+from bastion.evidence.sources import read_regular
+from bastion.recording.layout import MANIFEST_FILE, SESSION_FILE, Part, parse_recording_name
+from bastion.replay.cast import COMMAND_PREFIX, Cast, is_event_time, read_cast
 
-SESSION_FILE = "session.json"
-MANIFEST_FILE = "manifest.json"
-FILE_NAME = re.compile(r"([1-9][0-9]{0,5})-([a-z][a-z0-9]{0,15})\.(cast|stdin|stdout|stderr|timing|"
-                       r"ops\.jsonl)\Z")
 STREAMS = ("stdin", "stdout", "stderr")
 MAX_META = 64 * 1024 * 1024
 
@@ -72,6 +70,7 @@ class SessionFolder:
     path: Path
     meta: dict[str, Any]
     channels: list[Channel] = field(default_factory=list)
+    covered: frozenset[str] | None = None  # sealed: the files its signed manifest lists
 
     @property
     def session_id(self) -> str:
@@ -100,9 +99,12 @@ class SessionFolder:
 
     def file(self, name: str) -> Path:
         """The path of a recording file named by the metadata (name checked)."""
-        if not FILE_NAME.match(name):
+        if parse_recording_name(name) is None:
             raise ReplayError(f"{self.path}: recording name {name[:64]!r} is not a bastion "
                               "recording name")
+        if self.covered is not None and name not in self.covered:
+            raise ReplayError(f"{self.path}: {name} is not covered by the signed manifest; "
+                              "not replayed")
         return self.path / name
 
     def read_cast(self, chan: Channel) -> Cast:
@@ -142,8 +144,7 @@ def metadata_commands(meta: dict[str, Any]) -> list[Command]:
         if not isinstance(item, dict):
             continue
         chan, t, line = item.get("channel"), item.get("t"), item.get("line")
-        if isinstance(chan, int) and isinstance(t, int | float) and isinstance(line, str) \
-                and not isinstance(t, bool) and t >= 0:
+        if isinstance(chan, int) and is_event_time(t) and isinstance(line, str):
             verdict = item.get("verdict")
             out.append(Command(chan, float(t), line, verdict if isinstance(verdict, str)
                                else None))
@@ -153,10 +154,9 @@ def metadata_commands(meta: dict[str, Any]) -> list[Command]:
 def load_json_object(path: Path) -> dict[str, Any]:
     """A JSON object file (ReplayError if missing, unreadable or not an object)."""
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_META + 1)
+        raw = read_regular(path, MAX_META + 1)
     except OSError as exc:
-        raise ReplayError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ReplayError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(raw) > MAX_META:
         raise ReplayError(f"{path}: larger than {MAX_META} bytes; not session metadata")
     try:
@@ -184,8 +184,7 @@ def _channels_from_meta(meta: dict[str, Any]) -> list[Channel] | None:
         markers = tuple(
             (float(m["t"]), m["label"]) for m in (marks if isinstance(marks, list) else [])
             if isinstance(m, dict) and isinstance(m.get("label"), str)
-            and isinstance(m.get("t"), int | float) and not isinstance(m.get("t"), bool)
-            and m["t"] >= 0)
+            and is_event_time(m.get("t")))
         channels.append(Channel(
             number=item["number"], kind=str(item.get("kind") or "shell")[:16],
             pty=item.get("pty") is True, command=command if isinstance(command, str) else None,
@@ -194,24 +193,31 @@ def _channels_from_meta(meta: dict[str, Any]) -> list[Channel] | None:
     return sorted(channels, key=lambda c: c.number)
 
 
-def _channels_from_recordings(folder: Path, meta: dict[str, Any]) -> list[Channel]:
+def _listed_names(meta: dict[str, Any], key: str) -> list[str]:
+    """The file names of a metadata list of names or of ``{"name": ...}`` entries."""
     names: list[str] = []
-    listed = meta.get("recordings")
+    listed = meta.get(key)
     for item in listed if isinstance(listed, list) else []:
         name = item.get("name") if isinstance(item, dict) else item
         if isinstance(name, str):
             names.append(name)
-    if not names:  # no metadata list: what is in the folder
+    return names
+
+
+def _channels_from_recordings(folder: Path, meta: dict[str, Any],
+                              sealed: bool) -> list[Channel]:
+    names = _listed_names(meta, "recordings")
+    if not names and not sealed:  # no metadata list: what is in the folder (never if signed)
         names = sorted(p.name for p in folder.glob("*.cast"))
     channels = []
     for name in names:
-        match = FILE_NAME.match(name)
-        if not match or match.group(3) != "cast":
+        parsed = parse_recording_name(name)
+        if parsed is None or parsed.part is not Part.CAST:
             continue
         header = _cast_header(folder / name)
         term = header.get("term")
         command = header.get("command")
-        channels.append(Channel(number=int(match.group(1)), kind=match.group(2),
+        channels.append(Channel(number=parsed.number, kind=parsed.kind.value,
                                 pty=isinstance(term, dict) and bool(term.get("type")),
                                 command=command if isinstance(command, str) else None,
                                 files=(name,)))
@@ -220,8 +226,7 @@ def _channels_from_recordings(folder: Path, meta: dict[str, Any]) -> list[Channe
 
 def _cast_header(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            line = fh.readline(1 << 20)
+        line = read_regular(path, 1 << 20).partition(b"\n")[0]
         header = json.loads(line)
     except (OSError, ValueError, RecursionError):
         return {}
@@ -232,19 +237,21 @@ def open_session_folder(path: Path) -> SessionFolder:
     """Read a session folder's metadata and channel list (ReplayError if it is none)."""
     if not path.is_dir():
         raise ReplayError(f"{path}: no such session folder")
-    session_meta = load_json_object(path / SESSION_FILE) if (path / SESSION_FILE).is_file() \
-        else None
-    # A sealed session's metadata comes from its signed manifest, not the unsigned session.json.
-    if (path / MANIFEST_FILE).is_file():
+    # A sealed session's metadata and file list come from its signed manifest only: the unsigned
+    # session.json beside it may have been rewritten to point at a forged file.
+    if (path / MANIFEST_FILE).exists() or (path / MANIFEST_FILE).is_symlink():
         meta = load_json_object(path / MANIFEST_FILE)
-    elif session_meta is not None:
-        meta = session_meta
-    else:
+        covered = frozenset(_listed_names(meta, "files") + _listed_names(meta, "recordings"))
+        channels = _channels_from_meta(meta)
+        if channels is None:  # schema 1: the signed recordings list
+            channels = _channels_from_recordings(path, meta, sealed=True)
+        channels = [replace(c, files=tuple(f for f in c.files if f in covered))
+                    for c in channels]
+        return SessionFolder(path=path, meta=meta, channels=channels, covered=covered)
+    if not (path / SESSION_FILE).exists():
         raise ReplayError(f"{path}: not a session folder (no session.json or manifest.json)")
+    meta = load_json_object(path / SESSION_FILE)
     channels = _channels_from_meta(meta)
-    if channels is None and session_meta is not None:
-        # Only which files to open: their contents are what the manifest's hashes cover.
-        channels = _channels_from_meta(session_meta)
     if channels is None:
-        channels = _channels_from_recordings(path, meta)
+        channels = _channels_from_recordings(path, meta, sealed=False)
     return SessionFolder(path=path, meta=meta, channels=channels)

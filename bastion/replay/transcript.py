@@ -46,35 +46,41 @@ def transcript(folder: SessionFolder, chan: Channel) -> Iterator[str]:
     yield f"# {describe(folder)}"
     yield f"# channel {one_line(chan.describe(), 400)}"
     plain = Sanitizer(Mode.PLAIN)
-    pending = ""
+    pending: list[str] = []  # output since the last newline, in pieces: joined once (linear)
     queue = list(commands)
     for event in events:
         while queue and queue[0].t <= event.t:
             command = queue.pop(0)
-            if pending:
-                yield from pending.splitlines()
-                pending = ""
+            yield from _flush(pending)
             yield f"[{clock(command.t)}] $ {one_line(command.line, 2000)}"
         if event.code == "o":
-            pending += plain.feed(event.data)
-            if "\n" in pending:
-                done, _, pending = pending.rpartition("\n")
-                yield from done.split("\n")
+            text = plain.feed(event.data)
+            if "\n" in text:  # only the new text is searched
+                done, _, rest = text.rpartition("\n")
+                pending.append(done)
+                yield from "".join(pending).split("\n")
+                pending[:] = [rest] if rest else []
+            elif text:
+                pending.append(text)
         elif event.code == "i" and chan.pty is False and chan.cast_name is None:
             yield f"[{clock(event.t)}] stdin: {visible_keys(event.data)}"
         elif event.code == "m" and not event.data.startswith("command: "):
-            if pending:
-                yield from pending.splitlines()
-                pending = ""
+            yield from _flush(pending)
             yield f"[{clock(event.t)}] -- {one_line(event.data, 2000)}"
-    if pending:
-        yield from pending.splitlines()
+    yield from _flush(pending)
     for command in queue:
         yield f"[{clock(command.t)}] $ {one_line(command.line, 2000)}"
     if chan.exit_status is not None:
         yield f"# exit status {chan.exit_status}"
     elif chan.exit_signal is not None:
         yield f"# exit signal {one_line(chan.exit_signal, 40)}"
+
+
+def _flush(pending: list[str]) -> Iterator[str]:
+    """The lines of output held since the last newline (emptied)."""
+    text = "".join(pending)
+    pending.clear()
+    return iter(text.splitlines())
 
 
 def screen_at(cast: Cast, t: float) -> list[str]:

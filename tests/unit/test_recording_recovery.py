@@ -186,3 +186,61 @@ def test_odd_session_json_fields_do_not_stop_recovery(tmp_path: Path) -> None:
     after = session(rec.path)
     assert after["state"] == "interrupted"
     assert after["channels"][0]["markers"][-1] == {"t": 0, "label": "interrupted"}
+
+
+def _crashed_shell(root: Path, tail: bytes) -> Path:
+    """A session left active with a shell cast ending in ``tail``; returns its folder."""
+    spool = Spool(root, "node-1")
+    spool.lock()
+    rec = spool.start_session(META)
+    writer = rec.open_channel("shell", width=80, height=24, term="xterm", command=None,
+                              user="u", target="t", login="l")
+    writer.output(b"hello\r\n")
+    writer.flush()
+    spool.unlock()
+    with writer.path.open("ab") as fh:
+        fh.write(tail)
+    return rec.path
+
+
+def test_last_event_with_an_invalid_time_is_damaged_not_interrupted(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    tails = [b'[NaN, "o", "x"]\n', b'[1e400, "o", "x"]\n', b'[-5, "o", "x"]\n',
+             b'[1' + b"0" * 400 + b', "o", "x"]\n']
+    folders = [_crashed_shell(root, tail) for tail in tails]
+    spool = recover(root)
+    assert spool.recovery_skipped == []
+    for folder, tail in zip(folders, tails, strict=True):
+        meta = session(folder)
+        assert meta["state"] == "damaged", tail
+        assert meta["recording_errors"] == ["1-shell.cast: invalid lines 3 (kept as found)"]
+        lines = (folder / "1-shell.cast").read_bytes().split(b"\n")
+        assert lines[2] == tail.rstrip(b"\n")  # kept as found
+        marker = json.loads(lines[3])
+        assert marker[1:] == ["m", "interrupted"] and 0 <= marker[0] < 1e6
+
+
+def test_hostile_files_skip_one_session_and_recover_the_others(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    deep_cast = _crashed_shell(root, b"[" * 100_000 + b'\n[0.5, "o", "after"]\n')
+    deep_meta = _crashed_shell(root, b"")
+    (deep_meta / "session.json").write_bytes(b"[" * 100_000)
+    big_int = _crashed_shell(root, b'[1' + b"0" * 400 + b', "o", "x"]')
+    spool = Spool(root, "node-1")
+    spool.lock()
+    rec = spool.start_session(META)
+    writer = rec.open_channel(ChannelKind.EXEC, pty=False, width=0, height=0, term=None,
+                              command="sh", user="u", target="t", login="l")
+    writer.output(b"abc")
+    spool.flush_due(max_age=0)
+    spool.unlock()
+    timing = rec.path / "1-exec.timing"
+    timing.write_bytes(timing.read_bytes() + b"O 1.000000 " + b"9" * 5000 + b"\nO 0.100000 0\n")
+    spool = recover(root)
+    assert [p for p, _ in spool.recovery_skipped] == [deep_meta]
+    assert "nested too deeply" in spool.recovery_skipped[0][1]
+    assert session(deep_cast)["state"] == "damaged"
+    assert session(big_int)["state"] == "damaged"
+    assert session(rec.path)["state"] == "damaged"
+    assert session(rec.path)["recording_errors"] == [
+        "1-exec.timing: invalid lines 2 (kept as found)"]

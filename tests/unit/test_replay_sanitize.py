@@ -135,6 +135,16 @@ def test_one_line_and_visible_keys_hold_no_controls() -> None:
     assert visible_keys("ls\r\x03\x1b[A\x9b\x7f") == "ls^M^C^[[A<U+009B>^?"
 
 
+@pytest.mark.parametrize("mode", list(Mode))
+def test_lone_surrogates_are_replaced(mode: Mode) -> None:
+    s = Sanitizer(mode)
+    out = s.feed("A\ud800B\r\n") + s.feed(f"{E}[1\udc80m\udfffC")
+    assert "\ud800" not in out and "\udfff" not in out and out.startswith("A\ufffdB")
+    out.encode("utf-8")  # no UnicodeEncodeError
+    assert one_line("x\ud800y") == "x\ufffdy"
+    assert visible_keys("\ud800") == "<U+D800>"
+
+
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab;?[]P_^X0123456789m\\$qnct\x07\x18\x1b\x9b"

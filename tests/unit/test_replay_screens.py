@@ -4,12 +4,15 @@ writes only the player's own sequences."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bastion.replay.cast import Cast, Event
+from bastion.errors import ReplayError
+from bastion.relay import channels
+from bastion.replay.cast import MAX_COLUMNS, MAX_ROWS, Cast, Event, read_cast
 from bastion.replay.render import draw_rows, status_line
 from bastion.replay.screens import Emulator, Timeline, text_rows
 
@@ -114,3 +117,23 @@ def test_any_csi_sequence_replays(sequences: list[tuple[str, list[int], str]]) -
     emu = Emulator(30, 8)
     emu.apply(Event(0, "o", "ab\r\ncd" + data))
     assert all(line.isprintable() for line in emu.lines())
+
+
+def test_screen_size_is_capped_at_the_relays_clamp(tmp_path: Path) -> None:
+    assert (MAX_COLUMNS, MAX_ROWS) == (channels.MAX_COLUMNS, channels.MAX_ROWS)
+    path = tmp_path / "1-shell.cast"
+    path.write_text('{"version": 2, "width": 100000, "height": 100000}\n')
+    with pytest.raises(ReplayError, match="width must be a number from 1 to 2000"):
+        read_cast(path)
+    path.write_text('{"version": 2, "width": 80, "height": 24}\n[1, "r", "100000x100000"]\n')
+    with pytest.raises(ReplayError, match="out of range"):
+        read_cast(path)
+
+
+def test_keyframes_on_a_full_large_screen_stay_in_proportion() -> None:
+    fill = "\x1b[2K\n" * 100  # every cell of a 2000x100 screen, in 500 bytes
+    events = [Event(0.0, "o", fill)] + [Event(5.0 * i, "o", "x") for i in range(1, 30)]
+    timeline = Timeline(Cast("t", MAX_COLUMNS, 100, {}, events))
+    timeline.index_until(len(events))
+    assert len(timeline._keyframes) <= 2
+    assert "x" in "".join(timeline.emulator_at(1000.0)[0].lines())

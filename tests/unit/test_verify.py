@@ -171,3 +171,18 @@ def test_verify_cli_exit_codes_and_json(sealed: tuple[list[Path], Path, Sealer])
     assert failed["failures"][0]["check"] == "files"
     nokey = runner.invoke(cli, ["verify", str(folders[0].parent)], env={"BASTION_CONFIG": ""})
     assert nokey.exit_code == 2 and "no trusted public key" in nokey.output
+
+
+def test_verify_json_escapes_hostile_manifest_text(sealed: tuple[list[Path], Path, Sealer],
+                                                  ) -> None:
+    folders, pub, _ = sealed
+    manifest = folders[1] / "manifest.json"
+    doc = json.loads(manifest.read_bytes())
+    doc["node_id"] = "n\x9d52;c;SGVsbG8=\x9c\x9b6n\u202e"
+    manifest.write_bytes(jcs(doc))
+    _register()
+    result = CliRunner().invoke(cli, ["verify", str(folders[1]), "--public-key", str(pub),
+                                      "--json"])
+    assert result.exit_code == 1
+    assert result.stdout.isascii() and "\\u009d52;c;" in result.stdout
+    assert json.loads(result.stdout)["sessions"][0]["node_id"] == doc["node_id"]
