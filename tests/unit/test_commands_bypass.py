@@ -3,8 +3,10 @@ and commands that merely mention a dangerous word are allowed."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from commands_support import check, demo_policy
+from commands_support import SCOPE, check, demo_policy
 
 from bastion.policy.commands import Verdict, normalize_line
 
@@ -172,6 +174,80 @@ DENIED = [
     "/sbin/{reboot,x}",
     "r{m,} -rf /",
     "rm -{r,f} /",
+    # an explicit fd 0 (tree-sitter reads the 0 as an argument); the last stdin redirect wins
+    "bash 0<<<reboot",
+    "0<<<'reboot' bash",
+    "<<<'reboot' 0<&0 bash",
+    "sh 0<<<reboot",
+    "bash <<<ls <<<'reboot'",
+    "bash <<<reboot 2>&1",
+    # words after a redirect target are arguments (tree-sitter reads them as more targets)
+    "sudo >/dev/null reboot",
+    "rm >x -rf /",
+    "exec >x reboot",
+    # other spellings of standard input
+    "bash /dev/./stdin <<<'reboot'",
+    "bash //dev/stdin <<<'reboot'",
+    "bash /dev//stdin <<<reboot",
+    "bash /dev/fd/./0 <<<reboot",
+    "bash /proc/self/fd/0 <<<reboot",
+    "source /dev/./stdin <<<'reboot'",
+    # backquotes inside ${...} and in heredoc bodies
+    "echo ${x:-`reboot`}",
+    "x=${y:-`rm -rf /`}",
+    ": ${x:+`reboot`}",
+    "echo ${x/a/`reboot`}",
+    "echo \"${x/a/`reboot`}\"",
+    "case ${x:-`reboot`} in *) ;; esac",
+    "cat <<EOF\n${x:-`reboot`}\nEOF",
+    "cat <<EOF\n`reboot`\nEOF",
+    "echo ${x:-`echo \\`reboot\\``}",
+    # exec with stdin redirected: the shell reads its next commands from there
+    "exec <<< reboot",
+    "exec 0<<<\"rm -rf /\"",
+    # prompt strings are expanded before each prompt
+    "PS0='$(reboot)'",
+    "PS1='$(reboot)'",
+    "PS2='`reboot`'",
+    "PS4='$(reboot)'",
+    "export PS1='$(reboot)'",
+    "declare PS0='$(reboot)'",
+    "declare 'PS1=$(reboot)'",
+    # wrapper options read with their real syntax
+    "xargs -i rm -rf /",
+    "xargs -l rm -rf /",
+    "xargs -e rm -rf /",
+    "xargs -i{} rm -rf {}",
+    "env --default-signal rm -rf /",
+    "env --ignore-signal rm -rf /",
+    "env --block-signal rm -rf /",
+    "env --default-signal=INT rm -rf /",
+    "env - rm -rf /",
+    "flock -o /tmp/lock reboot",
+    "watch -g reboot",
+    "watch -d reboot",
+    "unshare -w / reboot",
+    "unshare -R / reboot",
+    "unshare -S 0 reboot",
+    "script -q /dev/null -c reboot",
+    "strace -a 10 reboot",
+    "nsenter -t 1 -m reboot",
+    "runuser -l root -c reboot",
+    "runuser root -c reboot",
+    "runuser -u root -- reboot",
+    "su -- root -c reboot",
+    "ssh -- host reboot",
+    "ssh -o RemoteCommand=reboot host",
+    "ssh -o 'ProxyCommand reboot' host",
+    "ltrace -S reboot",
+    "systemd-run -H host reboot",
+    "systemd-run --nice 5 reboot",
+    "doas -a x reboot",
+    "screen -L reboot",
+    "chrt --sched-runtime 1 0 reboot",
+    "timeout -- 5 reboot",
+    # hash -p binds a name to a program
+    "hash -p /bin/rm x; x -rf /",
 ]
 
 UNRESOLVED = [
@@ -200,6 +276,56 @@ UNRESOLVED = [
     "echo -rf / | xargs rm",
     "systemctl $action nginx",
     "rm *",  # a file named -rf would be an option
+    # stdin from a file, a pipe or another fd, spelled with an explicit 0
+    "bash 0< <(echo reboot)",
+    "bash 0<script",
+    "bash 0<&3",
+    "bash <<<ls < file",
+    "x=1 0<y bash",
+    "exec < file",
+    # history expansion (interactive lines only): !!, !:1, ^old^new
+    "echo reboot\n^echo ^",
+    "echo reboot\n!:1",
+    "^echo ^",
+    "!!",
+    "!-1",
+    "echo \"!:1\"",
+    # quoted text bash evaluates as arithmetic or a subscript, where $(...) runs
+    "let 'a[$(reboot)]'",
+    "[[ 'a[$(reboot)]' -eq 0 ]]",
+    "[[ -v 'a[$(reboot)]' ]]",
+    "test -v 'a[$(reboot)]'",
+    "[ -v 'a[$(reboot)]' ]",
+    "printf -v 'a[$(reboot)]' x",
+    "read 'a[$(reboot)]' <<< 1",
+    "unset 'a[$(reboot)]'",
+    "declare 'a[$(rm -rf /)]=1'",
+    "declare -i x='a[$(reboot)]'",
+    "declare -a A='([$(reboot)]=1)'",
+    "x='a[$(reboot)]'; ((x))",
+    "echo $(( 'a[$(reboot)]' ))",
+    "a=1; echo ${a['$(reboot)']}",
+    "(( 'a[`reboot`]' ))",
+    # xargs appends words read at run time to a command that runs its words
+    "echo reboot | xargs sh -c",
+    "echo reboot | xargs -I% bash -c %",
+    "echo reboot | xargs env",
+    "echo reboot | xargs timeout 5",
+    "xargs nice <<<'reboot'",
+    "echo reboot | xargs eval",
+    # an option a wrapper does not have: not guessed
+    "sudo --no-such-option reboot2",
+    "nohup -z ls",
+    # extglob patterns are globs
+    "/sbin/reboo@(t)",
+    # a file a shell runs at start
+    "BASH_ENV=<(echo reboot) bash -c :",
+    "ENV=<(echo reboot) sh -c :",
+    "env BASH_ENV=/tmp/x bash -c :",
+    "export BASH_ENV=/tmp/x",
+    # a prompt string whose value is not known
+    "PS1=$x",
+    "PS1=\"$(cat /tmp/p)\"",
 ]
 
 ALLOWED = [
@@ -230,6 +356,23 @@ ALLOWED = [
     "",
     "# rm -rf /",
     "x=1",
+    "echo hi!",
+    "echo 'a!b'",
+    "[[ $a != b ]] && echo ok",
+    "echo $!",
+    "export PS1='\\u@\\h \\w\\$ '",
+    "declare -a arr=(1 2 3)",
+    "[[ -n $(date) ]]",
+    "for ((i=0;i<3;i++)); do echo $i; done",
+    "printf -v x %s y",
+    "echo ${x:-default}",
+    "cat <<'EOF'\n`reboot`\nEOF",
+    "psql -c 'select 1' >/dev/null",
+    "env -i PATH=/bin ls",
+    "watch -n 2 df -h",
+    "ssh -o StrictHostKeyChecking=no host ls",
+    "runuser -u www -- ls",
+    "echo x | xargs -n1 echo",
 ]
 
 
@@ -244,7 +387,8 @@ def test_bypass_is_denied(line: str) -> None:
 # tree-sitter-bash does not accept a brace expression in command position: such a line is
 # unparseable, which gets the strictest action in scope (deny here).
 UNPARSEABLE = ["time { { reboot now; }; }",  # tree-sitter reads "{ {" as one word
-               "{reboot,x}", "{rm,-rf,/}", "echo {a,b}; {reboot,x}", "rm -rf / )"]
+               "{reboot,x}", "{rm,-rf,/}", "echo {a,b}; {reboot,x}", "rm -rf / )",
+               "/sbin/re+(b)oot"]  # an extglob tree-sitter cannot read
 
 
 @pytest.mark.parametrize("line", UNPARSEABLE)
@@ -297,3 +441,19 @@ def test_wrapped_command_is_reported_with_its_wrappers() -> None:
     assert rm.operands == ("/",)
     assert rm.via == ("sudo", "env", "nice")
     assert rm.text == "rm -fr /"
+
+
+def test_history_expansion_only_for_interactive_lines() -> None:
+    policy = demo_policy()
+    assert policy.evaluate("!!", SCOPE).unresolved
+    exec_decision = policy.evaluate_exec("!!", SCOPE)  # exec requests are not history-expanded
+    assert not exec_decision.unresolved
+    assert exec_decision.verdict is Verdict.ALLOW
+
+
+def test_nested_find_exec_is_bounded() -> None:
+    for line in ("find -exec sudo " * 1020, "find -ok " * 1770):
+        started = time.perf_counter()
+        decision = check(line[:16384])
+        assert decision.unparseable  # the word bound stops it (no quadratic re-scan)
+        assert time.perf_counter() - started < 1.5

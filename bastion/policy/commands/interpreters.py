@@ -8,6 +8,7 @@ input is a pipe, a file or (for an exec request) the SSH channel: the program is
 from __future__ import annotations
 
 import enum
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from bastion.policy.commands.words import Word
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash", "posh", "rbash",
                     "ksh93", "pdksh", "lksh", "busybox-sh", "hush"})
-_STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+# /dev/stdin, /dev/fd/0, /proc/self/fd/0, /proc/PID/fd/0 ... once the path is normalized
+_STDIN_PATH = re.compile(r"(?:.*/)?(?:stdin|fd/0)")
+_SLASHES = re.compile(r"/+")
 
 
 class Source(enum.Enum):
@@ -75,6 +78,20 @@ _INTERPRETERS: dict[str, InterpreterSpec] = {
 _PYTHON = re.compile(r"python[0-9.]*|pypy[0-9.]*")
 
 
+def is_stdin_file(word: Word) -> bool:
+    """Whether a program file name is standard input (``-``, ``/dev/./stdin``, ``//dev/fd/0``).
+
+    The path is normalized first (repeated slashes, ``.`` and ``..``); any path ending in
+    ``stdin`` or ``fd/0`` counts, so ``/proc/self/fd/0`` and ``cd /dev; bash stdin`` do too.
+    """
+    if not word.literal:
+        return False
+    if word.text == "-":
+        return True
+    path = posixpath.normpath(_SLASHES.sub("/", word.text)) if word.text else ""
+    return bool(_STDIN_PATH.fullmatch(path))
+
+
 def is_interpreter(name: str) -> bool:
     """Whether ``name`` reads a program (a shell or another language)."""
     return name in SHELLS or name in _INTERPRETERS or bool(_PYTHON.fullmatch(name))
@@ -108,7 +125,7 @@ def shell_program(args: Sequence[Word]) -> Program:
         return Program(Source.INLINE, text=operands[0] if operands else Word.of(""))
     if stdin or not operands:
         return Program(Source.STDIN)
-    if operands[0].literal and operands[0].text in _STDIN_FILES:
+    if is_stdin_file(operands[0]):
         return Program(Source.STDIN)
     return Program(Source.SCRIPT, script=operands[0])
 
@@ -129,8 +146,9 @@ def interpreter_program(name: str, args: Sequence[Word]) -> Program:
             if key in spec.inline or (not key.startswith("--") and f"-{key[1:2]}" in spec.inline):
                 return Program(Source.INLINE)
             if key in spec.file_options:
-                value = text.partition("=")[2] or (args[i].text if i < len(args) else "")
-                return Program(Source.STDIN if value in _STDIN_FILES else Source.SCRIPT)
+                value = Word(text.partition("=")[2], literal=True) if "=" in text else (
+                    args[i] if i < len(args) else Word.of(""))
+                return Program(Source.STDIN if is_stdin_file(value) else Source.SCRIPT)
             if len(key) == 2 and key[1] in spec.values:
                 i += 1
             continue
@@ -142,6 +160,6 @@ def interpreter_program(name: str, args: Sequence[Word]) -> Program:
     if not operands or not spec.operand_is_script:
         return Program(Source.STDIN)
     first = operands[0]
-    if first.literal and first.text in _STDIN_FILES:
+    if is_stdin_file(first):
         return Program(Source.STDIN)
     return Program(Source.SCRIPT, script=first)

@@ -12,6 +12,7 @@ MAX_NODES = 50_000  # syntax-tree nodes visited for one line, all re-parses incl
 MAX_REPARSE_DEPTH = 8  # bash -c "eval 'sh -c ...'": program texts parsed inside each other
 MAX_UNWRAP = 16  # wrappers looked through in one command (sudo env nice timeout ...)
 MAX_COMMANDS = 500  # simple commands found in one line
+MAX_WORDS = 32_768  # words of all commands looked at (wrappers and find -exec nest)
 MAX_BRACE_WORDS = 1024  # words one brace expansion may make
 MAX_BRACE_DEPTH = 32  # braces nested inside each other (and brace groups in one word)
 
