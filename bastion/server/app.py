@@ -65,6 +65,16 @@ class WorkerRole:
     slot: int = 0  # this worker's place in ``loads``
 
 
+def audit_recovery(audit: AuditLog, spool: Spool) -> None:
+    """Audit what the spool's last ``recover`` did: each session recovered, and each it had
+    to leave as it was (files it could not read or parse: they stay for an operator)."""
+    for result in spool.recovery_results:
+        audit.emit("recording.recovered", session=result.path.name,
+                   state=result.state.value, problems=result.problems[:20])
+    for path, why in spool.recovery_skipped:
+        audit.emit("recording.recovery_failed", session=path.name, error=why)
+
+
 class BastionServer:
     """Owns the listener and what every connection shares: config, audit, spool, vault, caps."""
 
@@ -313,9 +323,7 @@ class BastionServer:
         """Close the recordings a crash left open (a dead worker's, with --workers) and seal
         them and any finished recording left unsealed; each one audited."""
         self.spool.recover()
-        for result in self.spool.recovery_results:
-            self.audit.emit("recording.recovered", session=result.path.name,
-                            state=result.state.value, problems=result.problems[:20])
+        audit_recovery(self.audit, self.spool)
         if self.sealer is not None:
             self._seal_leftovers()
 

@@ -46,7 +46,7 @@ from bastion.credentials.vault import Vault, load_vault_key
 from bastion.errors import BastionError, ConfigError, WorkerStartFailed
 from bastion.evidence.seal import Sealer
 from bastion.recording import Spool
-from bastion.server.app import BastionServer, WorkerRole, serve
+from bastion.server.app import BastionServer, WorkerRole, audit_recovery, serve
 from bastion.server.balance import NOT_ACCEPTING, WorkerLoads
 from bastion.server.preflight import preflight
 from bastion.state.backends import open_state
@@ -188,9 +188,7 @@ class Supervisor:
     def _recover(self) -> None:
         """Recover the recordings no live process holds and seal what is finished."""
         recovered = self.spool.recover()
-        for result in self.spool.recovery_results:
-            self.audit.emit("recording.recovered", session=result.path.name,
-                            state=result.state.value, problems=result.problems[:20])
+        audit_recovery(self.audit, self.spool)
         if self.config.evidence is None or self.config.evidence.signing_key is None:
             return
         sealed, failed = Sealer.from_config(self.config).seal_spool(self.config.paths.spool_dir)

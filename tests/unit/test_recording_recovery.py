@@ -244,3 +244,22 @@ def test_hostile_files_skip_one_session_and_recover_the_others(tmp_path: Path) -
     assert session(rec.path)["state"] == "damaged"
     assert session(rec.path)["recording_errors"] == [
         "1-exec.timing: invalid lines 2 (kept as found)"]
+
+
+def test_a_session_recovery_had_to_leave_is_audited(tmp_path: Path) -> None:
+    from bastion.server.app import audit_recovery
+
+    root = tmp_path / "spool"
+    deep_meta = _crashed_shell(root, b"")
+    (deep_meta / "session.json").write_bytes(b"[" * 100_000)
+    spool = recover(root)
+    events: list[tuple[str, dict[str, object]]] = []
+
+    class Audit:
+        def emit(self, event: str, **fields: object) -> None:
+            events.append((event, fields))
+
+    audit_recovery(Audit(), spool)  # type: ignore[arg-type]
+    assert [(event, fields["session"]) for event, fields in events] == [
+        ("recording.recovery_failed", deep_meta.name)]
+    assert "nested too deeply" in str(events[0][1]["error"])
