@@ -115,6 +115,11 @@ class TransferPolicy:
         """Whether any rule applies (without one everything is allowed)."""
         return bool(self._rules)
 
+    @property
+    def first_rule(self) -> str | None:
+        """The first rule that applies (``transfers[N]``), for audit of a whole-command refusal."""
+        return self._rules[0].name if self._rules else None
+
     def check(self, path: str | None, *, write: bool = False, read: bool = False,
               paths_only: bool = False) -> TransferVerdict:
         """Decide an operation on a normalised ``path`` (None: unknown) that writes and/or reads.

@@ -31,6 +31,23 @@ log = logging.getLogger("bastion.relay")
 _MAX_HOST = 255
 
 
+def _bad_destination(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be a destination, or None. The SSH message carries any 32-bit
+    port and any string; the resolver raises on the rest (OverflowError, UnicodeError,
+    ValueError), which must be a refused forward, not a dropped connection."""
+    if not 1 <= port <= 65535:
+        return f"port {port} is out of range"
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not bare or len(bare) > _MAX_HOST or not bare.isprintable() or " " in bare:
+        return "the host name is not valid"
+    if ":" not in bare:  # not an IPv6 literal: a name the resolver encodes with IDNA
+        try:
+            bare.encode("idna")
+        except UnicodeError:
+            return "the host name is not valid"
+    return None
+
+
 class _Peer(Protocol):
     """The destination side of a forward, whichever way it was opened."""
 
@@ -259,6 +276,11 @@ def local_forward(session: ConnectionSession, dest_host: str, dest_port: int,
         refused(session, "direct-tcpip", "no target in the user name", dest=dest)
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                         "bastion: forwarding needs a target")
+    bad = _bad_destination(dest_host, dest_port)
+    if bad is not None:
+        refused(session, "direct-tcpip", bad, dest=dest, target=request.target)
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                        f"bastion: cannot forward to {dest}: {bad}")
     identity = session.identity
     grant = forward_grant(session.services.config, identity.rule_names,
                           identity.groups, request.target, dest_host, dest_port)
@@ -291,8 +313,10 @@ async def _open(forward: Forward, host: str, port: int) -> UserSide:
         forward.audit("forward.failed", reason=f"the target refused: {exc.reason}")
         raise asyncssh.ChannelOpenError(exc.code, f"bastion: the target refused: {exc.reason}",
                                         ) from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+    except (OSError, ValueError, OverflowError) as exc:
+        # ValueError (UnicodeError among them) and OverflowError: a destination the resolver
+        # cannot take; uncaught, asyncssh would end the user's whole connection.
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
         forward.audit("forward.failed", reason=reason)
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
                                         f"bastion: cannot connect: {reason}") from None

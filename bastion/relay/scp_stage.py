@@ -36,9 +36,27 @@ from bastion.relay.pipeline import (
 from bastion.relay.sftp_protocol import shown
 from bastion.relay.transfer_log import TransferLog
 
-MAX_LINE = 8192  # an scp control line (mode, size, name) is never longer
+# OpenSSH's scp reads a control line into char buf[2048]: a longer one is cut after 2047 bytes
+# and its rest read as another line, so the watch refuses what the receiver would cut.
+MAX_LINE = 2047  # bytes, the newline included
 _SHELL_SPECIAL = re.compile(r"[*?\[\]{}~$`\\!]")
 _CONTROL = re.compile(rb"([CD])([0-7]{3,5}) ([0-9]{1,20}) ([^\n]*)\Z", re.DOTALL)
+
+
+# OpenSSH 9.2 scp's getopt string: options before the first operand, as POSIX getopt reads them
+# (OpenSSH's own getopt does not permute: "scp -f /x -p" sends "/x" and "-p").
+_SCP_OPTIONS = "12346ABCTdfOpqRrstv"
+_SCP_OPTIONS_WITH_VALUE = "DFJMPSciloX"
+# What a shell does with a command besides splitting words: more commands, redirections,
+# substitutions. Where rules apply, an scp or rsync command with them is not judged, but refused.
+_SHELL_OPERATORS = re.compile(r"[;&|<>()`$\n\r]|(^|\s)#")
+# rsync options whose value names a file on the target: (writes it, else reads it).
+_RSYNC_FILE_OPTIONS = {"--log-file": True, "--backup-dir": True, "--temp-dir": True,
+                       "--partial-dir": True, "--write-batch": True, "--only-write-batch": True,
+                       "--files-from": False, "--exclude-from": False, "--include-from": False,
+                       "--read-batch": False, "--compare-dest": False, "--copy-dest": False,
+                       "--link-dest": False}
+_RSYNC_SHORT_WITH_VALUE = "BefMT@"  # popt takes the rest of the bundle, or the next word
 
 
 @dataclass(frozen=True)
@@ -46,9 +64,13 @@ class ScpCommand:
     """What an exec of ``scp -t``/``scp -f`` asks for."""
 
     upload: bool  # -t (sink): the user sends files; -f (source): the target does
-    path: str
+    paths: tuple[str, ...]  # the target of -t (one); the sources of -f (one or more)
     recursive: bool
     directory: bool  # -d: the path must be a folder
+
+    @property
+    def path(self) -> str:
+        return self.paths[0]
 
 
 @dataclass(frozen=True)
@@ -57,10 +79,22 @@ class RsyncCommand:
 
     upload: bool  # no --sender: the target receives
     paths: tuple[str, ...]
+    files: tuple[tuple[str, bool], ...] = ()  # option values naming files: (path, writes)
+
+
+def transfer_program(command: str) -> str | None:
+    """``scp`` or ``rsync`` when the command runs one of them (parsed or not), else None."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        argv = command.split()
+    name = posixpath.basename(argv[0]) if argv else ""
+    return name if name in ("scp", "rsync") else None
 
 
 def parse_scp(command: str) -> ScpCommand | None:
-    """An ``scp -t``/``scp -f`` command line, or None for anything else."""
+    """An ``scp -t``/``scp -f`` command line as OpenSSH's scp reads it, or None for anything
+    else (other programs, unknown options, several targets for -t)."""
     try:
         argv = shlex.split(command)
     except ValueError:
@@ -68,18 +102,27 @@ def parse_scp(command: str) -> ScpCommand | None:
     if not argv or posixpath.basename(argv[0]) != "scp":
         return None
     flags: set[str] = set()
-    paths: list[str] = []
-    rest = iter(argv[1:])
-    for arg in rest:
+    i = 1
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        arg = argv[i]
+        i += 1
         if arg == "--":
-            paths.extend(rest)
-        elif arg.startswith("-") and len(arg) > 1 and not paths:
-            flags.update(arg[1:])
-        else:
-            paths.append(arg)
-    if ("t" in flags) == ("f" in flags) or len(paths) != 1:
+            break
+        for j, option in enumerate(arg[1:], 1):
+            if option in _SCP_OPTIONS_WITH_VALUE:
+                if j == len(arg) - 1:  # the value is the next word
+                    if i == len(argv):
+                        return None
+                    i += 1
+                break
+            if option not in _SCP_OPTIONS:
+                return None
+            flags.add(option)
+    paths = tuple(argv[i:])
+    # OpenSSH's scp sends when -f is given, even with -t; its sink takes exactly one target.
+    if not paths or ("f" not in flags and ("t" not in flags or len(paths) != 1)):
         return None
-    return ScpCommand(upload="t" in flags, path=paths[0], recursive="r" in flags,
+    return ScpCommand(upload="f" not in flags, paths=paths, recursive="r" in flags,
                       directory="d" in flags)
 
 
@@ -91,9 +134,31 @@ def parse_rsync(command: str) -> RsyncCommand | None:
         return None
     if len(argv) < 2 or posixpath.basename(argv[0]) != "rsync" or "--server" not in argv:
         return None
-    # rsync --server [--sender] OPTIONS . PATH...: the paths follow the "." argument.
-    paths = tuple(argv[argv.index(".") + 1:]) if "." in argv else ()
-    return RsyncCommand(upload="--sender" not in argv, paths=paths)
+    # rsync --server [--sender] OPTIONS . PATH...: the paths follow the "." argument; popt
+    # reads options wherever they are.
+    words: list[str] = []
+    files: list[tuple[str, bool]] = []
+    rest = iter(argv[1:])
+    for arg in rest:
+        if arg == "--":
+            words.extend(rest)
+        elif arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name in _RSYNC_FILE_OPTIONS:
+                value = value if eq else next(rest, "")
+                files.append((value, _RSYNC_FILE_OPTIONS[name]))
+        elif arg.startswith("-") and len(arg) > 1:
+            for j, option in enumerate(arg[1:], 1):
+                if option in _RSYNC_SHORT_WITH_VALUE:
+                    value = arg[j + 1:] or next(rest, "")
+                    if option == "T":
+                        files.append((value, True))
+                    break
+        else:
+            words.append(arg)
+    paths = tuple(words[1:]) if words[:1] == ["."] else ()
+    return RsyncCommand(upload="--sender" not in argv, paths=paths,
+                        files=tuple(f for f in files if f[0] != "-"))  # "-": the client's list
 
 
 def _policy_path(path: str) -> str | None:
@@ -130,11 +195,15 @@ class ScpWatch:
         self.input: Stage = sender if command.upload else self.ack
         self.output: Stage = self.ack if command.upload else sender
 
-    def start_verdict(self) -> TransferVerdict:
-        """The decision on the command as a whole: a download's path (uploads go per file)."""
-        if self.command.upload:
-            return TransferVerdict(True)
-        return self.policy.check(_policy_path(self.command.path), read=True)
+    def start_verdict(self) -> tuple[str, TransferVerdict]:
+        """The decision on the command as a whole: each of a download's sources (uploads go
+        per file), with the path it is about."""
+        if not self.command.upload:
+            for path in self.command.paths:
+                verdict = self.policy.check(_policy_path(path), read=True)
+                if not verdict.allowed:
+                    return path, verdict
+        return self.command.path, TransferVerdict(True)
 
     def fail(self, reason: str) -> None:
         """End the channel (fail closed)."""
@@ -151,9 +220,13 @@ class ScpWatch:
         """
         if self.sending.dirs:
             return tuple(posixpath.join(parent, name) for parent in self.sending.dirs[-1])
-        base = self.command.path.rstrip("/") or "/"
         if not self.command.upload:
-            return (posixpath.join(posixpath.dirname(base), name),)
+            # A source is sent under its last name: the entry is the source of that name (if
+            # none or several sources have it, each is a candidate: all must be allowed).
+            bases = [path.rstrip("/") or "/" for path in self.command.paths]
+            same = [b for b in bases if posixpath.basename(b) == name] or bases
+            return tuple(posixpath.join(posixpath.dirname(b), name) for b in same)
+        base = self.command.path.rstrip("/") or "/"
         if self.command.directory:
             return (posixpath.join(base, name),)
         return (base, posixpath.join(base, name))
@@ -171,8 +244,9 @@ class ScpWatch:
             self.log.audit("error", message=shown(line[1:200]))
             return True
         match = _CONTROL.match(line)
+        # A NUL ends the name where the receiver (a C string) reads it, not where policy would.
         if match is None or "/" in (name := match.group(4).decode("utf-8", "surrogateescape")) \
-                or name in ("", ".", ".."):
+                or "\x00" in name or name in ("", ".", ".."):
             self.fail("an scp control line the bastion cannot read")
             return False
         candidates = self._candidates(name)
@@ -253,9 +327,12 @@ class SenderStage(Stage):
             end = data.find(b"\n", pos)
             if end < 0:
                 s.line += data[pos:]
-                if len(s.line) > MAX_LINE:
+                if len(s.line) >= MAX_LINE:  # its newline would be past the receiver's buffer
                     self._watch.fail("an scp control line is too long")
                 pos = start = size
+                break
+            if len(s.line) + end + 1 - pos > MAX_LINE:
+                self._watch.fail("an scp control line is too long")
                 break
             s.line += data[pos:end + 1]
             pos = start = end + 1
@@ -343,20 +420,35 @@ class ExecTransferFactory:
         policy = TransferPolicy.for_session(self._config, info.rule_names,
                                             info.groups, info.target.name)
         scp = parse_scp(info.command)
+        program = transfer_program(info.command)
+        if program is None:
+            return None
+        if policy.restricted and _SHELL_OPERATORS.search(info.command):
+            return self._unreadable(program, "shell syntax", policy, ctx)
+        scp = parse_scp(info.command)
         if scp is not None:
             return self._scp(scp, policy, ctx)
         rsync = parse_rsync(info.command)
         if rsync is not None:
             return self._rsync(rsync, policy, ctx)
+        if policy.restricted:  # a transfer the bastion cannot follow is not run under rules
+            return self._unreadable(program, "options", policy, ctx)
         return None
+
+    @staticmethod
+    def _unreadable(program: str, what: str, policy: TransferPolicy,
+                    ctx: StageContext) -> ChannelStages:
+        reason = f"the command's {what} cannot be judged"
+        ctx.audit(f"{program}.denied", reason=reason, rule=policy.first_rule)
+        return _refused(f"{program}: {reason}")
 
     def _scp(self, command: ScpCommand, policy: TransferPolicy,
              ctx: StageContext) -> ChannelStages:
         log = TransferLog(ctx, "scp")
         watch = ScpWatch(ctx, command, policy, log)
-        verdict = watch.start_verdict()
+        source, verdict = watch.start_verdict()
         if not verdict.allowed:
-            path = shown(command.path.encode("utf-8", "surrogateescape"))
+            path = shown(source.encode("utf-8", "surrogateescape"))
             log.record("read", path, "denied", reason=verdict.reason, rule=verdict.rule)
             return _refused(f"scp: {path}: {verdict.reason}")
         return ChannelStages(input=[watch.input], output=[watch.output])
@@ -369,6 +461,13 @@ class ExecTransferFactory:
             verdict = policy.check(_policy_path(path), write=command.upload,
                                    read=not command.upload)
             if not verdict.allowed:
+                break
+        for path, writes in command.files if verdict.allowed else ():
+            # Files an option names (a log, a backup folder, a list to read) are judged as the
+            # paths are: written ones as uploads, read ones by the path rules.
+            verdict = policy.check(_policy_path(path), write=writes, paths_only=not writes)
+            if not verdict.allowed:
+                paths.append(shown(path.encode("utf-8", "surrogateescape")))
                 break
         mode = "upload" if command.upload else "download"
         if not verdict.allowed:

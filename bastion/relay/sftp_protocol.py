@@ -115,6 +115,17 @@ class Reader:
         self.pos += size
         return value
 
+    def cstring(self) -> bytes:
+        """A string the server reads as a C string (paths, extension names), as OpenSSH's
+        ``sshbuf_get_cstring`` does: one trailing NUL is dropped, any other NUL is refused (the
+        server would refuse it too), so policy sees the name the server acts on."""
+        value = self.string()
+        if value.endswith(b"\x00"):
+            value = value[:-1]
+        if b"\x00" in value:
+            raise Malformed("a NUL inside a name")
+        return value
+
 
 def encode_status(request_id: int, code: Status, message: str) -> bytes:
     """A complete STATUS packet answering ``request_id`` (what the bastion sends on a denial)."""

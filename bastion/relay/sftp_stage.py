@@ -37,12 +37,20 @@ OPS_LOG_SUFFIX = "sftp.ops.jsonl"  # the shared recording contract's name for a 
 MAX_PENDING = 65536  # outstanding requests one channel may have (OpenSSH keeps 64 or so)
 MAX_HANDLES = 4096  # open handles one channel may have
 
-_WRITE_FLAGS = p.FXF_WRITE | p.FXF_APPEND | p.FXF_CREAT | p.FXF_TRUNC
+# OPEN flags that create or change the file, whatever the access mode (O_CREAT, O_TRUNC, ...).
+_CHANGE_FLAGS = p.FXF_WRITE | p.FXF_APPEND | p.FXF_CREAT | p.FXF_TRUNC | p.FXF_EXCL
 # Extensions OpenSSH's client uses that only read metadata: passed on, not audited.
-_READ_ONLY_EXTENSIONS = {b"statvfs@openssh.com", b"fstatvfs@openssh.com", b"limits@openssh.com",
-                         b"expand-path@openssh.com", b"home-directory", b"fsync@openssh.com",
-                         b"users-groups-by-id@openssh.com", b"check-file-name",
-                         b"check-file-handle"}
+_READ_ONLY_EXTENSIONS = {b"statvfs@openssh.com", b"limits@openssh.com",
+                         b"users-groups-by-id@openssh.com", b"check-file-name"}
+# The same, on a handle: refused, like any handle operation, on a handle not seen opened.
+_HANDLE_EXTENSIONS = {b"fstatvfs@openssh.com", b"fsync@openssh.com", b"check-file-handle"}
+# Requests on a handle; with rules in force the handle must be one the watch saw opened, since
+# only its open tells what file it is (a handle can be guessed, or its open hidden).
+_HANDLE_OPS = {p.CLOSE: "close", p.READ: "read", p.WRITE: "write", p.FSETSTAT: "setstat",
+               p.FSTAT: "stat", p.READDIR: "readdir"}
+_METADATA = {p.STAT: "stat", p.LSTAT: "stat", p.READLINK: "readlink"}
+_UNKNOWN_HANDLE = TransferVerdict(False, "the handle was not opened through the bastion")
+_NOT_LOGGED = {"read", "realpath", "stat", "readdir", "readlink", "metadata"}
 _TWO_PATH_EXTENSIONS = {b"posix-rename@openssh.com": "rename",
                         b"hardlink@openssh.com": "hardlink"}
 
@@ -71,7 +79,7 @@ class _Request:
     size: int = 0  # bytes asked to write
     mode: str = ""
     flags: list[str] | None = None
-    raw_path: str | None = None  # for REALPATH: what was asked
+    home: bool = False  # REALPATH: the answer is the server's start folder ("." asked)
 
 
 class SftpWatch:
@@ -116,6 +124,11 @@ class SftpWatch:
                              "the request is too large for the bastion")
         if len(self.pending) >= MAX_PENDING:
             return self.fail("too many outstanding requests")
+        if request_id in self.pending:
+            # Its reply would be paired with the wrong request (a hidden handle, a false start
+            # folder): the server must never see two requests under one id.
+            return self.deny(request_id, None, "request", p.Status.FAILURE,
+                             "the request id is already in use")
         try:
             return self._request(ptype, request_id, reader)
         except p.Malformed:
@@ -127,17 +140,15 @@ class SftpWatch:
         return normalize_path(p.as_path(raw), self.home), p.shown(raw)
 
     def _request(self, ptype: int, rid: int, r: p.Reader) -> bool:
-        if ptype == p.WRITE:
-            handle, _offset, size = r.string(), r.uint64(), r.uint32()
-            self.pending[rid] = _Request("write", handle=handle, size=size)
-            return True
-        if ptype == p.READ:
-            self.pending[rid] = _Request("read", handle=r.string())
-            return True
+        if ptype in _HANDLE_OPS:
+            return self._handle_op(ptype, rid, r)
         if ptype == p.OPEN:
-            norm, path = self._path(r.string())
+            norm, path = self._path(r.cstring())
             pflags = r.uint32()
-            write, read = bool(pflags & _WRITE_FLAGS), bool(pflags & p.FXF_READ)
+            # As OpenSSH's server opens it: no READ or WRITE bit is O_RDONLY, and CREAT, TRUNC,
+            # APPEND, EXCL change the file whatever the access mode.
+            read = bool(pflags & p.FXF_READ) or not pflags & p.FXF_WRITE
+            write = bool(pflags & _CHANGE_FLAGS)
             mode = "read-write" if write and read else ("write" if write else "read")
             verdict = self.policy.check(norm, write=write, read=read)
             if not verdict.allowed:
@@ -146,37 +157,51 @@ class SftpWatch:
                                          flags=p.open_flag_names(pflags))
             return True
         if ptype == p.OPENDIR:
-            norm, path = self._path(r.string())
+            norm, path = self._path(r.cstring())
             verdict = self.policy.check(norm, paths_only=True)
             if not verdict.allowed:
                 return self.refuse(rid, "list", path, verdict)
             self.pending[rid] = _Request("open", path, norm, mode="list", flags=[])
             return True
-        if ptype in (p.CLOSE, p.FSETSTAT):
-            handle = r.string()
-            file = self.handles.get(handle)
-            if ptype == p.FSETSTAT and file is not None:
-                verdict = self.policy.check(file.norm, write=True)
-                if not verdict.allowed:
-                    return self.refuse(rid, "setstat", file.path, verdict)
-            op = "close" if ptype == p.CLOSE else "setstat"
-            self.pending[rid] = _Request(op, file.path if file else None, handle=handle)
-            return True
         one_path = {p.REMOVE: "remove", p.MKDIR: "mkdir", p.RMDIR: "rmdir", p.SETSTAT: "setstat"}
         if ptype in one_path:
-            return self._write_op(rid, one_path[ptype], r.string())
+            return self._write_op(rid, one_path[ptype], r.cstring())
         if ptype == p.RENAME:
-            return self._write_op(rid, "rename", r.string(), r.string())
+            return self._write_op(rid, "rename", r.cstring(), r.cstring())
         if ptype == p.SYMLINK:
             # OpenSSH sends (target, link): its server swapped the spec's order long ago.
-            target, link = r.string(), r.string()
+            target, link = r.cstring(), r.cstring()
             return self._write_op(rid, "symlink", link, target, relative_second=True)
         if ptype == p.REALPATH:
-            self.pending[rid] = _Request("realpath", raw_path=p.as_path(r.string()))
+            # The server takes "" as "."; any other answer ("~" is "<cwd>/~") is not home.
+            self.pending[rid] = _Request("realpath", home=r.cstring() in (b".", b""))
             return True
         if ptype == p.EXTENDED:
             return self._extended(rid, r)
-        return True  # STAT, LSTAT, FSTAT, READDIR, READLINK: metadata, not policed
+        if ptype in _METADATA:  # not policed, but tracked: every id in flight is known
+            self.pending[rid] = _Request(_METADATA[ptype])
+            return True
+        if self.policy.restricted:  # a request type the bastion cannot judge (deny by default)
+            return self.deny(rid, None, "request", p.Status.OP_UNSUPPORTED,
+                             f"request type {ptype} is not supported")
+        return True
+
+    def _handle_op(self, ptype: int, rid: int, r: p.Reader) -> bool:
+        op = _HANDLE_OPS[ptype]
+        handle = r.string()
+        file = self.handles.get(handle)
+        if file is None and self.policy.restricted:
+            return self.refuse(rid, op, None, _UNKNOWN_HANDLE)
+        if ptype == p.WRITE:
+            _offset, size = r.uint64(), r.uint32()
+            self.pending[rid] = _Request("write", handle=handle, size=size)
+            return True
+        if ptype == p.FSETSTAT and file is not None:
+            verdict = self.policy.check(file.norm, write=True)
+            if not verdict.allowed:
+                return self.refuse(rid, "setstat", file.path, verdict)
+        self.pending[rid] = _Request(op, file.path if file else None, handle=handle)
+        return True
 
     def _write_op(self, rid: int, op: str, first: bytes, second: bytes | None = None, *,
                   relative_second: bool = False) -> bool:
@@ -196,21 +221,33 @@ class SftpWatch:
         return True
 
     def _extended(self, rid: int, r: p.Reader) -> bool:
-        name = r.string()
+        name = r.cstring()  # the server matches the name as a C string too
         if name in _TWO_PATH_EXTENSIONS:
-            return self._write_op(rid, _TWO_PATH_EXTENSIONS[name], r.string(), r.string())
+            return self._write_op(rid, _TWO_PATH_EXTENSIONS[name], r.cstring(), r.cstring())
         if name == b"lsetstat@openssh.com":
-            return self._write_op(rid, "setstat", r.string())
-        if name in (b"expand-path@openssh.com", b"home-directory"):
-            self.pending[rid] = _Request("realpath", raw_path=p.as_path(r.string()))
+            return self._write_op(rid, "setstat", r.cstring())
+        if name == b"expand-path@openssh.com":
+            # OpenSSH expands "~" and "~/" to ".", its start folder; "home-directory" answers
+            # the account's home, which need not be where relative paths start.
+            self.pending[rid] = _Request("realpath",
+                                         home=r.cstring() in (b".", b"", b"~", b"~/"))
             return True
-        if name in _READ_ONLY_EXTENSIONS:
+        if name in _READ_ONLY_EXTENSIONS or name == b"home-directory":
+            self.pending[rid] = _Request("metadata")
+            return True
+        if name in _HANDLE_EXTENSIONS:
+            if r.string() not in self.handles and self.policy.restricted:
+                return self.refuse(rid, "extended", None, _UNKNOWN_HANDLE,
+                                   extension=p.shown(name))
+            self.pending[rid] = _Request("metadata")
             return True
         if name == b"copy-data":
             # Server-side copy between two handles that policy already allowed when opened.
             read_handle, _, length = r.string(), r.uint64(), r.uint64()
             _, write_handle = r.uint64(), r.string()
             source, dest = self.handles.get(read_handle), self.handles.get(write_handle)
+            if (source is None or dest is None) and self.policy.restricted:
+                return self.refuse(rid, "copy", None, _UNKNOWN_HANDLE)
             self.pending[rid] = _Request("copy", source.path if source else None,
                                          to=dest.path if dest else None, size=length)
             return True
@@ -276,7 +313,7 @@ class SftpWatch:
                                flags=request.flags or [])
             return
         if ptype == p.NAME and op == "realpath":
-            if self.home is None and request.raw_path in (".", "", "~", "~/"):
+            if self.home is None and request.home:
                 r.uint32()  # count
                 name = p.as_path(r.string())
                 if name.startswith("/"):
@@ -299,7 +336,7 @@ class SftpWatch:
         elif op == "open":  # the open failed (a HANDLE would have answered it)
             self.log.record(request.mode, request.path, status, flags=request.flags,
                             event="open")
-        elif op not in ("read", "realpath"):
+        elif op not in _NOT_LOGGED:
             self.log.record(op, request.path, status, to=request.to,
                             bytes_written=request.size if op == "copy" else 0)
 

@@ -23,11 +23,15 @@ RELAY = ROOT / "tests" / "harness" / "scp_relay.py"
 
 
 def test_scp_commands_are_recognised() -> None:
-    assert parse_scp("scp -t -- /srv/x") == ScpCommand(True, "/srv/x", False, False)
-    assert parse_scp("scp -r -d -t /srv") == ScpCommand(True, "/srv", True, True)
-    assert parse_scp("scp -pf '/a b/c'") == ScpCommand(False, "/a b/c", False, False)
-    assert parse_scp("/usr/bin/scp -f x") == ScpCommand(False, "x", False, False)
-    for other in ("scp", "scp -t", "scp -t -f x", "ls -t x", "scp -t a b", "scp -t 'x"):
+    assert parse_scp("scp -t -- /srv/x") == ScpCommand(True, ("/srv/x",), False, False)
+    assert parse_scp("scp -r -d -t /srv") == ScpCommand(True, ("/srv",), True, True)
+    assert parse_scp("scp -pf '/a b/c'") == ScpCommand(False, ("/a b/c",), False, False)
+    assert parse_scp("/usr/bin/scp -f x") == ScpCommand(False, ("x",), False, False)
+    # As OpenSSH's scp: -f wins over -t, options end at the first operand.
+    assert parse_scp("scp -t -f x") == ScpCommand(False, ("x",), False, False)
+    assert parse_scp("scp -f /a /b -p") == ScpCommand(False, ("/a", "/b", "-p"), False, False)
+    for other in ("scp", "scp -t", "ls -t x", "scp -t a b", "scp -t 'x", "scp -Z -f x",
+                  "scp -f -l"):
         assert parse_scp(other) is None
 
 
