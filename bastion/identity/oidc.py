@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -117,7 +118,10 @@ class OidcProvider:
             raise IdentityError("identity provider sent an incomplete device authorization "
                                 "answer") from None
         complete = body.get("verification_uri_complete")
-        if not all(isinstance(v, str) for v in (device_code, user_code, uri)) or expires_in <= 0:
+        # json.loads takes NaN and Infinity; NaN passes "<= 0" and would leave no deadline.
+        if not all(isinstance(v, str) for v in (device_code, user_code, uri)) \
+                or not (math.isfinite(expires_in) and expires_in > 0) \
+                or not (math.isfinite(interval) and interval > 0):
             raise IdentityError("identity provider sent a malformed device authorization answer")
         return DeviceAuthorization(
             device_code=Secret(device_code), user_code=user_code, verification_uri=uri,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -121,9 +122,8 @@ class IdTokenValidator:
         if (len(audiences) > 1 or azp is not None) and azp != self.client_id:
             raise _refuse(f"authorized party {azp!r} is not this bastion ({self.client_id})")
         exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
-        if not isinstance(exp, int | float) or not isinstance(iat, int | float) or (
-                isinstance(exp, bool) or isinstance(iat, bool)):
-            raise _refuse("exp or iat is missing")
+        if not _number(exp) or not _number(iat):
+            raise _refuse("exp or iat is missing (or not a finite number)")
         if now > exp + self._leeway:
             raise _refuse("it has expired")
         if iat > now + self._leeway:
@@ -135,8 +135,10 @@ class IdTokenValidator:
             raise _refuse("its subject is missing")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _number(value: Any) -> TypeGuard[int | float]:
+    # json.loads takes NaN and Infinity: exp=NaN compares false with everything (never expired)
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def identity_from_claims(claims: dict[str, Any], groups_claim: str,

@@ -67,6 +67,15 @@ def verify_s3(client: Any, bucket: str, prefix: str, public_keys: Sequence[Path]
     return _run(S3Source(client, bucket, prefix), public_keys)
 
 
+def _component(name: str, where: str) -> str:
+    """``name`` if it is one plain path component; a key is the store's to choose, and a name
+    like ".." or "a/b" would put a file outside the private download folder."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ReplayError(f"{where}: refusing the stored name {name[:80]!r} (not a plain "
+                          "file or folder name)")
+    return name
+
+
 def download_s3(client: Any, bucket: str, prefix: str, dest: Path) -> Path:
     """Copy one S3 session folder (first-written versions, recordings unpacked) into ``dest``;
     return the local folder."""
@@ -77,16 +86,15 @@ def download_s3(client: Any, bucket: str, prefix: str, dest: Path) -> Path:
             raise ReplayError(f"{source.description}: expected one session, found "
                               f"{len(sessions)}")
         evidence = sessions[0]
-        folder = dest / evidence.folder
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = dest / _component(evidence.folder, source.description)
+        folder.mkdir()
         for name, raw in zip(MANIFEST_FILES, (evidence.manifest_raw, evidence.signature_raw),
                              strict=True):
             if raw is not None:
                 (folder / name).write_bytes(raw)
         for name in sorted(evidence.stored_names):
-            if "/" in name or name.startswith("."):
-                continue  # never a path out of the folder
-            with (folder / name).open("wb") as fh:
+            # "x" never writes through anything already there (nothing should be).
+            with (folder / _component(name, source.description)).open("xb") as fh:
                 for chunk in evidence.open_file(name):
                     fh.write(chunk)
     except (BastionError, OSError) as exc:

@@ -49,8 +49,28 @@ def make_client(endpoint_url: str | None = None, region: str | None = None,
         response_checksum_validation="when_required",
     )
     session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
-                          config=config)
+    client = session.client("s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
+                            config=config)
+    if endpoint_url:
+        # botocore answers a redirect by asking the bucket's region of the same endpoint, whose
+        # redirect it answers the same way, until RecursionError: a configured endpoint has
+        # one region, so a redirect is an error to report.
+        client.meta.events.register_first("needs-retry.s3", _refuse_redirect)
+    return client
+
+
+def _refuse_redirect(response: Any = None, **_kwargs: Any) -> None:
+    """Raise StorageError for a redirect answer (status 301/302/307/308 or a redirect code)."""
+    if response is None:
+        return
+    http, parsed = response
+    status = getattr(http, "status_code", None)
+    code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+    if status in (301, 302, 307, 308) or code in ("PermanentRedirect", "TemporaryRedirect"):
+        where = getattr(http, "headers", {}).get("Location") or "another address"
+        raise StorageError(f"the object store redirected the request (HTTP {status}) to "
+                           f"{str(where)[:200]}; bastion does not follow redirects: check "
+                           "endpoint_url and region")
 
 
 class StoreUnreachable(StorageError):
@@ -59,6 +79,8 @@ class StoreUnreachable(StorageError):
 
 def storage_error(exc: Exception, what: str) -> StorageError:
     """One line for a failed S3 call: unreachable store, missing credentials or S3's answer."""
+    if isinstance(exc, StorageError):
+        return type(exc)(f"{what}: {exc}")
     if isinstance(exc, UNREACHABLE):
         return StoreUnreachable(f"{what}: cannot reach the object store ({exc})")
     if isinstance(exc, NoCredentialsError):

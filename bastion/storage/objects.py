@@ -4,7 +4,9 @@ Each object goes up with its SHA-256 (``ChecksumSHA256``; per part and composite
 uploads), which S3 recomputes and refuses on mismatch, and with ``If-None-Match: *`` so that
 bastion never replaces an object (in a versioned bucket a replacement would be a second version,
 which ``bastion verify`` reports as tampering). After the upload a HEAD with checksum mode
-confirms size and checksum. An object that is already there is read back and compared instead.
+confirms size and checksum; a store that reports no checksum has the object read back and
+compared, and with a retention asked for the HEAD must show that Object Lock mode and date. An
+object that is already there is read back and compared instead.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import gzip
 import hashlib
 import shutil
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,12 +65,31 @@ class LockSettings:
     mode: str | None
     days: int
 
-    def put_args(self) -> dict[str, Any]:
+    def until(self) -> dt.datetime:
+        """The retain-until date for an object written now."""
+        return dt.datetime.now(dt.UTC) + dt.timedelta(days=self.days)
+
+    def put_args(self, until: dt.datetime | None = None) -> dict[str, Any]:
         """The PUT/CreateMultipartUpload arguments for this retention."""
         if not self.mode:
             return {}
-        until = dt.datetime.now(dt.UTC) + dt.timedelta(days=self.days)
-        return {"ObjectLockMode": self.mode, "ObjectLockRetainUntilDate": until}
+        return {"ObjectLockMode": self.mode, "ObjectLockRetainUntilDate": until or self.until()}
+
+    def confirm(self, head: dict[str, Any], where: str, earliest: dt.datetime) -> None:
+        """Raise unless the HEAD shows this mode, retained until ``earliest`` or later: a store
+        may take the lock headers and ignore them, and then nothing protects the object."""
+        if not self.mode:
+            return
+        mode = head.get("ObjectLockMode")
+        until = head.get("ObjectLockRetainUntilDate")
+        if mode != self.mode or not isinstance(until, dt.datetime):
+            raise StorageError(f"{where}: the store shows no {self.mode} Object Lock on it "
+                               f"(mode {mode or 'none'}); keeping the local copy")
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=dt.UTC)
+        if until < earliest:
+            raise StorageError(f"{where}: retained only until {until:%Y-%m-%dT%H:%M:%SZ}, "
+                               f"{self.days} days asked; keeping the local copy")
 
 
 def _b64(digest: bytes) -> str:
@@ -82,33 +103,49 @@ def compress(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, gz, _CHUNK)
 
 
-def prepare(key: str, path: Path, content_sha256: str, compressed: bool,
-            multipart_threshold: int) -> Prepared:
-    """Compute the checksums S3 will be asked to verify for ``path``."""
-    size = path.stat().st_size
+def _s3_checksum(chunks: Iterable[bytes],
+                 part_size: int | None) -> tuple[int, str, tuple[str, ...]]:
+    """Size, ChecksumSHA256 (composite "...-N" when in parts of ``part_size``) and the part
+    checksums of a byte stream, as S3 computes them."""
+    size = 0
     whole = hashlib.sha256()
-    part_size = max(multipart_threshold, MIN_PART) if size > multipart_threshold else None
     parts: list[str] = []
     part_digest = hashlib.sha256()
     in_part = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(min(_CHUNK, (part_size or _CHUNK) - in_part)):
-            whole.update(chunk)
-            if part_size:
-                part_digest.update(chunk)
-                in_part += len(chunk)
-                if in_part == part_size:
-                    parts.append(_b64(part_digest.digest()))
-                    part_digest, in_part = hashlib.sha256(), 0
+    for chunk in chunks:
+        size += len(chunk)
+        whole.update(chunk)
+        view = memoryview(chunk)
+        while part_size and view:
+            take = min(len(view), part_size - in_part)
+            part_digest.update(view[:take])
+            in_part += take
+            view = view[take:]
+            if in_part == part_size:
+                parts.append(_b64(part_digest.digest()))
+                part_digest, in_part = hashlib.sha256(), 0
     if part_size and in_part:
         parts.append(_b64(part_digest.digest()))
     if part_size:
         composite = hashlib.sha256(b"".join(base64.b64decode(p) for p in parts)).digest()
-        checksum = f"{_b64(composite)}-{len(parts)}"
-    else:
-        checksum = _b64(whole.digest())
+        return size, f"{_b64(composite)}-{len(parts)}", tuple(parts)
+    return size, _b64(whole.digest()), ()
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk
+
+
+def prepare(key: str, path: Path, content_sha256: str, compressed: bool,
+            multipart_threshold: int) -> Prepared:
+    """Compute the checksums S3 will be asked to verify for ``path``."""
+    size = path.stat().st_size
+    part_size = max(multipart_threshold, MIN_PART) if size > multipart_threshold else None
+    size, checksum, parts = _s3_checksum(_file_chunks(path), part_size)
     return Prepared(key=key, path=path, size=size, checksum=checksum, part_size=part_size,
-                    part_checksums=tuple(parts), content_sha256=content_sha256,
+                    part_checksums=parts, content_sha256=content_sha256,
                     compressed=compressed)
 
 
@@ -163,6 +200,31 @@ class ObjectStore:
             raise StorageError(f"s3://{self.bucket}/{item.key} already exists with other "
                                "content; not overwriting it (check it: this may be tampering)")
 
+    def _read_stored(self, item: Prepared, version: str | None) -> None:
+        """Read the object back (at most one byte more than expected) and compare its S3
+        checksum with ours: for a store that computes none, the only proof of what it holds."""
+        where = f"s3://{self.bucket}/{item.key}"
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": item.key}
+        if version and version != "null":
+            args["VersionId"] = version
+
+        def chunks() -> Iterator[bytes]:
+            body = self.client.get_object(**args)["Body"]
+            try:
+                left = item.size + 1
+                while left > 0 and (chunk := body.read(min(_CHUNK, left))):
+                    left -= len(chunk)
+                    yield chunk
+            finally:
+                body.close()
+        try:
+            size, checksum, _ = _s3_checksum(chunks(), item.part_size)
+        except Exception as exc:
+            raise storage_error(exc, f"{where}: reading back") from None
+        if (size, checksum) != (item.size, item.checksum):
+            raise StorageError(f"{where}: the store reports no SHA-256 checksum and the bytes "
+                               "read back differ from those uploaded; keeping the local copy")
+
     def check(self, item: Prepared, head: dict[str, Any] | None = None) -> dict[str, Any]:
         """Confirm the object S3 holds has our size and SHA-256 checksum; return its HEAD."""
         head = head if head is not None else self.head(item.key)
@@ -176,27 +238,41 @@ class ObjectStore:
         if stored is not None and stored != item.checksum:
             raise StorageError(f"{where}: SHA-256 checksum {stored} after upload, "
                                f"expected {item.checksum}")
-        if stored is None and head.get("Metadata", {}).get(CONTENT_SHA_META) != \
-                item.content_sha256:
-            raise StorageError(f"{where}: the store reports no SHA-256 checksum and no "
-                               "content hash; cannot confirm the upload")
+        if stored is None:
+            # The content-hash metadata is only what bastion sent: it proves nothing about the
+            # bytes kept, so read them.
+            self._read_stored(item, head.get("VersionId"))
         return head
 
+    def _confirm_existing_lock(self, lock: LockSettings, head: dict[str, Any], key: str) -> None:
+        """An object placed earlier (by an interrupted run) was asked for ``days`` from about
+        when it was written; allow an hour for a slow upload and clock skew."""
+        written = head.get("LastModified")
+        if not isinstance(written, dt.datetime):
+            written = dt.datetime.now(dt.UTC) - dt.timedelta(days=lock.days)
+        elif written.tzinfo is None:
+            written = written.replace(tzinfo=dt.UTC)
+        earliest = written + dt.timedelta(days=lock.days) - dt.timedelta(hours=1)
+        lock.confirm(head, f"s3://{self.bucket}/{key}", earliest)
+
     def place(self, item: Prepared, lock: LockSettings, progress: Progress) -> Placed:
-        """Upload ``item`` unless it is there already; either way, verify what S3 holds."""
+        """Upload ``item`` unless it is there already; either way, verify what S3 holds (and
+        the retention asked for)."""
         existing = self.head(item.key)
         if existing is not None:
             if existing.get("ChecksumSHA256") != item.checksum:
                 self._read_back(item)  # other bytes may still be the same content
             else:
                 self.check(item, existing)
+            self._confirm_existing_lock(lock, existing, item.key)
             progress(item.size)
             return Placed(item.key, existing.get("VersionId"), False, item.size)
+        until = lock.until()
         args: dict[str, Any] = {
             "Bucket": self.bucket, "Key": item.key,
             "Metadata": {CONTENT_SHA_META: item.content_sha256},
             "ContentType": "application/gzip" if item.compressed else "application/json",
-            **lock.put_args(),
+            **lock.put_args(until),
         }
         try:
             if item.part_size is None:
@@ -213,9 +289,12 @@ class ObjectStore:
                 # Someone (an earlier, interrupted run) finished it meanwhile: verify that.
                 self._read_back(item)
                 head = self.head(item.key) or {}
+                self._confirm_existing_lock(lock, head, item.key)
                 return Placed(item.key, head.get("VersionId"), False, item.size)
             raise storage_error(exc, f"s3://{self.bucket}/{item.key}: upload") from None
         head = self.check(item)
+        # S3 keeps the date to the second (or millisecond): compare at that precision.
+        lock.confirm(head, f"s3://{self.bucket}/{item.key}", until.replace(microsecond=0))
         return Placed(item.key, head.get("VersionId"), True, item.size)
 
     def _multipart(self, item: Prepared, args: dict[str, Any], progress: Progress) -> None:

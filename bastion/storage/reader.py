@@ -6,15 +6,34 @@ version or delete marker is reported as a problem (tampering) in the session's e
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bastion.errors import StorageError, VerificationFailed
 from bastion.evidence.sources import SessionEvidence, gunzip, stored_name
-from bastion.recording.layout import MANIFEST_FILE, SESSION_FILE, SIGNATURE_FILE
+from bastion.recording.layout import COMPRESSED_SUFFIX, MANIFEST_FILE, SESSION_FILE, SIGNATURE_FILE
 from bastion.storage.keys import object_name, split_key
 
 _CHUNK = 1 << 20
+MAX_LISTED = 1_000_000  # object versions and delete markers under one prefix
+MAX_PAGES = 2_000  # a page holds up to 1,000 entries; a store may send fewer
+
+
+def _entries(page: Any, field: str, where: str) -> list[dict[str, Any]]:
+    items = page.get(field, []) if isinstance(page, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise StorageError(f"{where}: the store sent a malformed listing ({field})")
+    return items
+
+
+def _key_of(item: dict[str, Any], where: str) -> str:
+    key = item.get("Key")
+    if not isinstance(key, str) or not key:
+        raise StorageError(f"{where}: the store sent a malformed listing (an entry without "
+                           "a key)")
+    return key
 
 
 @dataclass
@@ -22,6 +41,24 @@ class _KeyVersions:
     first: str | None = None  # version id of the first-written version ("null" if unversioned)
     count: int = 0
     deleted: bool = False  # the latest entry is a delete marker
+
+
+def _both_copies(plain: Iterable[bytes], packed: Iterable[bytes], name: str) -> Iterator[bytes]:
+    """The plain object's content; VerificationFailed at its end unless the ``.gz`` beside it
+    holds the same bytes (read no further than the plain copy's length plus one piece)."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in plain:
+        digest.update(chunk)
+        size += len(chunk)
+        yield chunk
+    other, other_size = hashlib.sha256(), 0
+    for chunk in packed:
+        other.update(chunk)
+        other_size += len(chunk)
+        if other_size > size:
+            break
+    if (other_size, other.digest()) != (size, digest.digest()):
+        raise VerificationFailed(f"{name}{COMPRESSED_SUFFIX} differs from {name}")
 
 
 class S3Source:
@@ -38,13 +75,33 @@ class S3Source:
         prefix = f"{self.prefix}/" if self.prefix else ""
         paginator = self.client.get_paginator("list_object_versions")
         # S3 lists the versions of a key newest first, so the last one seen is the first written.
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            latest_markers = {m["Key"] for m in page.get("DeleteMarkers", []) if m["IsLatest"]}
-            for key in latest_markers:
-                keys.setdefault(key, _KeyVersions()).deleted = True
-            for version in page.get("Versions", []):
-                entry = keys.setdefault(version["Key"], _KeyVersions())
-                entry.first = version.get("VersionId") or "null"
+        # A store that says "more" for ever (a new marker every page) must not keep verify
+        # listing for ever: past MAX_LISTED entries or pages, give up.
+        seen = 0
+        once: set[tuple[str, str]] = set()
+        for pages, page in enumerate(paginator.paginate(Bucket=self.bucket, Prefix=prefix), 1):
+            markers = _entries(page, "DeleteMarkers", self.description)
+            versions = _entries(page, "Versions", self.description)
+            seen += len(markers) + len(versions)
+            if pages > MAX_PAGES or seen > MAX_LISTED:
+                raise StorageError(f"{self.description}: the listing does not end (over "
+                                   f"{MAX_LISTED} entries or {MAX_PAGES} pages); verify a "
+                                   "narrower prefix")
+            for item in markers + versions:
+                # Each version is listed once; one seen again means the store restarted the
+                # listing (it would never end, and counts would be wrong).
+                listed = (_key_of(item, self.description), str(item.get("VersionId")))
+                if listed in once:
+                    raise StorageError(f"{self.description}: the store listed {listed[0]!r} "
+                                       f"version {listed[1]!r} twice; the listing is broken")
+                once.add(listed)
+            for marker in markers:
+                if marker.get("IsLatest") is not False:  # unsaid: assume it hides the key
+                    keys.setdefault(_key_of(marker, self.description),
+                                    _KeyVersions()).deleted = True
+            for version in versions:
+                entry = keys.setdefault(_key_of(version, self.description), _KeyVersions())
+                entry.first = str(version.get("VersionId") or "null")
                 entry.count += 1
         return keys
 
@@ -95,15 +152,23 @@ class S3Source:
 
             def open_file(name: str, folder: str = folder,
                           files: dict[str, _KeyVersions] = files) -> Iterable[bytes]:
-                stored = object_name(name)
-                entry = files.get(stored)
-                if entry is None or entry.first is None:
+                # As on disk (sources.LocalSource): a plain copy is what a reader may take, so
+                # beside a .gz it must hold the same bytes.
+                plain, packed = files.get(name), files.get(object_name(name))
+                if plain is not None and plain.first is not None:
+                    chunks = self._get(f"{folder}/{name}", plain.first)
+                    if packed is None or packed.first is None:
+                        return chunks
+                    other = gunzip(self._get(f"{folder}/{object_name(name)}", packed.first))
+                    return _both_copies(chunks, other, name)
+                if packed is None or packed.first is None:
                     raise FileNotFoundError(name)
-                return gunzip(self._get(f"{folder}/{stored}", entry.first))
+                return gunzip(self._get(f"{folder}/{object_name(name)}", packed.first))
 
+            # Every recording-like object counts, plain or packed: one the manifest does not
+            # list is reported (a tampered folder must not pass by sitting beside the .gz).
             names = frozenset(n for f in files
-                              if (n := stored_name(f)) is not None and n != SESSION_FILE
-                              and f == object_name(n))
+                              if (n := stored_name(f)) is not None and n != SESSION_FILE)
             yield SessionEvidence(
                 where=f"s3://{self.bucket}/{folder}", folder=folder.rpartition("/")[2],
                 node_folder=nodes[folder],

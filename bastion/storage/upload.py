@@ -316,6 +316,7 @@ class Uploader:
             summary.stuck = stuck_sessions(spool, self.settings.running, spool_lock_held(spool))
         pending = self.pending()
         lock = LockSettings(None, 0)
+        why_not = "the object store is unreachable"
         try:
             if self.store.object_lock_enabled():
                 if self.settings.object_lock_mode:
@@ -324,6 +325,13 @@ class Uploader:
                     summary.object_lock = (f"{lock.mode} for {lock.days} days")
                 else:
                     summary.object_lock = "bucket default retention"
+            elif self.settings.object_lock_mode:
+                # Asked for, but nothing would protect the objects: upload nothing.
+                why_not = "the bucket has no Object Lock"
+                summary.object_lock = "none (the bucket has no Object Lock)"
+                raise StorageError(f"object_lock_mode is {self.settings.object_lock_mode} but "
+                                   f"s3://{self.store.bucket} has no Object Lock; nothing "
+                                   "uploaded, local copies kept")
             else:
                 summary.object_lock = "none (the bucket has no Object Lock)"
         except StorageError as exc:
@@ -338,8 +346,8 @@ class Uploader:
                     blocked_by = self._finish_one(folder, manifest, placed, lock, summary,
                                                   blocked_by)
         elif self._unreachable.is_set():
-            summary.failed.extend({"session": f.name, "error": "not attempted: the object "
-                                   "store is unreachable"} for f, _ in pending)
+            summary.failed.extend({"session": f.name, "error": f"not attempted: {why_not}"}
+                                  for f, _ in pending)
         self._clean(summary)
         summary.failed.sort(key=lambda f: f["session"])
         summary.status = {EXIT_OK: "ok", EXIT_FAILED: "failed",

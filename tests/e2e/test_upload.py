@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,10 @@ def test_interrupted_run_is_verified_not_reuploaded(store: SeaweedS3, tmp_path: 
     day = folder.name[:8]
     key = f"evidence/{day[:4]}/{day[4:6]}/{day[6:8]}/{NODE}/{folder.name}/1-shell.cast.gz"
     compress(folder / "1-shell.cast", tmp_path / "packed.gz")
-    client.put_object(Bucket=site.bucket, Key=key, Body=(tmp_path / "packed.gz").read_bytes())
+    # With the retention the run would have given it (retention_days = 1).
+    client.put_object(Bucket=site.bucket, Key=key, Body=(tmp_path / "packed.gz").read_bytes(),
+                      ObjectLockMode="GOVERNANCE",
+                      ObjectLockRetainUntilDate=datetime.now(UTC) + timedelta(days=1))
     code, summary, stderr = site.upload()
     assert code == 0, (summary, stderr)
     assert summary["uploaded"] == [folder.name] and summary["objects_uploaded"] == 3

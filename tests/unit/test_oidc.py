@@ -168,3 +168,30 @@ def test_identity_section_errors(extra: str, message: str) -> None:
 def test_short_login_timeout_with_device_login_is_accepted() -> None:
     cfg = load(BASE + '[server]\nlogin_timeout = "20s"\n[identity]\nissuer = "https://i"\n')
     assert cfg.server.login_timeout == 20
+
+
+@pytest.mark.parametrize("field,value", [("expires_in", "NaN"), ("expires_in", "Infinity"),
+                                         ("interval", "NaN"), ("interval", "-1")])
+def test_device_answer_needs_finite_positive_numbers(monkeypatch: pytest.MonkeyPatch,
+                                                     field: str, value: str) -> None:
+    # json.loads takes NaN: with expires_in NaN the login would have no deadline at all.
+    import json
+
+    from bastion.identity import http
+
+    answer = {"device_code": "dc", "user_code": "U", "verification_uri": ISSUER + "/d",
+              "expires_in": 600, "interval": 5}
+    body = json.loads(json.dumps(answer).replace(f'"{field}": {answer[field]}',
+                                                 f'"{field}": {value}'))
+
+    async def post_form(*_args: Any) -> tuple[int, Any]:
+        return 200, body
+
+    async def get_json(*_args: Any) -> Any:
+        return doc()
+
+    monkeypatch.setattr(http, "post_form", post_form)
+    monkeypatch.setattr(http, "get_json", get_json)
+    provider = OidcProvider(IdentityConfig(issuer=ISSUER))
+    with pytest.raises(IdentityError, match="malformed device authorization"):
+        asyncio.run(provider.start_device_authorization())

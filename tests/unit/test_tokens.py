@@ -108,6 +108,11 @@ def test_expired_and_future() -> None:
     assert validate(sign(claims(exp=now - 30)))  # within leeway
     refused(sign(claims(iat=now + 600, exp=now + 900)), "future")
     refused(sign(claims(exp=None)), "exp or iat")
+    # json.loads takes NaN and Infinity: NaN is never "expired", Infinity never ends
+    refused(sign(claims(exp=float("nan"))), "exp or iat")
+    refused(sign(claims(exp=float("inf"))), "exp or iat")
+    refused(sign(claims(iat=float("nan"))), "exp or iat")
+    refused(sign(claims(nbf=float("nan"))), "not valid yet")
 
 
 def test_bad_signature() -> None:
