@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from bastion.credentials.keysource import read_private_file
 from bastion.errors import ConfigError, VerificationFailed
 from bastion.evidence.canonical import jcs
 from bastion.fsutil import write_new_private
@@ -34,6 +35,9 @@ def public_pem(public: Ed25519PublicKey) -> str:
     """A public key as PEM (SubjectPublicKeyInfo), the form ``--public-key`` files hold."""
     return public.public_bytes(serialization.Encoding.PEM,
                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+_MAX_KEY_FILE = 64 * 1024  # a PEM Ed25519 key is about 120 bytes
 
 
 def generate_signing_key(path: Path) -> Ed25519PublicKey:
@@ -78,11 +82,9 @@ class Signer:
 
     @classmethod
     def from_file(cls, path: Path, key_id: str | None = None) -> Signer:
-        """Load the private key written by ``bastion keygen signing``."""
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from None
+        """Load the private key written by ``bastion keygen signing`` (mode 0600: a key file
+        other users may read is refused, as the vault and CA keys are)."""
+        data = read_private_file(path, f"signing key {path}", ConfigError, _MAX_KEY_FILE)
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):

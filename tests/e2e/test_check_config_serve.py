@@ -100,4 +100,5 @@ def test_check_config_without_the_signing_key_fails(site: tuple[Path, dict[str, 
     shutil.move(config.parent / "etc" / "signing.key", config.parent / "elsewhere.key")
     checked = _bastion("check-config", str(config), env=env)
     assert checked.returncode == 2
-    assert "evidence.signing_key: cannot read signing key" in checked.stderr
+    assert "evidence.signing_key: signing key" in checked.stderr
+    assert "no such file" in checked.stderr

@@ -18,7 +18,7 @@ from bastion.errors import ConfigError, ManifestError
 from bastion.evidence.canonical import is_legacy_canonical, legacy_canonical_json
 from bastion.evidence.manifest import parse_manifest
 from bastion.evidence.seal import Sealer, is_sealed
-from bastion.evidence.signing import SignatureFile, Signer, load_public_key
+from bastion.evidence.signing import SignatureFile, Signer, generate_signing_key, load_public_key
 
 
 def test_legacy_canonical_form_sorts_keys_without_spaces_in_utf8() -> None:
@@ -174,3 +174,11 @@ def test_interrupted_and_refused_sessions_are_sealed_with_their_state(tmp_path: 
     assert failed == []
     states = {p.parent: parse_manifest(p.read_bytes()).doc["state"] for p in sealed}
     assert states == {interrupted[0]: "interrupted", refused[0]: "refused"}
+
+
+def test_a_signing_key_other_users_may_read_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "signing.key"
+    generate_signing_key(key)
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"accessible to other users \(mode 0644\); run chmod"):
+        Signer.from_file(key)

@@ -69,7 +69,7 @@ def test_an_unresolvable_listen_address(tmp_path: Path) -> None:
 
 def test_a_missing_signing_key(tmp_path: Path) -> None:
     [problem] = _problems(_site(tmp_path, signing_key=f'"{tmp_path}/nope.key"'))
-    assert "evidence.signing_key: cannot read signing key" in problem
+    assert "evidence.signing_key: signing key" in problem and "no such file" in problem
 
 
 def test_a_missing_public_key(tmp_path: Path) -> None:
