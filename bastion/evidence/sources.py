@@ -126,16 +126,17 @@ def file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _both_copies(plain: Path, packed: Path, name: str) -> Iterator[bytes]:
-    """The plain file's content; VerificationFailed at its end unless the ``.gz`` beside it holds
-    the same bytes (either copy could be what a reader or an upload takes)."""
+def both_copies(plain: Iterable[bytes], packed: Iterable[bytes], name: str) -> Iterator[bytes]:
+    """The plain copy's content; VerificationFailed at its end unless the ``.gz`` beside it
+    (``packed``, decompressed) holds the same bytes: either copy could be what a reader or an
+    upload takes. The packed copy is read no further than the plain one's length plus a piece."""
     digest, size = hashlib.sha256(), 0
-    for chunk in file_chunks(plain):
+    for chunk in plain:
         digest.update(chunk)
         size += len(chunk)
         yield chunk
     other, other_size = hashlib.sha256(), 0
-    for chunk in gunzip(file_chunks(packed)):
+    for chunk in packed:
         other.update(chunk)
         other_size += len(chunk)
         if other_size > size:
@@ -181,9 +182,10 @@ class LocalSource:
             def open_file(name: str, folder: Path = folder) -> Iterable[bytes]:
                 plain = folder / name
                 packed = folder / (name + COMPRESSED_SUFFIX)
+                if _present(plain) and _present(packed):
+                    return both_copies(file_chunks(plain), gunzip(file_chunks(packed)), name)
                 if _present(plain):
-                    return _both_copies(plain, packed, name) if _present(packed) \
-                        else file_chunks(plain)
+                    return file_chunks(plain)
                 if _present(packed):
                     return gunzip(file_chunks(packed))
                 raise FileNotFoundError(name)

@@ -6,14 +6,13 @@ version or delete marker is reported as a problem (tampering) in the session's e
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bastion.errors import StorageError, VerificationFailed
-from bastion.evidence.sources import SessionEvidence, gunzip, stored_name
-from bastion.recording.layout import COMPRESSED_SUFFIX, MANIFEST_FILE, SESSION_FILE, SIGNATURE_FILE
+from bastion.errors import StorageError
+from bastion.evidence.sources import SessionEvidence, both_copies, gunzip, stored_name
+from bastion.recording.layout import MANIFEST_FILE, SESSION_FILE, SIGNATURE_FILE
 from bastion.storage.keys import object_name, split_key
 
 _CHUNK = 1 << 20
@@ -41,24 +40,6 @@ class _KeyVersions:
     first: str | None = None  # version id of the first-written version ("null" if unversioned)
     count: int = 0
     deleted: bool = False  # the latest entry is a delete marker
-
-
-def _both_copies(plain: Iterable[bytes], packed: Iterable[bytes], name: str) -> Iterator[bytes]:
-    """The plain object's content; VerificationFailed at its end unless the ``.gz`` beside it
-    holds the same bytes (read no further than the plain copy's length plus one piece)."""
-    digest, size = hashlib.sha256(), 0
-    for chunk in plain:
-        digest.update(chunk)
-        size += len(chunk)
-        yield chunk
-    other, other_size = hashlib.sha256(), 0
-    for chunk in packed:
-        other.update(chunk)
-        other_size += len(chunk)
-        if other_size > size:
-            break
-    if (other_size, other.digest()) != (size, digest.digest()):
-        raise VerificationFailed(f"{name}{COMPRESSED_SUFFIX} differs from {name}")
 
 
 class S3Source:
@@ -160,7 +141,7 @@ class S3Source:
                     if packed is None or packed.first is None:
                         return chunks
                     other = gunzip(self._get(f"{folder}/{object_name(name)}", packed.first))
-                    return _both_copies(chunks, other, name)
+                    return both_copies(chunks, other, name)
                 if packed is None or packed.first is None:
                     raise FileNotFoundError(name)
                 return gunzip(self._get(f"{folder}/{object_name(name)}", packed.first))

@@ -10,6 +10,9 @@ from typing import Any
 
 import asyncssh
 import pytest
+from test_sftp_protocol import _open
+from test_sftp_protocol import _packet as _pkt
+from test_sftp_protocol import _string as _s
 
 from bastion.config.model import Target, TransferRule
 from bastion.policy.transfers import ForwardGrant, TransferPolicy
@@ -19,18 +22,6 @@ from bastion.relay.pipeline import ChannelInfo, ChannelKind, Pipeline, Stream
 from bastion.relay.scp_stage import ExecTransferFactory, ScpWatch, parse_rsync, parse_scp
 from bastion.relay.sftp_stage import sftp_stages
 from bastion.relay.transfer_log import TransferLog
-
-
-def _s(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-def _pkt(ptype: int, body: bytes) -> bytes:
-    return struct.pack(">IB", len(body) + 1, ptype) + body
-
-
-def _open(rid: int, path: bytes, pflags: int) -> bytes:
-    return _pkt(p.OPEN, struct.pack(">I", rid) + _s(path) + struct.pack(">II", pflags, 0))
 
 
 def _one_path(ptype: int, rid: int, path: bytes) -> bytes:
