@@ -42,6 +42,8 @@ DYNAMIC_NAMES = {
     ("approvals/service.py", "_decide"): ["approval.approved", "approval.denied"],
     # self.log.record(op, ...) with op a variable; status is never "denied" there
     ("relay/sftp_stage.py", "deny"): ["sftp.request"],
+    # f"{program}.denied" for an scp or rsync command the transfer rules cannot judge
+    ("relay/scp_stage.py", "_unreadable"): ["scp.denied", "rsync.denied"],
     ("relay/sftp_stage.py", "_reply"): [
         f"sftp.{op}" for op in ("setstat", "remove", "mkdir", "rmdir", "rename", "symlink",
                                 "hardlink", "copy", "extended")],
