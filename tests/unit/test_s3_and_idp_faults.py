@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import hashlib
 import io
 import threading
 from collections.abc import Iterator
@@ -190,3 +191,19 @@ def test_a_redirecting_endpoint_is_one_line_not_a_recursion(tmp_path: Path,
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_object_already_there_is_read_back_a_piece_at_a_time(tmp_path: Path) -> None:
+    # Someone else's object under our key: the same content plus a second gzip member (content
+    # no hash of ours covers), or a bomb. Refused, without inflating it whole.
+    content = b"recorded output\n" * 50
+    item = _item(tmp_path)
+    item = prepare(item.key, item.path, hashlib.sha256(content).hexdigest(), True, 1 << 30)
+    store = ObjectStore(FakeClient(), "b")
+    for planted in (gzip.compress(content) + gzip.compress(b"more\n"),
+                    gzip.compress(bytes(64 << 20))):
+        store.client.objects[item.key] = (planted, {"sum": "other"})
+        with pytest.raises(StorageError):
+            store._read_back(item)
+    store.client.objects[item.key] = (gzip.compress(content), {"sum": "other"})
+    store._read_back(item)  # the same content: no error
