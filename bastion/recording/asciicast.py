@@ -17,7 +17,6 @@ from __future__ import annotations
 import codecs
 import enum
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Any
 
 from bastion.errors import RecordingError
 from bastion.recording.durable import FILE_MODE
+from bastion.recording.layout import is_event_time
 
 FLUSH_INTERVAL = 1.0  # seconds: no recorded output stays in our buffer longer than this
 BUFFER_LIMIT = 64 * 1024  # bytes: write to the OS at least this often under heavy output
@@ -297,11 +297,8 @@ def _parse_line(line: bytes, at_start: bool) -> float | _Line:
     if not (isinstance(value, list) and len(value) == 3 and isinstance(value[1], str)
             and isinstance(value[0], int | float) and not isinstance(value[0], bool)):
         return _Line.TORN
-    try:
-        when = float(value[0])
-    except OverflowError:  # an integer of hundreds of digits
-        return _Line.BAD_TIME
-    return when if math.isfinite(when) and when >= 0 else _Line.BAD_TIME
+    # NaN, infinite, negative, or an integer of hundreds of digits: no time a writer makes.
+    return float(value[0]) if is_event_time(value[0]) else _Line.BAD_TIME
 
 
 def _scan(fd: int) -> tuple[int, bool, float, bytes, list[int]] | None:

@@ -21,10 +21,12 @@ and the spool itself holds ``.lock`` (flock'd by the running server).
 from __future__ import annotations
 
 import enum
+import math
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import TypeGuard
 
 SESSION_SCHEMA = 2  # session.json with ``channels`` (and every recording file in ``recordings``)
 SESSION_SCHEMAS = frozenset({1, 2})  # what sealing accepts: 1 = sessions of the previous release
@@ -177,3 +179,16 @@ def session_date(session_id: str) -> str | None:
         return None
     stamp = m.group(1)
     return f"{stamp[0:4]}/{stamp[4:6]}/{stamp[6:8]}"
+
+
+def is_event_time(t: object) -> TypeGuard[int | float]:
+    """Whether ``t`` is an event time (casts, markers, session.json): a finite number >= 0
+    (not a bool, nor an integer too large to be a float: ``1e400`` spelled out in digits;
+    NaN would not even be valid JSON when written back)."""
+    if isinstance(t, bool) or not isinstance(t, int | float):
+        return False
+    try:
+        value = float(t)
+    except OverflowError:
+        return False
+    return math.isfinite(value) and value >= 0

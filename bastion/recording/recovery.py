@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable
@@ -44,6 +43,7 @@ from bastion.recording.layout import (
     Part,
     RecordingName,
     SessionState,
+    is_event_time,
     parse_recording_name,
     recording_name,
 )
@@ -207,16 +207,6 @@ def recover_session(path: Path) -> RecoveryResult | None:
     return RecoveryResult(path, state, damaged + notes)
 
 
-def _is_time(value: object) -> bool:
-    """A finite number >= 0 that is a float (NaN would make session.json invalid JSON)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(float(value)) and value >= 0
-    except OverflowError:
-        return False
-
-
 def _close_channel_entries(doc: dict[str, Any], end: float) -> None:
     for entry in doc["channels"]:
         if not isinstance(entry, dict) or entry.get("closed") is not None:
@@ -224,5 +214,5 @@ def _close_channel_entries(doc: dict[str, Any], end: float) -> None:
         entry["closed"] = rfc3339(end)
         if isinstance(entry.get("markers"), list):
             times = [m["t"] for m in entry["markers"]
-                     if isinstance(m, dict) and _is_time(m.get("t"))]
+                     if isinstance(m, dict) and is_event_time(m.get("t"))]
             entry["markers"].append({"t": max(times, default=0), "label": INTERRUPTED})

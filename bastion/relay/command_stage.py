@@ -425,19 +425,20 @@ class ShellControl:
         return await self.judge.enforce(self.judge.evaluate(texts), shown, self._cancelled)
 
     def _refuse_unreadable(self, prefix: str) -> bool:
-        self.ctx.note_command(masked_line(prefix + "[a line typed without echo, not readable]"),
-                              "refused")
-        self.ctx.notify_user("this line could not be read (the terminal does not echo it, and "
-                             "it was edited or recalled from history); it was not run")
-        self._abort = bool(prefix)
-        self.continued = ""
-        return False
+        return self._refuse(prefix, "[a line typed without echo, not readable]",
+                            "this line could not be read (the terminal does not echo it, and "
+                            "it was edited or recalled from history); it was not run")
 
     def _refuse_unanswered(self, prefix: str) -> bool:
         """The line's keys reached the shell before it answered Ctrl-C: it does not run."""
-        self.ctx.note_command(masked_line(prefix + self.catcher.read().shown), "refused")
-        self.ctx.notify_user("this line was typed before the shell showed a new prompt after "
-                             "Ctrl-C; it was not run")
+        return self._refuse(prefix, self.catcher.read().shown,
+                            "this line was typed before the shell showed a new prompt after "
+                            "Ctrl-C; it was not run")
+
+    def _refuse(self, prefix: str, line: str, notice: str) -> bool:
+        """Refuse the line without judging it: noted as refused, the user told why."""
+        self.ctx.note_command(masked_line(prefix + line), "refused")
+        self.ctx.notify_user(notice)
         self._abort = bool(prefix)
         self.continued = ""
         return False

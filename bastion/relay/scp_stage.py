@@ -417,12 +417,11 @@ class ExecTransferFactory:
     def __call__(self, info: ChannelInfo, ctx: StageContext) -> ChannelStages | None:
         if info.kind != ChannelKind.EXEC or info.pty or info.command is None:
             return None
-        policy = TransferPolicy.for_session(self._config, info.rule_names,
-                                            info.groups, info.target.name)
-        scp = parse_scp(info.command)
         program = transfer_program(info.command)
         if program is None:
             return None
+        policy = TransferPolicy.for_session(self._config, info.rule_names,
+                                            info.groups, info.target.name)
         if policy.restricted and _SHELL_OPERATORS.search(info.command):
             return self._unreadable(program, "shell syntax", policy, ctx)
         scp = parse_scp(info.command)

@@ -9,14 +9,14 @@ Unknown event codes are skipped (the asciicast spec says players ignore them).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeGuard
+from typing import Any, NamedTuple
 
 from bastion.errors import ReplayError
 from bastion.evidence.sources import open_regular
+from bastion.recording.layout import is_event_time
 
 MAX_LINE = 64 * 1024 * 1024  # one event line; the writer never makes one near this
 # The relay clamps every window to this (bastion.relay.channels MAX_COLUMNS, MAX_ROWS; kept equal
@@ -69,18 +69,6 @@ class Cast:
     def output_text(self) -> str:
         """All output joined (undecoded escapes and all)."""
         return "".join(e.data for e in self.events if e.code == "o")
-
-
-def is_event_time(t: object) -> TypeGuard[int | float]:
-    """Whether ``t`` is an event time: a finite number >= 0 (not a bool, nor an integer too
-    large to be a float: ``1e400`` spelled out in digits)."""
-    if isinstance(t, bool) or not isinstance(t, int | float):
-        return False
-    try:
-        value = float(t)
-    except OverflowError:
-        return False
-    return math.isfinite(value) and value >= 0
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from bastion.config.model import StorageConfig
-from bastion.errors import ReplayError, StorageError
+from bastion.errors import ReplayError
 from bastion.replay.trust import Verdict, download_s3, verify_folder, verify_s3
 from bastion.storage.client import make_client, parse_s3_uri, storage_error
+from bastion.storage.reader import listing_entries, listing_key
 
 SESSION_ID = re.compile(r"(\d{4})(\d{2})(\d{2})T\d{6}Z-[0-9a-f]{12}\Z")
 
@@ -73,14 +74,9 @@ def find_in_bucket(client: Any, bucket: str, prefix: str, session_id: str) -> st
     try:
         paginator = client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=search):
-            items = page.get("Contents", []) if isinstance(page, dict) else None
-            if not isinstance(items, list):
-                raise StorageError(f"s3://{bucket}/{search}: the store sent a malformed listing")
-            for item in items:
-                key = item.get("Key") if isinstance(item, dict) else None
-                if not isinstance(key, str):
-                    raise StorageError(f"s3://{bucket}/{search}: the store sent a malformed "
-                                       "listing (an entry without a key)")
+            where = f"s3://{bucket}/{search}"
+            for item in listing_entries(page, "Contents", where):
+                key = listing_key(item, where)
                 folder, _, name = key.rpartition("/")
                 if name == "manifest.json" and folder.rpartition("/")[2] == session_id:
                     return folder

@@ -18,8 +18,14 @@ from typing import Any
 
 from bastion.errors import ReplayError
 from bastion.evidence.sources import read_regular
-from bastion.recording.layout import MANIFEST_FILE, SESSION_FILE, Part, parse_recording_name
-from bastion.replay.cast import COMMAND_PREFIX, Cast, is_event_time, read_cast
+from bastion.recording.layout import (
+    MANIFEST_FILE,
+    SESSION_FILE,
+    Part,
+    is_event_time,
+    parse_recording_name,
+)
+from bastion.replay.cast import COMMAND_PREFIX, Cast, read_cast
 
 STREAMS = ("stdin", "stdout", "stderr")
 MAX_META = 64 * 1024 * 1024

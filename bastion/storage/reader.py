@@ -20,14 +20,17 @@ MAX_LISTED = 1_000_000  # object versions and delete markers under one prefix
 MAX_PAGES = 2_000  # a page holds up to 1,000 entries; a store may send fewer
 
 
-def _entries(page: Any, field: str, where: str) -> list[dict[str, Any]]:
+def listing_entries(page: Any, field: str, where: str) -> list[dict[str, Any]]:
+    """The entries of one page of a listing (``Contents``, ``Versions``, ``DeleteMarkers``);
+    StorageError if the store sent anything else."""
     items = page.get(field, []) if isinstance(page, dict) else None
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise StorageError(f"{where}: the store sent a malformed listing ({field})")
     return items
 
 
-def _key_of(item: dict[str, Any], where: str) -> str:
+def listing_key(item: dict[str, Any], where: str) -> str:
+    """The key of a listing entry; StorageError if it has none."""
     key = item.get("Key")
     if not isinstance(key, str) or not key:
         raise StorageError(f"{where}: the store sent a malformed listing (an entry without "
@@ -61,8 +64,8 @@ class S3Source:
         seen = 0
         once: set[tuple[str, str]] = set()
         for pages, page in enumerate(paginator.paginate(Bucket=self.bucket, Prefix=prefix), 1):
-            markers = _entries(page, "DeleteMarkers", self.description)
-            versions = _entries(page, "Versions", self.description)
+            markers = listing_entries(page, "DeleteMarkers", self.description)
+            versions = listing_entries(page, "Versions", self.description)
             seen += len(markers) + len(versions)
             if pages > MAX_PAGES or seen > MAX_LISTED:
                 raise StorageError(f"{self.description}: the listing does not end (over "
@@ -71,17 +74,17 @@ class S3Source:
             for item in markers + versions:
                 # Each version is listed once; one seen again means the store restarted the
                 # listing (it would never end, and counts would be wrong).
-                listed = (_key_of(item, self.description), str(item.get("VersionId")))
+                listed = (listing_key(item, self.description), str(item.get("VersionId")))
                 if listed in once:
                     raise StorageError(f"{self.description}: the store listed {listed[0]!r} "
                                        f"version {listed[1]!r} twice; the listing is broken")
                 once.add(listed)
             for marker in markers:
                 if marker.get("IsLatest") is not False:  # unsaid: assume it hides the key
-                    keys.setdefault(_key_of(marker, self.description),
+                    keys.setdefault(listing_key(marker, self.description),
                                     _KeyVersions()).deleted = True
             for version in versions:
-                entry = keys.setdefault(_key_of(version, self.description), _KeyVersions())
+                entry = keys.setdefault(listing_key(version, self.description), _KeyVersions())
                 entry.first = str(version.get("VersionId") or "null")
                 entry.count += 1
         return keys
