@@ -147,13 +147,16 @@ def test_shown_names_are_safe() -> None:
 
 
 class _Ctx:
-    def __init__(self) -> None:
+    """A StageContext of an sftp channel (or, given a command, of an exec)."""
+
+    def __init__(self, kind: ChannelKind = ChannelKind.SFTP, command: str | None = None) -> None:
         self.events: list[dict[str, Any]] = []
         self.ended: str | None = None
-        self.info = ChannelInfo(kind=ChannelKind.SFTP, pty=False, term=None, width=0,
-                                height=0, command=None, subsystem="sftp", session_id="s",
-                                channel=1, user="alice", identity_key="k", groups=("ops",),
-                                target=Target(name="web01", host="h"), login="alice")
+        self.info = ChannelInfo(kind=kind, pty=False, term=None, width=0, height=0,
+                                command=command, subsystem="sftp" if command is None else None,
+                                session_id="s", channel=1, user="alice", identity_key="k",
+                                groups=("ops",), target=Target(name="web01", host="h"),
+                                login="alice")
 
     def audit(self, event: str, **fields: Any) -> None:
         self.events.append({"event": event, **fields})

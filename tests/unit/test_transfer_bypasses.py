@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncssh
 import pytest
-from test_sftp_protocol import _open
+from test_sftp_protocol import _Ctx, _open
 from test_sftp_protocol import _packet as _pkt
 from test_sftp_protocol import _string as _s
 
@@ -18,7 +18,7 @@ from bastion.config.model import Target, TransferRule
 from bastion.policy.transfers import ForwardGrant, TransferPolicy
 from bastion.relay import forwarding
 from bastion.relay import sftp_protocol as p
-from bastion.relay.pipeline import ChannelInfo, ChannelKind, Pipeline, Stream
+from bastion.relay.pipeline import ChannelKind, Pipeline, Stream
 from bastion.relay.scp_stage import ExecTransferFactory, ScpWatch, parse_rsync, parse_scp
 from bastion.relay.sftp_stage import sftp_stages
 from bastion.relay.transfer_log import TransferLog
@@ -38,26 +38,6 @@ def _handle(rid: int, handle: bytes) -> bytes:
 
 def _fsetstat(rid: int, handle: bytes) -> bytes:
     return _pkt(p.FSETSTAT, struct.pack(">I", rid) + _s(handle) + struct.pack(">II", 1, 0))
-
-
-class _Ctx:
-    def __init__(self, kind: ChannelKind = ChannelKind.SFTP, command: str | None = None) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.ended: str | None = None
-        self.info = ChannelInfo(kind=kind, pty=False, term=None, width=0, height=0,
-                                command=command, subsystem="sftp" if command is None else None,
-                                session_id="s", channel=1, user="alice", identity_key="k",
-                                groups=("ops",), target=Target(name="web01", host="h"),
-                                login="alice")
-
-    def audit(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, **fields})
-
-    def end_channel(self, reason: str) -> None:
-        self.ended = reason
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
 
 
 class _Sftp:
